@@ -1,0 +1,52 @@
+//! The only vocabulary gpu-airlock's processes share.
+//!
+//! Every message that crosses a process boundary is a variant of one of the
+//! enums in [`messages`], serialized with bincode and carried in one
+//! `SOCK_SEQPACKET` datagram by [`Channel`]; file descriptors ride along as
+//! `SCM_RIGHTS`. Each message states how many descriptors it carries
+//! ([`Message::fd_count`]) and the receiver rejects a datagram whose count
+//! differs, so a compromised sender cannot slip in an fd the receiver does not
+//! expect. All encoding and decoding lives in this crate, so the wire format
+//! can change in one file.
+
+mod channel;
+pub mod messages;
+
+pub use channel::{Channel, Error, Role, BUILD_ID, MAX_FDS, MAX_FRAME, PROTOCOL_VERSION};
+pub use messages::*;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A message that may cross a process boundary.
+pub trait Message: Serialize + DeserializeOwned + std::fmt::Debug {
+    /// How many file descriptors travel with this message as `SCM_RIGHTS`.
+    fn fd_count(&self) -> usize;
+}
+
+/// Creates the connected `SOCK_SEQPACKET` pair one channel runs over.
+///
+/// Both ends are close-on-exec: a worker only ever inherits the ends the
+/// broker places at fixed descriptor numbers for it.
+pub fn socketpair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), Error> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(Error::SocketPair)
+}
+
+/// Where a worker finds its channels: the broker places them at these
+/// descriptor numbers when it spawns the worker, and nothing else is
+/// inherited.
+pub mod worker_fds {
+    use std::os::fd::RawFd;
+
+    /// The channel to the broker.
+    pub const BROKER: RawFd = 3;
+    /// The channel to the other worker.
+    pub const PEER: RawFd = 4;
+}
