@@ -1,1 +1,345 @@
-fn main() {}
+//! gpu-airlock: a vhost-user virtio-gpu device backend in three processes.
+//!
+//! This binary is the broker. It owns the front-end's socket, spawns
+//! gpu-worker and render-worker, relays each front-end connection to
+//! gpu-worker (see `session`), and ends the device cleanly when a worker
+//! dies.
+
+mod config;
+mod session;
+mod workers;
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, FromRawFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use clap::Parser;
+use ipc::{BrokerToGpu, BrokerToRender, Channel, GpuToBroker, RenderToBroker, Role, ScanoutSize};
+use log::{error, info, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use vhost::vhost_user::{BackendReqHandler, Error as VhostUserError, Frontend, Listener};
+
+use config::{parse_scanout, scanouts_or_default, DeviceConfig};
+use session::Session;
+use workers::{describe, Worker, GPU_WORKER_BIN, RENDER_WORKER_BIN};
+
+/// A jailed vhost-user virtio-gpu device backend.
+///
+/// Serves one virtio-gpu device to a vhost-user front-end such as QEMU's
+/// `-device vhost-user-gpu-pci,chardev=...` or crosvm's
+/// `--vhost-user type=gpu,socket=...`. Three processes: this broker (owns
+/// the socket), gpu-worker (reads the virtqueues) and render-worker (holds
+/// GPU and Wayland descriptors), started from binaries installed beside
+/// this one.
+#[derive(Parser, Debug)]
+#[command(name = "gpu-airlock", version, about, long_about = None)]
+#[command(after_help = "Logs go to stderr; set RUST_LOG=debug for more.\n\
+Example: gpu-airlock --socket-path /run/gpu.sock --display 1920x1080")]
+struct Args {
+    /// Listen for the front-end on this Unix socket path (created; an old
+    /// socket file there is replaced).
+    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
+    socket_path: Option<PathBuf>,
+
+    /// Use this already-listening Unix socket descriptor (socket
+    /// activation), instead of --socket-path.
+    #[arg(long, value_name = "N")]
+    fd: Option<RawFd>,
+
+    /// Print this backend's capabilities as JSON (QEMU's vhost-user backend
+    /// program convention) and exit.
+    #[arg(long)]
+    print_capabilities: bool,
+
+    /// Add a scanout of this size. Repeat for more scanouts (at most 16);
+    /// default: one 1280x800 scanout.
+    #[arg(long = "display", value_name = "WIDTHxHEIGHT", value_parser = parse_scanout)]
+    displays: Vec<ScanoutSize>,
+
+    /// Directory holding gpu-airlock-gpu-worker and
+    /// gpu-airlock-render-worker; default: the directory of this binary.
+    #[arg(long, value_name = "DIR")]
+    worker_dir: Option<PathBuf>,
+}
+
+/// The front-end connection being served, so the watchdog can close it.
+type CurrentConnection = Arc<Mutex<Option<UnixStream>>>;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let args = Args::parse();
+    if args.print_capabilities {
+        println!("{{\n  \"type\": \"gpu\",\n  \"features\": [\n    \"edid\"\n  ]\n}}");
+        return ExitCode::SUCCESS;
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let scanouts = scanouts_or_default(args.displays)?;
+    let config = DeviceConfig { scanouts };
+
+    let listener = match (&args.socket_path, args.fd) {
+        (Some(path), None) => Listener::new(path, true)
+            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
+        (None, Some(fd)) => listener_from_fd(fd)?,
+        _ => {
+            return Err("give --socket-path PATH or --fd N (see --help)".into());
+        }
+    };
+
+    let gpu_exe = workers::worker_path(args.worker_dir.as_deref(), GPU_WORKER_BIN)
+        .map_err(|e| e.to_string())?;
+    let render_exe = workers::worker_path(args.worker_dir.as_deref(), RENDER_WORKER_BIN)
+        .map_err(|e| e.to_string())?;
+
+    let (gpu_broker_end, gpu_end) = ipc::socketpair().map_err(|e| e.to_string())?;
+    let (render_broker_end, render_end) = ipc::socketpair().map_err(|e| e.to_string())?;
+    let (gpu_peer_end, render_peer_end) = ipc::socketpair().map_err(|e| e.to_string())?;
+    let gpu = workers::spawn(Role::GpuWorker, &gpu_exe, gpu_end, gpu_peer_end)
+        .map_err(|e| e.to_string())?;
+    let render = match workers::spawn(Role::RenderWorker, &render_exe, render_end, render_peer_end)
+    {
+        Ok(w) => w,
+        Err(e) => {
+            let mut gpu = gpu;
+            gpu.kill();
+            return Err(e.to_string());
+        }
+    };
+    let mut workers = [gpu, render];
+    let gpu_ch: Channel<BrokerToGpu, GpuToBroker> = Channel::new(gpu_broker_end);
+    let render_ch: Channel<BrokerToRender, RenderToBroker> = Channel::new(render_broker_end);
+
+    let internal = match start_workers(&gpu_ch, &render_ch, &config) {
+        Ok(addr) => addr,
+        Err(e) => {
+            for w in &mut workers {
+                w.kill();
+            }
+            return Err(e);
+        }
+    };
+
+    let current: CurrentConnection = Arc::new(Mutex::new(None));
+    let serve_current = current.clone();
+    let serve_config = config.clone();
+    thread::Builder::new()
+        .name("vhost-user".into())
+        .spawn(move || serve_frontends(listener, internal, serve_config, serve_current))
+        .map_err(|e| format!("cannot start the front-end thread: {e}"))?;
+    match &args.socket_path {
+        Some(p) => info!(
+            "gpu-airlock ready on {} ({} scanout(s))",
+            p.display(),
+            config.scanouts.len()
+        ),
+        None => info!("gpu-airlock ready on fd {:?}", args.fd),
+    }
+
+    let reason = watch_workers(&mut workers, &gpu_ch, &render_ch);
+    error!("{reason}; closing the front-end connection and exiting");
+    if let Some(conn) = current.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+    }
+    for w in &mut workers {
+        w.kill();
+    }
+    if let Some(path) = &args.socket_path {
+        let _ = std::fs::remove_file(path);
+    }
+    std::process::exit(1);
+}
+
+fn listener_from_fd(fd: RawFd) -> Result<Listener, String> {
+    // SAFETY: the user handed this descriptor over with --fd; fstat on a
+    // borrowed descriptor only reads its metadata.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let st = nix::sys::stat::fstat(borrowed)
+        .map_err(|e| format!("--fd {fd} is not an open descriptor: {e}"))?;
+    if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
+        return Err(format!("--fd {fd} is not a socket"));
+    }
+    nix::fcntl::fcntl(
+        borrowed,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| format!("--fd {fd}: {e}"))?;
+    // SAFETY: the descriptor is an open socket we now own (checked above).
+    Ok(unsafe { Listener::from_raw_fd(fd) })
+}
+
+/// Handshakes, configures gpu-worker, hands it the internal vhost-user
+/// listener, and waits until both workers answer a ping.
+fn start_workers(
+    gpu: &Channel<BrokerToGpu, GpuToBroker>,
+    render: &Channel<BrokerToRender, RenderToBroker>,
+    config: &DeviceConfig,
+) -> Result<SocketAddr, String> {
+    gpu.handshake(Role::Broker, Role::GpuWorker)
+        .map_err(|e| format!("gpu-worker: {e}"))?;
+    render
+        .handshake(Role::Broker, Role::RenderWorker)
+        .map_err(|e| format!("render-worker: {e}"))?;
+    gpu.send(&BrokerToGpu::Configure(config.gpu_config()), &[])
+        .map_err(|e| format!("gpu-worker: {e}"))?;
+
+    let (listener, addr) = internal_listener()?;
+    gpu.send(&BrokerToGpu::VhostUserListener, &[listener.as_fd()])
+        .map_err(|e| format!("gpu-worker: {e}"))?;
+    drop(listener);
+
+    let timeout = Some(Duration::from_secs(10));
+    gpu.set_recv_timeout(timeout).map_err(|e| e.to_string())?;
+    gpu.send(&BrokerToGpu::Ping { nonce: 1 }, &[])
+        .map_err(|e| format!("gpu-worker: {e}"))?;
+    match gpu.recv() {
+        Ok((GpuToBroker::Pong { nonce: 1 }, _)) => {}
+        other => return Err(format!("gpu-worker did not become ready: {other:?}")),
+    }
+    gpu.set_recv_timeout(None).map_err(|e| e.to_string())?;
+    render
+        .set_recv_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    render
+        .send(&BrokerToRender::Ping { nonce: 1 }, &[])
+        .map_err(|e| format!("render-worker: {e}"))?;
+    match render.recv() {
+        Ok((RenderToBroker::Pong { nonce: 1 }, _)) => {}
+        other => return Err(format!("render-worker did not become ready: {other:?}")),
+    }
+    render.set_recv_timeout(None).map_err(|e| e.to_string())?;
+    Ok(addr)
+}
+
+/// The socket gpu-worker serves vhost-user on, for the broker alone: an
+/// abstract name with 128 random bits, so only a process that can read
+/// /proc/net/unix in the broker's network namespace could even find it.
+fn internal_listener() -> Result<(UnixListener, SocketAddr), String> {
+    let mut random = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let name = format!("gpu-airlock/{}/{hex}", std::process::id());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;
+    let listener = UnixListener::bind_addr(&addr)
+        .map_err(|e| format!("cannot create the internal vhost-user socket: {e}"))?;
+    Ok((listener, addr))
+}
+
+/// Serves front-end connections one after another, for as long as the
+/// broker lives.
+fn serve_frontends(
+    listener: Listener,
+    internal: SocketAddr,
+    config: DeviceConfig,
+    current: CurrentConnection,
+) {
+    loop {
+        let stream = match listener.accept() {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => {
+                error!("cannot accept a front-end connection: {e}");
+                std::process::exit(1);
+            }
+        };
+        info!("front-end connected");
+        if let Err(e) = serve_one(stream, &internal, &config, &current) {
+            warn!("{e}");
+        }
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        info!("front-end disconnected; waiting for the next connection");
+    }
+}
+
+fn serve_one(
+    stream: UnixStream,
+    internal: &SocketAddr,
+    config: &DeviceConfig,
+    current: &CurrentConnection,
+) -> Result<(), String> {
+    let to_worker =
+        UnixStream::connect_addr(internal).map_err(|e| format!("cannot reach gpu-worker: {e}"))?;
+    let session = Session::new(
+        Frontend::from_stream(to_worker, session::NUM_QUEUES),
+        config.clone(),
+    )
+    .map_err(|e| format!("gpu-worker refused the relay: {e}"))?;
+    let mut handler = BackendReqHandler::from_stream(stream, Arc::new(Mutex::new(session)));
+    *current.lock().unwrap_or_else(|e| e.into_inner()) = handler.try_clone_connection().ok();
+    loop {
+        match handler.handle_request() {
+            Ok(()) => {}
+            Err(VhostUserError::Disconnected)
+            | Err(VhostUserError::PartialMessage)
+            | Err(VhostUserError::SocketBroken(_)) => return Ok(()),
+            // A front-end that breaks the protocol loses its connection, as
+            // with vhost-user-backend; the device itself keeps running.
+            Err(e) => {
+                return Err(format!(
+                    "front-end request failed, closing the connection: {e}"
+                ))
+            }
+        }
+    }
+}
+
+/// Blocks until a worker dies or misbehaves; says what happened.
+fn watch_workers(
+    workers: &mut [Worker; 2],
+    gpu: &Channel<BrokerToGpu, GpuToBroker>,
+    render: &Channel<BrokerToRender, RenderToBroker>,
+) -> String {
+    loop {
+        let mut fds = [
+            PollFd::new(gpu.as_fd(), PollFlags::POLLIN),
+            PollFd::new(render.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return format!("cannot watch the workers: {e}"),
+        }
+        let ready = fds.map(|f| f.revents().is_some_and(|r| !r.is_empty()));
+        for (i, is_ready) in ready.into_iter().enumerate() {
+            if !is_ready {
+                continue;
+            }
+            // Nothing is expected from a worker at this stage: a message is
+            // a protocol violation, a close is a death.
+            let outcome = if i == 0 {
+                gpu.recv().map(|(m, _)| format!("{m:?}"))
+            } else {
+                render.recv().map(|(m, _)| format!("{m:?}"))
+            };
+            let w = &mut workers[i];
+            let pid = w.child.id();
+            if let Ok(msg) = outcome {
+                warn!("{} (pid {pid}) sent {msg} unasked; killing it", w.role);
+                w.kill();
+                return format!("{} (pid {pid}) broke the ipc protocol", w.role);
+            }
+            return match w.reap() {
+                Ok(status) => format!("{} (pid {pid}) {}", w.role, describe(status)),
+                Err(e) => format!("{} (pid {pid}) is gone: {e}", w.role),
+            };
+        }
+    }
+}

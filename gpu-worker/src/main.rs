@@ -1,1 +1,133 @@
-fn main() {}
+//! gpu-worker's process: spawned by the broker with its channels at fixed
+//! descriptor numbers (`ipc::worker_fds`), never by a user.
+
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+
+use gpu_worker::backend::GpuBackend;
+use ipc::{
+    worker_fds, BrokerToGpu, Channel, GpuConfig, GpuToBroker, GpuToRender, RenderToGpu, Role,
+};
+use log::{error, info, warn};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("gpu-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    policies::close_inherited_fds(&[worker_fds::BROKER, worker_fds::PEER])
+        .map_err(|e| e.to_string())?;
+    // SAFETY: the broker placed our ends of the two channels at these
+    // numbers before exec; close_inherited_fds left nothing else open, so
+    // each is owned here exactly once.
+    let (broker_fd, peer_fd) = unsafe {
+        (
+            OwnedFd::from_raw_fd(worker_fds::BROKER),
+            OwnedFd::from_raw_fd(worker_fds::PEER),
+        )
+    };
+    let broker: Channel<GpuToBroker, BrokerToGpu> = Channel::new(broker_fd);
+    let render: Channel<GpuToRender, RenderToGpu> = Channel::new(peer_fd);
+    broker
+        .handshake(Role::GpuWorker, Role::Broker)
+        .map_err(|e| format!("handshake with the broker: {e}"))?;
+    render
+        .handshake(Role::GpuWorker, Role::RenderWorker)
+        .map_err(|e| format!("handshake with render-worker: {e}"))?;
+    render
+        .send(&GpuToRender::Ping { nonce: 1 }, &[])
+        .map_err(|e| format!("render-worker: {e}"))?;
+    match render.recv() {
+        Ok((RenderToGpu::Pong { nonce: 1 }, _)) => {}
+        other => return Err(format!("render-worker did not answer its ping: {other:?}")),
+    }
+
+    let mut config: Option<GpuConfig> = None;
+    let mut serving = false;
+    loop {
+        let (msg, mut fds) = match broker.recv() {
+            Ok(m) => m,
+            Err(ipc::Error::Closed) => {
+                info!("gpu-worker: the broker closed its channel; exiting");
+                return Ok(());
+            }
+            Err(e) => return Err(format!("message from the broker: {e}")),
+        };
+        match msg {
+            BrokerToGpu::Configure(c) => {
+                c.validate()
+                    .map_err(|e| format!("configuration refused: {e}"))?;
+                config = Some(c);
+            }
+            BrokerToGpu::VhostUserListener => {
+                let scanouts = config
+                    .as_ref()
+                    .ok_or("the broker sent a listener before the configuration")?
+                    .scanouts
+                    .clone();
+                if serving {
+                    return Err("the broker sent a second vhost-user listener".into());
+                }
+                let fd = fds.pop().ok_or("listener message without its fd")?;
+                // SAFETY: `fd` is a socket the broker created with listen();
+                // ownership moves into the Listener.
+                let listener = unsafe { Listener::from_raw_fd(fd.into_raw_fd()) };
+                thread::Builder::new()
+                    .name("vhost-user".into())
+                    .spawn(move || serve(listener, scanouts))
+                    .map_err(|e| format!("cannot start the vhost-user thread: {e}"))?;
+                serving = true;
+            }
+            BrokerToGpu::Ping { nonce } => broker
+                .send(&GpuToBroker::Pong { nonce }, &[])
+                .map_err(|e| format!("answering the broker: {e}"))?,
+        }
+    }
+}
+
+/// Serves one broker connection at a time, each with fresh device state.
+fn serve(mut listener: Listener, scanouts: Vec<ipc::ScanoutSize>) {
+    loop {
+        let result = serve_one(&mut listener, scanouts.clone());
+        if let Err(e) = result {
+            // The listener itself failing leaves nothing to serve: end the
+            // process, and the broker reports it.
+            error!("gpu-worker: vhost-user service failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn serve_one(listener: &mut Listener, scanouts: Vec<ipc::ScanoutSize>) -> Result<(), String> {
+    let backend = Arc::new(GpuBackend::new(scanouts).map_err(|e| e.to_string())?);
+    let mut daemon = VhostUserDaemon::new(
+        "gpu-worker".into(),
+        backend.clone(),
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| e.to_string())?;
+    daemon.start(listener).map_err(|e| e.to_string())?;
+    info!("gpu-worker: front-end connected");
+    if let Err(e) = daemon.wait() {
+        warn!("gpu-worker: front-end connection ended with an error: {e}");
+    }
+    info!("gpu-worker: front-end disconnected; device state dropped");
+    if let Err(e) = backend.stop_worker_thread() {
+        warn!("gpu-worker: cannot stop the vring thread: {e}");
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! The device as the user configured it, and its virtio configuration space.
+
+use ipc::{GpuConfig, ScanoutSize, MAX_SCANOUTS, MAX_SCANOUT_DIMENSION};
+use vm_memory::{ByteValued, Le32};
+
+/// `struct virtio_gpu_config` (virtio spec 5.7.4), read by the front-end
+/// with GET_CONFIG.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct VirtioGpuConfig {
+    pub events_read: Le32,
+    pub events_clear: Le32,
+    pub num_scanouts: Le32,
+    pub num_capsets: Le32,
+}
+// SAFETY: four Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for VirtioGpuConfig {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    pub scanouts: Vec<ScanoutSize>,
+}
+
+impl DeviceConfig {
+    pub fn gpu_config(&self) -> GpuConfig {
+        GpuConfig {
+            scanouts: self.scanouts.clone(),
+        }
+    }
+
+    pub fn virtio_gpu_config(&self) -> VirtioGpuConfig {
+        VirtioGpuConfig {
+            num_scanouts: Le32::from(self.scanouts.len() as u32),
+            ..VirtioGpuConfig::default()
+        }
+    }
+}
+
+/// Parses `--display WIDTHxHEIGHT`.
+pub fn parse_scanout(s: &str) -> Result<ScanoutSize, String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("'{s}' is not WIDTHxHEIGHT, e.g. 1280x800"))?;
+    let parse = |v: &str, what: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{what} '{v}' in '{s}' is not a whole number"))
+    };
+    let size = ScanoutSize {
+        width: parse(w, "width")?,
+        height: parse(h, "height")?,
+    };
+    if !size.is_valid() {
+        return Err(format!(
+            "'{s}': width and height must be 1 to {MAX_SCANOUT_DIMENSION}"
+        ));
+    }
+    Ok(size)
+}
+
+/// Applies the default (one 1280x800 scanout) and the scanout limit.
+pub fn scanouts_or_default(given: Vec<ScanoutSize>) -> Result<Vec<ScanoutSize>, String> {
+    if given.len() > MAX_SCANOUTS {
+        return Err(format!(
+            "{} --display options given; a virtio-gpu device has at most {MAX_SCANOUTS} scanouts",
+            given.len()
+        ));
+    }
+    if given.is_empty() {
+        return Ok(vec![ScanoutSize {
+            width: 1280,
+            height: 800,
+        }]);
+    }
+    Ok(given)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(
+            parse_scanout("1920x1080"),
+            Ok(ScanoutSize {
+                width: 1920,
+                height: 1080
+            })
+        );
+        assert!(parse_scanout("1920").is_err());
+        assert!(parse_scanout("0x10").is_err());
+        assert!(parse_scanout("axb").is_err());
+        assert!(parse_scanout("99999x10").is_err());
+    }
+
+    #[test]
+    fn default_and_limit() {
+        assert_eq!(scanouts_or_default(vec![]).unwrap().len(), 1);
+        let one = parse_scanout("640x480").unwrap();
+        assert!(scanouts_or_default(vec![one; 17]).is_err());
+        assert_eq!(scanouts_or_default(vec![one; 16]).unwrap().len(), 16);
+    }
+
+    #[test]
+    fn config_space_layout() {
+        let c = DeviceConfig {
+            scanouts: vec![parse_scanout("640x480").unwrap(); 3],
+        };
+        let bytes = c.virtio_gpu_config();
+        assert_eq!(bytes.as_slice().len(), 16);
+        assert_eq!(&bytes.as_slice()[8..12], &3u32.to_le_bytes());
+    }
+}

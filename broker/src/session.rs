@@ -1,0 +1,314 @@
+//! One front-end connection, seen from the broker: a vhost-user firewall.
+//!
+//! The broker terminates the VMM's connection with the `vhost` crate's
+//! `BackendReqHandler`, answers what is its own (protocol features, the
+//! device configuration, the back-end request channel, QEMU's display
+//! socket), and relays the rest (features, memory table, vrings) to
+//! gpu-worker through the `vhost` crate's `Frontend`, as if the broker were
+//! gpu-worker's VMM. Descriptors pass through once and are closed here; the
+//! broker never maps guest memory.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+
+use log::{info, warn};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags,
+    VhostUserHeaderFlag, VhostUserInflight, VhostUserLog, VhostUserMemoryRegion,
+    VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
+    VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+};
+use vhost::vhost_user::{
+    Backend, Error, Frontend, GpuBackend, Result, VhostUserBackendReqHandlerMut, VhostUserFrontend,
+};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::ByteValued;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::DeviceConfig;
+
+/// Protocol features the broker offers the VMM (REPLY_ACK is added by the
+/// `vhost` crate, which implements it).
+pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::BACKEND_REQ
+        | VhostUserProtocolFeatures::BACKEND_SEND_FD
+}
+
+/// controlq and cursorq.
+pub const NUM_QUEUES: u64 = 2;
+
+pub struct Session {
+    worker: Frontend,
+    config: DeviceConfig,
+    acked_protocol_features: u64,
+    /// The VMM's channel for back-end requests (SHMEM_MAP arrives with blob
+    /// resources).
+    backend_req: Option<Backend>,
+    /// QEMU's display socket (display output arrives with 2D resources).
+    display: Option<GpuBackend>,
+}
+
+/// Converts an error from the relay to gpu-worker into one for the VMM.
+fn relay<T>(r: vhost::Result<T>) -> Result<T> {
+    r.map_err(|e| match e {
+        vhost::Error::VhostUserProtocol(e) => e,
+        other => Error::ReqHandlerError(io::Error::other(other.to_string())),
+    })
+}
+
+impl Session {
+    /// Opens the relay: negotiates the internal link's own protocol features
+    /// (REPLY_ACK, so a request gpu-worker refuses reaches the VMM as an
+    /// error, not as silence).
+    pub fn new(mut worker: Frontend, config: DeviceConfig) -> vhost::Result<Self> {
+        worker.get_features()?;
+        let offered = worker.get_protocol_features()?;
+        let wanted = VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ;
+        worker.set_protocol_features(offered & wanted)?;
+        if offered.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            worker.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        Ok(Session {
+            worker,
+            config,
+            acked_protocol_features: 0,
+            backend_req: None,
+            display: None,
+        })
+    }
+
+    fn config_space(&self) -> Vec<u8> {
+        self.config.virtio_gpu_config().as_slice().to_vec()
+    }
+}
+
+impl VhostUserBackendReqHandlerMut for Session {
+    fn set_owner(&mut self) -> Result<()> {
+        relay(self.worker.set_owner())
+    }
+
+    fn reset_owner(&mut self) -> Result<()> {
+        relay(self.worker.reset_owner())
+    }
+
+    fn reset_device(&mut self) -> Result<()> {
+        Err(Error::InvalidOperation("RESET_DEVICE is not offered"))
+    }
+
+    fn get_features(&mut self) -> Result<u64> {
+        relay(self.worker.get_features())
+    }
+
+    fn set_features(&mut self, features: u64) -> Result<()> {
+        relay(self.worker.set_features(features))
+    }
+
+    fn set_mem_table(
+        &mut self,
+        regions: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy: Option<bool>,
+    ) -> Result<Option<Vec<u64>>> {
+        if regions.len() != files.len() {
+            return Err(Error::IncorrectFds);
+        }
+        let infos: Vec<VhostUserMemoryRegionInfo> = regions
+            .iter()
+            .zip(&files)
+            .map(|(r, f)| VhostUserMemoryRegionInfo {
+                guest_phys_addr: r.guest_phys_addr,
+                memory_size: r.memory_size,
+                userspace_addr: r.user_addr,
+                mmap_offset: r.mmap_offset,
+                mmap_handle: f.as_raw_fd(),
+            })
+            .collect();
+        relay(self.worker.set_mem_table(&infos))?;
+        // `files` drops here: the broker keeps no guest memory.
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
+        let num = u16::try_from(num).map_err(|_| Error::InvalidParam)?;
+        relay(self.worker.set_vring_num(index as usize, num))
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        log: u64,
+    ) -> Result<()> {
+        let config = VringConfigData {
+            queue_max_size: 0,
+            queue_size: 0,
+            flags: flags.bits(),
+            desc_table_addr: descriptor,
+            used_ring_addr: used,
+            avail_ring_addr: available,
+            log_addr: flags
+                .contains(VhostUserVringAddrFlags::VHOST_VRING_F_LOG)
+                .then_some(log),
+        };
+        relay(self.worker.set_vring_addr(index as usize, &config))
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> Result<()> {
+        let base = u16::try_from(base).map_err(|_| Error::InvalidParam)?;
+        relay(self.worker.set_vring_base(index as usize, base))
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> Result<VhostUserVringState> {
+        let base = relay(self.worker.get_vring_base(index as usize))?;
+        Ok(VhostUserVringState::new(index, base))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> Result<()> {
+        let fd = fd.ok_or(Error::InvalidOperation(
+            "vring polling (no kick fd) is not supported",
+        ))?;
+        // SAFETY: ownership of the descriptor moves from the File into the
+        // EventFd; it is a descriptor the VMM sent for this purpose.
+        let event = unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) };
+        relay(self.worker.set_vring_kick(usize::from(index), &event))
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<()> {
+        let fd = fd.ok_or(Error::InvalidOperation(
+            "vring polling (no call fd) is not supported",
+        ))?;
+        // SAFETY: as in set_vring_kick.
+        let event = unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) };
+        relay(self.worker.set_vring_call(usize::from(index), &event))
+    }
+
+    fn set_vring_err(&mut self, index: u8, fd: Option<File>) -> Result<()> {
+        match fd {
+            // SAFETY: as in set_vring_kick.
+            Some(fd) => {
+                let event = unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) };
+                relay(self.worker.set_vring_err(usize::from(index), &event))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {
+        Ok(offered_protocol_features())
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> Result<()> {
+        let offered = offered_protocol_features() | VhostUserProtocolFeatures::REPLY_ACK;
+        if features & !offered.bits() != 0 {
+            warn!("front-end acked protocol features {features:#x} beyond the offered {offered:?}");
+            return Err(Error::FeatureMismatch);
+        }
+        self.acked_protocol_features = features;
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> Result<u64> {
+        Ok(NUM_QUEUES)
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
+        relay(self.worker.set_vring_enable(index as usize, enable))
+    }
+
+    fn get_config(
+        &mut self,
+        offset: u32,
+        size: u32,
+        _flags: VhostUserConfigFlags,
+    ) -> Result<Vec<u8>> {
+        let space = self.config_space();
+        let start = offset as usize;
+        let end = start
+            .checked_add(size as usize)
+            .ok_or(Error::InvalidParam)?;
+        space
+            .get(start..end)
+            .map(<[u8]>::to_vec)
+            .ok_or(Error::InvalidParam)
+    }
+
+    fn set_config(&mut self, offset: u32, buf: &[u8], _flags: VhostUserConfigFlags) -> Result<()> {
+        // Only `events_clear` (offset 4) is writable. No event is ever
+        // raised yet, so clearing is accepted and changes nothing.
+        if offset == 4 && buf.len() == 4 {
+            Ok(())
+        } else {
+            Err(Error::InvalidParam)
+        }
+    }
+
+    fn set_backend_req_fd(&mut self, backend: Backend) {
+        info!("front-end opened its back-end request channel");
+        self.backend_req = Some(backend);
+    }
+
+    fn set_gpu_socket(&mut self, display: GpuBackend) -> Result<()> {
+        info!("front-end sent its display socket (VHOST_USER_GPU_SET_SOCKET)");
+        self.display = Some(display);
+        Ok(())
+    }
+
+    fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> Result<File> {
+        Err(Error::InvalidOperation("shared objects are not offered"))
+    }
+
+    fn get_inflight_fd(
+        &mut self,
+        _inflight: &VhostUserInflight,
+    ) -> Result<(VhostUserInflight, File)> {
+        Err(Error::InvalidOperation("inflight tracking is not offered"))
+    }
+
+    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> Result<()> {
+        Err(Error::InvalidOperation("inflight tracking is not offered"))
+    }
+
+    fn get_max_mem_slots(&mut self) -> Result<u64> {
+        Err(Error::InvalidOperation("memory slots are not offered"))
+    }
+
+    fn add_mem_region(
+        &mut self,
+        _region: &VhostUserSingleMemoryRegion,
+        _fd: File,
+        _postcopy: Option<bool>,
+    ) -> Result<Option<u64>> {
+        Err(Error::InvalidOperation("memory slots are not offered"))
+    }
+
+    fn remove_mem_region(&mut self, _region: &VhostUserSingleMemoryRegion) -> Result<()> {
+        Err(Error::InvalidOperation("memory slots are not offered"))
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _direction: VhostTransferStateDirection,
+        _phase: VhostTransferStatePhase,
+        _fd: File,
+    ) -> Result<Option<File>> {
+        Err(Error::InvalidOperation("migration is not supported"))
+    }
+
+    fn check_device_state(&mut self) -> Result<()> {
+        Err(Error::InvalidOperation("migration is not supported"))
+    }
+
+    fn get_shmem_config(&mut self) -> Result<VhostUserShMemConfig> {
+        Err(Error::InvalidOperation("SHMEM is not offered yet"))
+    }
+
+    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> Result<()> {
+        Err(Error::InvalidOperation("dirty logging is not supported"))
+    }
+}

@@ -1,0 +1,156 @@
+//! Spawning the two workers and watching them.
+//!
+//! Each worker is a separate binary, started before any front-end connects
+//! and kept across front-end reconnections. It inherits exactly two
+//! descriptors, its channels, at `ipc::worker_fds`; everything else the
+//! broker holds is close-on-exec. The kernel SIGKILLs a worker whose broker
+//! dies, so none outlives the device.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipc::{worker_fds, Role};
+use log::warn;
+use nix::libc;
+use nix::sys::signal::Signal;
+
+pub const GPU_WORKER_BIN: &str = "gpu-airlock-gpu-worker";
+pub const RENDER_WORKER_BIN: &str = "gpu-airlock-render-worker";
+
+/// How long a worker whose channel closed may take to exit before it is
+/// killed: it may have closed the channel and gone on running.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+
+pub struct Worker {
+    pub role: Role,
+    pub child: Child,
+}
+
+/// Where the worker binaries are: `--worker-dir`, else beside this binary.
+pub fn worker_path(dir: Option<&Path>, bin: &str) -> io::Result<PathBuf> {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| io::Error::other("the broker's own path has no directory"))?,
+    };
+    let path = dir.join(bin);
+    if !path.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} not found; install it beside gpu-airlock or pass --worker-dir",
+                path.display()
+            ),
+        ));
+    }
+    Ok(path)
+}
+
+/// Starts `exe` with `broker_end` at fd 3 and `peer_end` at fd 4.
+pub fn spawn(role: Role, exe: &Path, broker_end: OwnedFd, peer_end: OwnedFd) -> io::Result<Worker> {
+    let broker_pid = nix::unistd::getpid();
+    let (b, p) = (broker_end.as_raw_fd(), peer_end.as_raw_fd());
+    let mut cmd = Command::new(exe);
+    cmd.stdin(Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // only async-signal-safe system calls (fcntl, dup2, prctl, getppid); it
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move both ends above the target numbers first, so placing one
+            // cannot overwrite the other.
+            let b2 = libc::fcntl(b, libc::F_DUPFD_CLOEXEC, 10);
+            let p2 = libc::fcntl(p, libc::F_DUPFD_CLOEXEC, 10);
+            if b2 < 0 || p2 < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // dup2 leaves the new descriptors without close-on-exec: these
+            // two, and only these, survive exec.
+            if libc::dup2(b2, worker_fds::BROKER) < 0 || libc::dup2(p2, worker_fds::PEER) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            policies::die_with_parent(broker_pid)
+                .map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", exe.display())))?;
+    // Our copies of the worker's ends close here.
+    drop(broker_end);
+    drop(peer_end);
+    Ok(Worker { role, child })
+}
+
+impl Worker {
+    /// Reaps the worker, killing it if it does not exit by itself soon.
+    pub fn reap(&mut self) -> io::Result<ExitStatus> {
+        let deadline = Instant::now() + EXIT_GRACE;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    "{} (pid {}) closed its channel but kept running; killing it",
+                    self.role,
+                    self.child.id()
+                );
+                let _ = self.child.kill();
+                return self.child.wait();
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills and reaps the worker.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Says how a process ended, in the words a user looks for in a log.
+pub fn describe(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    match status.signal() {
+        Some(sig) => {
+            let name = Signal::try_from(sig)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("signal {sig}"));
+            if sig == libc::SIGSYS {
+                format!("was killed by {name} (a seccomp violation)")
+            } else {
+                format!("was killed by {name}")
+            }
+        }
+        None => format!("ended with {status}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_exits_and_signals() {
+        assert_eq!(
+            describe(ExitStatus::from_raw(3 << 8)),
+            "exited with status 3"
+        );
+        assert_eq!(describe(ExitStatus::from_raw(9)), "was killed by SIGKILL");
+        assert_eq!(
+            describe(ExitStatus::from_raw(libc::SIGSYS)),
+            "was killed by SIGSYS (a seccomp violation)"
+        );
+    }
+}

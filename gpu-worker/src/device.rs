@@ -1,0 +1,571 @@
+//! The virtio-gpu device model: turns one descriptor chain from the control
+//! or cursor queue into one response.
+//!
+//! This is the code that reads guest-controlled bytes, so it assumes every
+//! chain is hostile. A chain is validated as a whole before any command in
+//! it is looked at; guest memory is reached only through `virtio-queue`'s
+//! `Reader` and `Writer`, which check every range against the memory map;
+//! and every outcome is a response (or a zero-length used entry where no
+//! response fits), never a panic.
+
+use std::io::{Read, Write};
+use std::ops::Deref;
+
+use ipc::ScanoutSize;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Reader, Writer};
+use vm_memory::{ByteValued, GuestMemoryMmap, Le32};
+
+use crate::edid;
+use crate::guest_warn;
+use crate::protocol::*;
+use crate::ratelimit::LogLimiter;
+
+/// Which virtqueue a chain came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    Control,
+    Cursor,
+}
+
+/// Why a chain was refused before its command was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainError {
+    /// The chain has no descriptors: its head lies past the queue.
+    Empty,
+    /// A descriptor still points onward after the queue size was walked
+    /// (a loop) or points past the descriptor table.
+    Broken,
+    /// A descriptor of length zero.
+    ZeroLength,
+    /// A device-readable descriptor after a device-writable one.
+    ReadableAfterWritable,
+    /// A descriptor's range is not inside guest memory.
+    OutsideMemory,
+}
+
+impl std::fmt::Display for ChainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChainError::Empty => "its head index lies past the queue",
+            ChainError::Broken => "it loops or points past the descriptor table",
+            ChainError::ZeroLength => "it has a zero-length descriptor",
+            ChainError::ReadableAfterWritable => "a readable descriptor follows a writable one",
+            ChainError::OutsideMemory => "a descriptor points outside guest memory",
+        })
+    }
+}
+
+/// The device state gpu-worker keeps for one front-end connection.
+#[derive(Debug)]
+pub struct GpuDevice {
+    scanouts: Vec<ScanoutSize>,
+    log: LogLimiter,
+}
+
+impl GpuDevice {
+    pub fn new(scanouts: Vec<ScanoutSize>) -> Self {
+        GpuDevice {
+            scanouts,
+            log: LogLimiter::default(),
+        }
+    }
+
+    /// Processes one chain and returns how many bytes were written into it,
+    /// the `len` of its used-ring entry.
+    pub fn process_chain<T>(
+        &self,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<T>,
+        queue: QueueKind,
+    ) -> u32
+    where
+        T: Deref<Target = GuestMemoryMmap> + Clone,
+    {
+        let head = chain.head_index();
+        if let Err(e) = validate_chain(chain.clone()) {
+            guest_warn!(
+                self.log,
+                "{queue:?} queue: refusing chain at head {head}: {e}"
+            );
+            // Answer on whatever writable space there is, if it is sound.
+            return match Writer::new(mem, chain) {
+                Ok(mut w) => write_response(&mut w, &err_hdr(RESP_ERR_UNSPEC, None)),
+                Err(_) => 0,
+            };
+        }
+
+        let (mut reader, mut writer) =
+            match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
+                (Ok(r), Ok(w)) => (r, w),
+                _ => {
+                    guest_warn!(
+                        self.log,
+                        "{queue:?} queue: refusing chain at head {head}: {}",
+                        ChainError::OutsideMemory
+                    );
+                    return 0;
+                }
+            };
+
+        let hdr: CtrlHdr = match reader.read_obj() {
+            Ok(hdr) => hdr,
+            Err(_) => {
+                guest_warn!(
+                    self.log,
+                    "{queue:?} queue: request of {} bytes is shorter than a command header",
+                    reader.bytes_read() + reader.available_bytes()
+                );
+                return write_response(&mut writer, &err_hdr(RESP_ERR_UNSPEC, None));
+            }
+        };
+
+        match self.dispatch(&hdr, &mut reader, queue) {
+            Response::Display(mut r) => {
+                r.hdr = reply_hdr(RESP_OK_DISPLAY_INFO, &hdr);
+                write_response(&mut writer, &*r)
+            }
+            Response::Edid(mut r) => {
+                r.hdr = reply_hdr(RESP_OK_EDID, &hdr);
+                write_response(&mut writer, &*r)
+            }
+            Response::Error(code) => write_response(&mut writer, &err_hdr(code, Some(&hdr))),
+        }
+    }
+
+    fn dispatch(&self, hdr: &CtrlHdr, reader: &mut Reader<'_>, queue: QueueKind) -> Response {
+        let cmd = hdr.type_.to_native();
+        match (queue, cmd) {
+            (QueueKind::Control, CMD_GET_DISPLAY_INFO) => {
+                Response::Display(Box::new(self.display_info()))
+            }
+            (QueueKind::Control, CMD_GET_EDID) => self.get_edid(reader),
+            (QueueKind::Cursor, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR)
+            | (QueueKind::Control, CMD_RESOURCE_CREATE_2D..) => {
+                guest_warn!(
+                    self.log,
+                    "{queue:?} queue: command {cmd:#x} is not implemented yet; answering ERR_UNSPEC"
+                );
+                Response::Error(RESP_ERR_UNSPEC)
+            }
+            _ => {
+                guest_warn!(
+                    self.log,
+                    "{queue:?} queue: unknown command {cmd:#x}; answering ERR_UNSPEC"
+                );
+                Response::Error(RESP_ERR_UNSPEC)
+            }
+        }
+    }
+
+    fn display_info(&self) -> RespDisplayInfo {
+        let mut resp = RespDisplayInfo::default();
+        for (mode, size) in resp.pmodes.iter_mut().zip(&self.scanouts) {
+            mode.r.width = Le32::from(size.width);
+            mode.r.height = Le32::from(size.height);
+            mode.enabled = Le32::from(1);
+        }
+        resp
+    }
+
+    fn get_edid(&self, reader: &mut Reader<'_>) -> Response {
+        // The header was already consumed: read the rest of the command.
+        let mut rest = [0u8; 8];
+        if reader.read_exact(&mut rest).is_err() {
+            guest_warn!(self.log, "GET_EDID request is too short");
+            return Response::Error(RESP_ERR_INVALID_PARAMETER);
+        }
+        let scanout = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        let Some(size) = usize::try_from(scanout)
+            .ok()
+            .and_then(|i| self.scanouts.get(i))
+        else {
+            guest_warn!(
+                self.log,
+                "GET_EDID for scanout {scanout}, but the device has {}",
+                self.scanouts.len()
+            );
+            return Response::Error(RESP_ERR_INVALID_PARAMETER);
+        };
+        let block = edid::build(size.width, size.height, scanout);
+        let mut resp = RespEdid {
+            size: Le32::from(edid::EDID_LEN as u32),
+            ..RespEdid::default()
+        };
+        resp.edid[..edid::EDID_LEN].copy_from_slice(&block);
+        Response::Edid(Box::new(resp))
+    }
+}
+
+enum Response {
+    Display(Box<RespDisplayInfo>),
+    Edid(Box<RespEdid>),
+    Error(u32),
+}
+
+/// Checks the shape of a whole chain before any of it is trusted.
+pub fn validate_chain<T>(chain: DescriptorChain<T>) -> Result<(), ChainError>
+where
+    T: Deref<Target = GuestMemoryMmap>,
+{
+    let mut last: Option<Descriptor> = None;
+    let mut seen_writable = false;
+    for desc in chain {
+        if desc.len() == 0 {
+            return Err(ChainError::ZeroLength);
+        }
+        if desc.is_write_only() {
+            seen_writable = true;
+        } else if seen_writable {
+            return Err(ChainError::ReadableAfterWritable);
+        }
+        last = Some(desc);
+    }
+    match last {
+        None => Err(ChainError::Empty),
+        // The iterator stops silently at its time-to-live or at an index past
+        // the table; a last descriptor that still has NEXT set shows it.
+        Some(d) if d.has_next() => Err(ChainError::Broken),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The response header for `request`: fenced requests get their fence back.
+fn reply_hdr(type_: u32, request: &CtrlHdr) -> CtrlHdr {
+    let mut hdr = CtrlHdr {
+        type_: Le32::from(type_),
+        ..CtrlHdr::default()
+    };
+    let flags = request.flags.to_native();
+    if flags & FLAG_FENCE != 0 {
+        // Commands complete before their response is written, so the fence
+        // is signalled by this very response.
+        hdr.flags = Le32::from(flags & (FLAG_FENCE | FLAG_INFO_RING_IDX));
+        hdr.fence_id = request.fence_id;
+        hdr.ctx_id = request.ctx_id;
+        if flags & FLAG_INFO_RING_IDX != 0 {
+            hdr.ring_idx = request.ring_idx;
+        }
+    }
+    hdr
+}
+
+fn err_hdr(code: u32, request: Option<&CtrlHdr>) -> CtrlHdr {
+    match request {
+        Some(r) => reply_hdr(code, r),
+        None => CtrlHdr {
+            type_: Le32::from(code),
+            ..CtrlHdr::default()
+        },
+    }
+}
+
+/// Writes `resp` if it fits; otherwise an ERR_UNSPEC header if that fits;
+/// otherwise nothing. Returns the bytes written.
+fn write_response<R: ByteValued>(writer: &mut Writer<'_>, resp: &R) -> u32 {
+    let fits = |n: usize| writer.available_bytes() >= n;
+    let written = if fits(std::mem::size_of::<R>()) {
+        writer.write_all(resp.as_slice())
+    } else if fits(std::mem::size_of::<CtrlHdr>()) {
+        writer.write_all(err_hdr(RESP_ERR_UNSPEC, None).as_slice())
+    } else {
+        return 0;
+    };
+    match written {
+        Ok(()) => u32::try_from(writer.bytes_written()).unwrap_or(u32::MAX),
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::QueueOwnedT;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const VRING_DESC_F_NEXT: u16 = 1;
+    const VRING_DESC_F_WRITE: u16 = 2;
+    const REQ: u64 = 0x10_000;
+    const RESP: u64 = 0x20_000;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_000)]).unwrap()
+    }
+
+    fn device() -> GpuDevice {
+        GpuDevice::new(vec![
+            ScanoutSize {
+                width: 1280,
+                height: 800,
+            },
+            ScanoutSize {
+                width: 640,
+                height: 480,
+            },
+        ])
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    }
+
+    /// Runs `descs` (a chain starting at descriptor 0) through the device.
+    fn run(mem: &GuestMemoryMmap, descs: &[RawDescriptor]) -> u32 {
+        let vq = MockSplitQueue::new(mem, 16);
+        for (i, d) in descs.iter().enumerate() {
+            vq.desc_table().store(i as u16, *d).unwrap();
+        }
+        vq.avail().ring().ref_at(0).unwrap().store(0u16);
+        vq.avail().idx().store(1u16);
+        let mut q: virtio_queue::Queue = vq.create_queue().unwrap();
+        let chain = q.iter(mem).unwrap().next().unwrap();
+        device().process_chain(mem, chain, QueueKind::Control)
+    }
+
+    fn request(mem: &GuestMemoryMmap, type_: u32, flags: u32, extra: &[u8]) -> u32 {
+        let hdr = CtrlHdr {
+            type_: Le32::from(type_),
+            flags: Le32::from(flags),
+            fence_id: 42u64.into(),
+            ctx_id: Le32::from(3),
+            ring_idx: 1,
+            padding: [0; 3],
+        };
+        mem.write_obj(hdr, GuestAddress(REQ)).unwrap();
+        mem.write_slice(extra, GuestAddress(REQ + 24)).unwrap();
+        (24 + extra.len()) as u32
+    }
+
+    fn response_hdr(mem: &GuestMemoryMmap) -> CtrlHdr {
+        mem.read_obj(GuestAddress(RESP)).unwrap()
+    }
+
+    #[test]
+    fn display_info_reports_each_scanout() {
+        let m = mem();
+        let len = request(&m, CMD_GET_DISPLAY_INFO, 0, &[]);
+        let n = run(
+            &m,
+            &[
+                desc(REQ, len, VRING_DESC_F_NEXT, 1),
+                desc(RESP, 1024, VRING_DESC_F_WRITE, 0),
+            ],
+        );
+        assert_eq!(n as usize, std::mem::size_of::<RespDisplayInfo>());
+        let r: RespDisplayInfo = m.read_obj(GuestAddress(RESP)).unwrap();
+        assert_eq!(r.hdr.type_.to_native(), RESP_OK_DISPLAY_INFO);
+        assert_eq!(r.pmodes[0].r.width.to_native(), 1280);
+        assert_eq!(r.pmodes[1].r.height.to_native(), 480);
+        assert_eq!(r.pmodes[1].enabled.to_native(), 1);
+        assert_eq!(r.pmodes[2].enabled.to_native(), 0);
+    }
+
+    #[test]
+    fn fence_is_echoed() {
+        let m = mem();
+        let len = request(
+            &m,
+            CMD_GET_DISPLAY_INFO,
+            FLAG_FENCE | FLAG_INFO_RING_IDX,
+            &[],
+        );
+        run(
+            &m,
+            &[
+                desc(REQ, len, VRING_DESC_F_NEXT, 1),
+                desc(RESP, 1024, VRING_DESC_F_WRITE, 0),
+            ],
+        );
+        let h = response_hdr(&m);
+        assert_eq!(h.flags.to_native(), FLAG_FENCE | FLAG_INFO_RING_IDX);
+        assert_eq!(h.fence_id.to_native(), 42);
+        assert_eq!(h.ctx_id.to_native(), 3);
+        assert_eq!(h.ring_idx, 1);
+    }
+
+    #[test]
+    fn unfenced_request_gets_no_fence() {
+        let m = mem();
+        let len = request(&m, CMD_GET_DISPLAY_INFO, 0, &[]);
+        run(
+            &m,
+            &[
+                desc(REQ, len, VRING_DESC_F_NEXT, 1),
+                desc(RESP, 1024, VRING_DESC_F_WRITE, 0),
+            ],
+        );
+        let h = response_hdr(&m);
+        assert_eq!(h.flags.to_native(), 0);
+        assert_eq!(h.fence_id.to_native(), 0);
+    }
+
+    #[test]
+    fn edid_for_each_scanout_and_refused_past_them() {
+        let m = mem();
+        let len = request(&m, CMD_GET_EDID, 0, &[1, 0, 0, 0, 0, 0, 0, 0]);
+        let chain = [
+            desc(REQ, len, VRING_DESC_F_NEXT, 1),
+            desc(RESP, 2048, VRING_DESC_F_WRITE, 0),
+        ];
+        run(&m, &chain);
+        let r: RespEdid = m.read_obj(GuestAddress(RESP)).unwrap();
+        assert_eq!(r.hdr.type_.to_native(), RESP_OK_EDID);
+        assert_eq!(r.size.to_native(), 128);
+        assert_eq!(r.edid[..128], edid::build(640, 480, 1));
+
+        request(&m, CMD_GET_EDID, 0, &[2, 0, 0, 0, 0, 0, 0, 0]);
+        run(&m, &chain);
+        assert_eq!(
+            response_hdr(&m).type_.to_native(),
+            RESP_ERR_INVALID_PARAMETER
+        );
+    }
+
+    #[test]
+    fn unknown_and_unimplemented_commands_get_err_unspec() {
+        let m = mem();
+        for cmd in [0xdead, CMD_RESOURCE_CREATE_2D, 0] {
+            let len = request(&m, cmd, 0, &[]);
+            let n = run(
+                &m,
+                &[
+                    desc(REQ, len, VRING_DESC_F_NEXT, 1),
+                    desc(RESP, 64, VRING_DESC_F_WRITE, 0),
+                ],
+            );
+            assert_eq!(n, 24);
+            assert_eq!(response_hdr(&m).type_.to_native(), RESP_ERR_UNSPEC);
+        }
+    }
+
+    #[test]
+    fn response_too_large_for_buffer_degrades_to_error_header() {
+        let m = mem();
+        let len = request(&m, CMD_GET_DISPLAY_INFO, 0, &[]);
+        let n = run(
+            &m,
+            &[
+                desc(REQ, len, VRING_DESC_F_NEXT, 1),
+                desc(RESP, 30, VRING_DESC_F_WRITE, 0),
+            ],
+        );
+        assert_eq!(n, 24);
+        assert_eq!(response_hdr(&m).type_.to_native(), RESP_ERR_UNSPEC);
+        // No room even for a header: nothing written.
+        let n = run(
+            &m,
+            &[
+                desc(REQ, len, VRING_DESC_F_NEXT, 1),
+                desc(RESP, 8, VRING_DESC_F_WRITE, 0),
+            ],
+        );
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn short_request_gets_error() {
+        let m = mem();
+        let n = run(
+            &m,
+            &[
+                desc(REQ, 8, VRING_DESC_F_NEXT, 1),
+                desc(RESP, 64, VRING_DESC_F_WRITE, 0),
+            ],
+        );
+        assert_eq!(n, 24);
+        assert_eq!(response_hdr(&m).type_.to_native(), RESP_ERR_UNSPEC);
+    }
+
+    #[test]
+    fn looping_chain_is_refused() {
+        let m = mem();
+        let len = request(&m, CMD_GET_DISPLAY_INFO, 0, &[]);
+        let n = run(&m, &[desc(REQ, len, VRING_DESC_F_NEXT, 0)]);
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn chain_past_the_table_is_refused_with_error_response() {
+        let m = mem();
+        let len = request(&m, CMD_GET_DISPLAY_INFO, 0, &[]);
+        // Writable descriptor first would be out of order; here the writable
+        // one is sound but its NEXT points past the 16-entry table.
+        let n = run(
+            &m,
+            &[
+                desc(REQ, len, VRING_DESC_F_NEXT, 1),
+                desc(RESP, 64, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 999),
+            ],
+        );
+        assert_eq!(n, 24);
+        assert_eq!(response_hdr(&m).type_.to_native(), RESP_ERR_UNSPEC);
+    }
+
+    #[test]
+    fn zero_length_and_out_of_memory_descriptors_are_refused() {
+        let m = mem();
+        let len = request(&m, CMD_GET_DISPLAY_INFO, 0, &[]);
+        let n = run(
+            &m,
+            &[
+                desc(REQ, 0, VRING_DESC_F_NEXT, 1),
+                desc(RESP, 64, VRING_DESC_F_WRITE, 0),
+            ],
+        );
+        assert_eq!(n, 24);
+        assert_eq!(response_hdr(&m).type_.to_native(), RESP_ERR_UNSPEC);
+
+        let n = run(
+            &m,
+            &[
+                desc(0xffff_ffff_0000, len, VRING_DESC_F_NEXT, 1),
+                desc(RESP, 64, VRING_DESC_F_WRITE, 0),
+            ],
+        );
+        assert_eq!(n, 0);
+
+        let n = run(
+            &m,
+            &[
+                desc(REQ, len, VRING_DESC_F_NEXT, 1),
+                desc(u64::MAX - 8, 64, VRING_DESC_F_WRITE, 0),
+            ],
+        );
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn readable_after_writable_is_refused() {
+        let m = mem();
+        let len = request(&m, CMD_GET_DISPLAY_INFO, 0, &[]);
+        let n = run(
+            &m,
+            &[
+                desc(RESP, 64, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 1),
+                desc(REQ, len, 0, 0),
+            ],
+        );
+        // The writable part is sound, so the refusal is answered there.
+        assert_eq!(n, 24);
+        assert_eq!(response_hdr(&m).type_.to_native(), RESP_ERR_UNSPEC);
+    }
+
+    #[test]
+    fn validate_accepts_well_formed_chain() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        vq.desc_table()
+            .store(0, desc(REQ, 24, VRING_DESC_F_NEXT, 1))
+            .unwrap();
+        vq.desc_table()
+            .store(1, desc(RESP, 24, VRING_DESC_F_WRITE, 0))
+            .unwrap();
+        vq.avail().ring().ref_at(0).unwrap().store(0u16);
+        vq.avail().idx().store(1u16);
+        let mut q: virtio_queue::Queue = vq.create_queue().unwrap();
+        let chain = q.iter(&m).unwrap().next().unwrap();
+        assert_eq!(validate_chain(chain), Ok(()));
+    }
+}
