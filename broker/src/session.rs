@@ -85,6 +85,13 @@ impl Session {
     }
 }
 
+/// The `size` bytes at `offset` of the config space, if all are inside it.
+fn config_read(space: &[u8], offset: u32, size: u32) -> Option<Vec<u8>> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(size).ok()?)?;
+    space.get(start..end).map(<[u8]>::to_vec)
+}
+
 impl VhostUserBackendReqHandlerMut for Session {
     fn set_owner(&mut self) -> Result<()> {
         relay(self.worker.set_owner())
@@ -227,15 +234,7 @@ impl VhostUserBackendReqHandlerMut for Session {
         size: u32,
         _flags: VhostUserConfigFlags,
     ) -> Result<Vec<u8>> {
-        let space = self.config_space();
-        let start = offset as usize;
-        let end = start
-            .checked_add(size as usize)
-            .ok_or(Error::InvalidParam)?;
-        space
-            .get(start..end)
-            .map(<[u8]>::to_vec)
-            .ok_or(Error::InvalidParam)
+        config_read(&self.config_space(), offset, size).ok_or(Error::InvalidParam)
     }
 
     fn set_config(&mut self, offset: u32, buf: &[u8], _flags: VhostUserConfigFlags) -> Result<()> {
@@ -310,5 +309,20 @@ impl VhostUserBackendReqHandlerMut for Session {
 
     fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> Result<()> {
         Err(Error::InvalidOperation("dirty logging is not supported"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_stay_inside_the_space() {
+        let space: Vec<u8> = (0..16).collect();
+        assert_eq!(config_read(&space, 0, 16), Some(space.clone()));
+        assert_eq!(config_read(&space, 8, 4), Some(vec![8, 9, 10, 11]));
+        assert_eq!(config_read(&space, 8, 16), None);
+        assert_eq!(config_read(&space, 16, 1), None);
+        assert_eq!(config_read(&space, u32::MAX, u32::MAX), None);
     }
 }

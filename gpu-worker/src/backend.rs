@@ -3,8 +3,9 @@
 //! (memory map, vrings, scanouts) survives into the next.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use ipc::ScanoutSize;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -46,6 +47,10 @@ pub struct GpuBackend {
     event_idx: AtomicBool,
     exit_consumer: EventConsumer,
     exit_notifier: EventNotifier,
+    /// Exit-event descriptors handed to `vhost-user-backend`, which takes
+    /// them with `into_raw_fd()` and never closes them (0.24); see
+    /// [`GpuBackend::close_handed_out_exit_fds`].
+    handed_out: Mutex<Vec<RawFd>>,
     log: LogLimiter,
 }
 
@@ -58,6 +63,7 @@ impl GpuBackend {
             event_idx: AtomicBool::new(false),
             exit_consumer,
             exit_notifier,
+            handed_out: Mutex::new(Vec::new()),
             log: LogLimiter::default(),
         })
     }
@@ -65,6 +71,22 @@ impl GpuBackend {
     /// Ends the vring worker thread once the connection is gone.
     pub fn stop_worker_thread(&self) -> io::Result<()> {
         self.exit_notifier.notify()
+    }
+
+    /// Closes the exit-event descriptors the vring threads leaked.
+    ///
+    /// # Safety
+    /// Call only once every vring thread of this backend has ended and the
+    /// daemon is dropped, i.e. when the caller holds the last reference to
+    /// the backend: then nothing else refers to these descriptor numbers,
+    /// which stayed open (so were not reused) until now.
+    pub unsafe fn close_handed_out_exit_fds(&self) {
+        let fds = std::mem::take(&mut *self.handed_out.lock().unwrap_or_else(|e| e.into_inner()));
+        for fd in fds {
+            // SAFETY: per this function's contract, `fd` is open and owned
+            // by no one else.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
     }
 
     fn process_queue(&self, vring: &VringRwLock, kind: QueueKind) -> io::Result<()> {
@@ -125,10 +147,13 @@ impl VhostUserBackend for GpuBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        Some((
-            self.exit_consumer.try_clone().ok()?,
-            self.exit_notifier.try_clone().ok()?,
-        ))
+        let consumer = self.exit_consumer.try_clone().ok()?;
+        let notifier = self.exit_notifier.try_clone().ok()?;
+        self.handed_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(consumer.as_raw_fd());
+        Some((consumer, notifier))
     }
 
     fn handle_event(

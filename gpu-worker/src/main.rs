@@ -5,13 +5,14 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use gpu_worker::backend::GpuBackend;
 use ipc::{
     worker_fds, BrokerToGpu, Channel, GpuConfig, GpuToBroker, GpuToRender, RenderToGpu, Role,
 };
 use log::{error, info, warn};
-use vhost::vhost_user::Listener;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -122,12 +123,28 @@ fn serve_one(listener: &mut Listener, scanouts: Vec<ipc::ScanoutSize>) -> Result
     .map_err(|e| e.to_string())?;
     daemon.start(listener).map_err(|e| e.to_string())?;
     info!("gpu-worker: front-end connected");
-    if let Err(e) = daemon.wait() {
-        warn!("gpu-worker: front-end connection ended with an error: {e}");
+    match daemon.wait() {
+        Ok(())
+        | Err(vhost_user_backend::Error::HandleRequest(
+            VhostUserError::Disconnected | VhostUserError::PartialMessage,
+        )) => {}
+        Err(e) => warn!("gpu-worker: front-end connection ended with an error: {e}"),
     }
+    drop(daemon);
+    backend
+        .stop_worker_thread()
+        .map_err(|e| format!("cannot stop the vring thread: {e}"))?;
+    // The vring thread holds a reference to the backend until it ends.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&backend) > 1 {
+        if Instant::now() >= deadline {
+            return Err("the vring thread did not end after the connection closed".into());
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: ours is the last reference: the daemon is dropped and its
+    // vring thread has ended.
+    unsafe { backend.close_handed_out_exit_fds() };
     info!("gpu-worker: front-end disconnected; device state dropped");
-    if let Err(e) = backend.stop_worker_thread() {
-        warn!("gpu-worker: cannot stop the vring thread: {e}");
-    }
     Ok(())
 }

@@ -1,1 +1,502 @@
+//! A vhost-user front-end for tests, built on the rust-vmm `vhost` crate's
+//! `Frontend`: memfd guest memory, split virtqueues laid out in it as a
+//! driver would, kick and call eventfds, and the real three-process backend
+//! started from the workspace's binaries.
+//!
+//! Nothing here stands in for the backend: every test talks to the
+//! `gpu-airlock` binary over its socket, exactly as a VMM does.
 
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{fence, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+pub use gpu_wire::*;
+
+/// Guest-side constants and layouts the tests build requests from.
+pub mod gpu_wire {
+    pub use gpu_worker::backend::device_features;
+    pub use gpu_worker::protocol::{
+        CMD_GET_DISPLAY_INFO, CMD_GET_EDID, CMD_RESOURCE_CREATE_2D, CMD_UPDATE_CURSOR, FLAG_FENCE,
+        RESP_ERR_INVALID_PARAMETER, RESP_ERR_UNSPEC, RESP_OK_DISPLAY_INFO, RESP_OK_EDID,
+    };
+    pub const F_EDID: u64 = 1 << gpu_worker::protocol::F_EDID;
+    pub const F_VERSION_1: u64 = 1 << 32;
+    pub const F_RING_EVENT_IDX: u64 = 1 << 29;
+    pub const F_RING_INDIRECT_DESC: u64 = 1 << 28;
+    pub const F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+    /// A `virtio_gpu_ctrl_hdr`, as bytes.
+    pub fn ctrl_hdr(type_: u32, flags: u32, fence_id: u64) -> Vec<u8> {
+        let mut v = Vec::with_capacity(24);
+        v.extend_from_slice(&type_.to_le_bytes());
+        v.extend_from_slice(&flags.to_le_bytes());
+        v.extend_from_slice(&fence_id.to_le_bytes());
+        v.extend_from_slice(&[0u8; 8]);
+        v
+    }
+
+    /// `type`, `flags` and `fence_id` of a response header.
+    pub fn parse_hdr(resp: &[u8]) -> (u32, u32, u64) {
+        let u32_at = |o: usize| u32::from_le_bytes(resp[o..o + 4].try_into().unwrap());
+        let fence = u64::from_le_bytes(resp[8..16].try_into().unwrap());
+        (u32_at(0), u32_at(4), fence)
+    }
+}
+
+pub const VRING_DESC_F_NEXT: u16 = 1;
+pub const VRING_DESC_F_WRITE: u16 = 2;
+
+/// Size of the guest memory the harness gives the device.
+pub const GUEST_MEM_SIZE: usize = 16 << 20;
+/// Where request and response buffers start in guest memory.
+pub const DATA_BASE: u64 = 1 << 20;
+pub const QUEUE_SIZE: u16 = 64;
+
+/// The workspace's target directory (the one holding this test binary).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+pub fn binary(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds every binary",
+        path.display()
+    );
+    path
+}
+
+/// Lines a process wrote to stderr, collected as they arrive.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until a line containing every one of `needles` appears.
+    pub fn wait_for(&self, needles: &[&str], timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .lines()
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return Some(l);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A running gpu-airlock broker and its workers.
+pub struct Backend {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub log: Log,
+    _dir: TempDir,
+}
+
+/// A private directory under /tmp, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let mut random = [0u8; 8];
+        use std::io::Read;
+        File::open("/dev/urandom")
+            .unwrap()
+            .read_exact(&mut random)
+            .unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "gpu-airlock-{tag}-{}-{:016x}",
+            std::process::id(),
+            u64::from_le_bytes(random)
+        ));
+        fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Backend {
+    /// Starts `gpu-airlock --socket-path … <extra>` and waits until it says
+    /// it is ready.
+    pub fn start(extra: &[&str]) -> Backend {
+        let dir = TempDir::new("backend");
+        let socket = dir.0.join("gpu.sock");
+        let mut child = Command::new(binary("gpu-airlock"))
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start gpu-airlock");
+        let log = Log::default();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[backend] {line}");
+                sink.0.lock().unwrap().push(line);
+            }
+        });
+        let backend = Backend {
+            child,
+            socket,
+            log,
+            _dir: dir,
+        };
+        assert!(
+            backend
+                .log
+                .wait_for(&["ready on"], Duration::from_secs(20))
+                .is_some(),
+            "gpu-airlock did not become ready; log: {:#?}",
+            backend.log.lines()
+        );
+        backend
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The broker's children: (gpu-worker pid, render-worker pid).
+    pub fn worker_pids(&self) -> (u32, u32) {
+        let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid()))
+            .expect("read the broker's children");
+        let mut gpu = None;
+        let mut render = None;
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            // comm is cut to 15 characters: "gpu-airlock-gpu", "gpu-airlock-ren".
+            if comm.starts_with("gpu-airlock-gpu") {
+                gpu = Some(pid);
+            } else if comm.starts_with("gpu-airlock-ren") {
+                render = Some(pid);
+            }
+        }
+        (
+            gpu.expect("gpu-worker is running"),
+            render.expect("render-worker is running"),
+        )
+    }
+
+    /// Waits for the broker to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Targets of a process's open descriptors.
+pub fn fd_targets(pid: u32) -> Vec<String> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie still has a /proc entry; it is not alive.
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Guest memory in a memfd, mapped here as the VMM maps it.
+pub fn guest_memory() -> GuestMemoryMmap {
+    let fd = nix::sys::memfd::memfd_create(
+        "gpu-airlock-guest-ram",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    )
+    .expect("memfd_create");
+    let file = File::from(fd);
+    file.set_len(GUEST_MEM_SIZE as u64).unwrap();
+    GuestMemoryMmap::from_ranges_with_files(&[(
+        GuestAddress(0),
+        GUEST_MEM_SIZE,
+        Some(FileOffset::new(file, 0)),
+    )])
+    .expect("map guest memory")
+}
+
+/// One split virtqueue as the driver sees it.
+pub struct DriverQueue {
+    pub index: usize,
+    pub size: u16,
+    pub desc: GuestAddress,
+    pub avail: GuestAddress,
+    pub used: GuestAddress,
+    pub kick: EventFd,
+    pub call: EventFd,
+    next_avail: u16,
+    last_used: u16,
+}
+
+impl DriverQueue {
+    fn new(index: usize, base: GuestAddress, size: u16) -> DriverQueue {
+        let desc = base;
+        let avail = GuestAddress(desc.0 + 16 * u64::from(size));
+        // The used ring is 4-byte aligned; start it on its own page.
+        let used = GuestAddress((avail.0 + 6 + 2 * u64::from(size) + 4095) & !4095);
+        DriverQueue {
+            index,
+            size,
+            desc,
+            avail,
+            used,
+            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+            call: EventFd::new(EFD_NONBLOCK).unwrap(),
+            next_avail: 0,
+            last_used: 0,
+        }
+    }
+
+    /// Writes raw descriptors starting at table index `first` and makes
+    /// descriptor `head` available. Returns nothing: the caller wrote what
+    /// it meant, sound or not.
+    pub fn push_raw(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        first: u16,
+        descs: &[(u64, u32, u16, u16)],
+        head: u16,
+    ) {
+        for (i, (addr, len, flags, next)) in descs.iter().enumerate() {
+            let at = self.desc.0 + 16 * u64::from(first + i as u16);
+            mem.write_obj(*addr, GuestAddress(at)).unwrap();
+            mem.write_obj(*len, GuestAddress(at + 8)).unwrap();
+            mem.write_obj(*flags, GuestAddress(at + 12)).unwrap();
+            mem.write_obj(*next, GuestAddress(at + 14)).unwrap();
+        }
+        let slot = self.next_avail % self.size;
+        mem.write_obj(head, GuestAddress(self.avail.0 + 4 + 2 * u64::from(slot)))
+            .unwrap();
+        // used_event (EVENT_IDX): ask to be notified for the next used entry.
+        mem.write_obj(
+            self.last_used,
+            GuestAddress(self.avail.0 + 4 + 2 * u64::from(self.size)),
+        )
+        .unwrap();
+        // The ring entry must be visible before the index that publishes it.
+        fence(Ordering::SeqCst);
+        self.next_avail = self.next_avail.wrapping_add(1);
+        mem.write_obj(self.next_avail, GuestAddress(self.avail.0 + 2))
+            .unwrap();
+        fence(Ordering::SeqCst);
+        self.kick.write(1).unwrap();
+    }
+
+    /// Waits for the next used entry: (descriptor id, length).
+    pub fn wait_used(&mut self, mem: &GuestMemoryMmap, timeout: Duration) -> Option<(u32, u32)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            fence(Ordering::SeqCst);
+            let used_idx: u16 = mem.read_obj(GuestAddress(self.used.0 + 2)).unwrap();
+            if used_idx != self.last_used {
+                let slot = self.last_used % self.size;
+                let elem = self.used.0 + 4 + 8 * u64::from(slot);
+                let id: u32 = mem.read_obj(GuestAddress(elem)).unwrap();
+                let len: u32 = mem.read_obj(GuestAddress(elem + 4)).unwrap();
+                self.last_used = self.last_used.wrapping_add(1);
+                return Some((id, len));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            // SAFETY: `self.call` owns the descriptor and outlives this poll.
+            let call = unsafe { BorrowedFd::borrow_raw(self.call.as_raw_fd()) };
+            let mut fds = [PollFd::new(call, PollFlags::POLLIN)];
+            let ms = left.as_millis().min(100) as u16;
+            let _ = poll(&mut fds, PollTimeout::from(ms));
+            let _ = self.call.read();
+        }
+    }
+
+    /// Used entries the device has published so far.
+    pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+        fence(Ordering::SeqCst);
+        mem.read_obj(GuestAddress(self.used.0 + 2)).unwrap()
+    }
+}
+
+/// What the harness negotiated.
+pub struct Negotiated {
+    pub features: u64,
+    pub protocol_features: VhostUserProtocolFeatures,
+}
+
+/// A connected front-end with guest memory and both queues running.
+pub struct Device {
+    pub frontend: Frontend,
+    pub mem: GuestMemoryMmap,
+    pub controlq: DriverQueue,
+    pub cursorq: DriverQueue,
+    pub negotiated: Negotiated,
+}
+
+impl Device {
+    /// Connects and sets the device up the way QEMU does: owner, features,
+    /// protocol features, memory table, then each vring.
+    pub fn connect(socket: &Path) -> Device {
+        let mut frontend = Frontend::connect(socket, 2).expect("connect to gpu-airlock");
+        frontend.set_owner().unwrap();
+        let offered = frontend.get_features().unwrap();
+        let features = offered
+            & (F_VERSION_1
+                | F_EDID
+                | F_RING_EVENT_IDX
+                | F_RING_INDIRECT_DESC
+                | F_PROTOCOL_FEATURES);
+        frontend.set_features(features).unwrap();
+        let offered_proto = frontend.get_protocol_features().unwrap();
+        let proto = offered_proto
+            & (VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::REPLY_ACK);
+        frontend.set_protocol_features(proto).unwrap();
+        frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+
+        let mem = guest_memory();
+        let regions: Vec<VhostUserMemoryRegionInfo> = mem
+            .iter()
+            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
+            .collect();
+        frontend.set_mem_table(&regions).unwrap();
+
+        let mut controlq = DriverQueue::new(0, GuestAddress(0), QUEUE_SIZE);
+        let mut cursorq = DriverQueue::new(1, GuestAddress(0x10_000), QUEUE_SIZE);
+        for q in [&mut controlq, &mut cursorq] {
+            start_queue(&mut frontend, &mem, q);
+        }
+        Device {
+            frontend,
+            mem,
+            controlq,
+            cursorq,
+            negotiated: Negotiated {
+                features,
+                protocol_features: proto,
+            },
+        }
+    }
+
+    /// Sends `request` on the control queue with a `resp_len`-byte writable
+    /// buffer; returns the used length and the response bytes.
+    pub fn control(&mut self, request: &[u8], resp_len: u32) -> (u32, Vec<u8>) {
+        let (req, resp) = (DATA_BASE, DATA_BASE + 0x10_000);
+        self.mem.write_slice(request, GuestAddress(req)).unwrap();
+        self.mem
+            .write_slice(&vec![0xaa; resp_len as usize], GuestAddress(resp))
+            .unwrap();
+        let descs = [
+            (req, request.len() as u32, VRING_DESC_F_NEXT, 1),
+            (resp, resp_len, VRING_DESC_F_WRITE, 0),
+        ];
+        self.controlq.push_raw(&self.mem, 0, &descs, 0);
+        let (id, len) = self
+            .controlq
+            .wait_used(&self.mem, Duration::from_secs(10))
+            .expect("the device answered on the control queue");
+        assert_eq!(id, 0, "used entry names the chain's head");
+        let mut out = vec![0u8; resp_len as usize];
+        self.mem.read_slice(&mut out, GuestAddress(resp)).unwrap();
+        (len, out)
+    }
+}
+
+fn start_queue(frontend: &mut Frontend, mem: &GuestMemoryMmap, q: &mut DriverQueue) {
+    let host = |a: GuestAddress| mem.get_host_address(a).unwrap() as u64;
+    frontend.set_vring_num(q.index, q.size).unwrap();
+    frontend
+        .set_vring_addr(
+            q.index,
+            &VringConfigData {
+                queue_max_size: q.size,
+                queue_size: q.size,
+                flags: 0,
+                desc_table_addr: host(q.desc),
+                used_ring_addr: host(q.used),
+                avail_ring_addr: host(q.avail),
+                log_addr: None,
+            },
+        )
+        .unwrap();
+    frontend.set_vring_base(q.index, 0).unwrap();
+    frontend.set_vring_call(q.index, &q.call).unwrap();
+    frontend.set_vring_kick(q.index, &q.kick).unwrap();
+    frontend.set_vring_enable(q.index, true).unwrap();
+}
+
+/// Whether a process maps a file whose name contains `name`.
+pub fn maps_memfd(pid: u32, name: &str) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|m| m.lines().any(|l| l.contains(name)))
+        .unwrap_or(false)
+}
