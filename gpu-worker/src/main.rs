@@ -1,7 +1,7 @@
 //! gpu-worker's process: spawned by the broker with its channels at fixed
 //! descriptor numbers (`ipc::worker_fds`), never by a user.
 
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
@@ -32,15 +32,7 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     policies::close_inherited_fds(&[worker_fds::BROKER, worker_fds::PEER])
         .map_err(|e| e.to_string())?;
-    // SAFETY: the broker placed our ends of the two channels at these
-    // numbers before exec; close_inherited_fds left nothing else open, so
-    // each is owned here exactly once.
-    let (broker_fd, peer_fd) = unsafe {
-        (
-            OwnedFd::from_raw_fd(worker_fds::BROKER),
-            OwnedFd::from_raw_fd(worker_fds::PEER),
-        )
-    };
+    let (broker_fd, peer_fd) = worker_fds::take()?;
     let broker: Channel<GpuToBroker, BrokerToGpu> = Channel::new(broker_fd);
     let render: Channel<GpuToRender, RenderToGpu> = Channel::new(peer_fd);
     broker

@@ -43,10 +43,36 @@ pub fn socketpair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), Erro
 /// descriptor numbers when it spawns the worker, and nothing else is
 /// inherited.
 pub mod worker_fds {
-    use std::os::fd::RawFd;
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+    use nix::sys::socket::{getsockopt, sockopt, SockType};
 
     /// The channel to the broker.
     pub const BROKER: RawFd = 3;
     /// The channel to the other worker.
     pub const PEER: RawFd = 4;
+
+    /// Takes ownership of the two channels, after checking that each number
+    /// really is an open `SOCK_SEQPACKET` socket, so a worker started by
+    /// hand says so instead of misbehaving.
+    pub fn take() -> Result<(OwnedFd, OwnedFd), String> {
+        for fd in [BROKER, PEER] {
+            // SAFETY: borrowed only for the duration of getsockopt, which
+            // fails cleanly (EBADF, ENOTSOCK) on a number that is not an
+            // open socket.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            match getsockopt(&borrowed, sockopt::SockType) {
+                Ok(SockType::SeqPacket) => {}
+                _ => {
+                    return Err(format!(
+                        "descriptor {fd} is not a gpu-airlock channel: this worker is started \
+                         by gpu-airlock, not by hand"
+                    ))
+                }
+            }
+        }
+        // SAFETY: both numbers are open sockets (checked above) that the
+        // broker placed here for this process alone; each is taken once.
+        Ok(unsafe { (OwnedFd::from_raw_fd(BROKER), OwnedFd::from_raw_fd(PEER)) })
+    }
 }

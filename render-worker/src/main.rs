@@ -3,7 +3,6 @@
 //! GPU and Wayland descriptor; today it completes its handshakes and answers
 //! liveness probes until the broker goes away.
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
 use ipc::{worker_fds, BrokerToRender, Channel, GpuToRender, RenderToBroker, RenderToGpu, Role};
@@ -25,15 +24,7 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     policies::close_inherited_fds(&[worker_fds::BROKER, worker_fds::PEER])
         .map_err(|e| e.to_string())?;
-    // SAFETY: the broker placed our ends of the two channels at these
-    // numbers before exec; close_inherited_fds left nothing else open, so
-    // each is owned here exactly once.
-    let (broker_fd, peer_fd) = unsafe {
-        (
-            OwnedFd::from_raw_fd(worker_fds::BROKER),
-            OwnedFd::from_raw_fd(worker_fds::PEER),
-        )
-    };
+    let (broker_fd, peer_fd) = worker_fds::take()?;
     let broker: Channel<RenderToBroker, BrokerToRender> = Channel::new(broker_fd);
     let gpu: Channel<RenderToGpu, GpuToRender> = Channel::new(peer_fd);
     broker
