@@ -1,6 +1,6 @@
 //! The device as the user configured it, and its virtio configuration space.
 
-use ipc::{GpuConfig, ScanoutSize, MAX_SCANOUTS, MAX_SCANOUT_DIMENSION};
+use ipc::{GpuConfig, JailConfig, ScanoutSize, MAX_SCANOUTS, MAX_SCANOUT_DIMENSION};
 use vm_memory::{ByteValued, Le32};
 
 /// `struct virtio_gpu_config` (virtio spec 5.7.4), read by the front-end
@@ -19,12 +19,14 @@ unsafe impl ByteValued for VirtioGpuConfig {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceConfig {
     pub scanouts: Vec<ScanoutSize>,
+    pub jail: JailConfig,
 }
 
 impl DeviceConfig {
     pub fn gpu_config(&self) -> GpuConfig {
         GpuConfig {
             scanouts: self.scanouts.clone(),
+            jail: self.jail,
         }
     }
 
@@ -106,6 +108,9 @@ mod tests {
     fn config_space_layout() {
         let c = DeviceConfig {
             scanouts: vec![parse_scanout("640x480").unwrap(); 3],
+            jail: JailConfig {
+                seccomp: ipc::SeccompMode::Kill,
+            },
         };
         let bytes = c.virtio_gpu_config();
         assert_eq!(bytes.as_slice().len(), 16);

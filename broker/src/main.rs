@@ -21,7 +21,10 @@ use std::thread;
 use std::time::Duration;
 
 use clap::Parser;
-use ipc::{BrokerToGpu, BrokerToRender, Channel, GpuToBroker, RenderToBroker, Role, ScanoutSize};
+use ipc::{
+    BrokerToGpu, BrokerToRender, Channel, GpuToBroker, JailConfig, RenderToBroker, Role,
+    ScanoutSize, SeccompMode,
+};
 use log::{error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vhost::vhost_user::{BackendReqHandler, Error as VhostUserError, Frontend, Listener};
@@ -63,10 +66,35 @@ struct Args {
     #[arg(long = "display", value_name = "WIDTHxHEIGHT", value_parser = parse_scanout)]
     displays: Vec<ScanoutSize>,
 
+    /// What a syscall outside a process's seccomp policy gets: kill the
+    /// process (SIGSYS), trap (log the syscall's name, then exit), log (the
+    /// kernel logs it and lets it run), or none (no filter; debugging only).
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = SeccompArg::Kill)]
+    seccomp: SeccompArg,
+
     /// Directory holding gpu-airlock-gpu-worker and
     /// gpu-airlock-render-worker; default: the directory of this binary.
     #[arg(long, value_name = "DIR")]
     worker_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SeccompArg {
+    Kill,
+    Trap,
+    Log,
+    None,
+}
+
+impl From<SeccompArg> for SeccompMode {
+    fn from(a: SeccompArg) -> Self {
+        match a {
+            SeccompArg::Kill => SeccompMode::Kill,
+            SeccompArg::Trap => SeccompMode::Trap,
+            SeccompArg::Log => SeccompMode::Log,
+            SeccompArg::None => SeccompMode::None,
+        }
+    }
 }
 
 /// The front-end connection being served, so the watchdog can close it.
@@ -92,7 +120,10 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), String> {
     let scanouts = scanouts_or_default(args.displays)?;
-    let config = DeviceConfig { scanouts };
+    let jail = JailConfig {
+        seccomp: args.seccomp.into(),
+    };
+    let config = DeviceConfig { scanouts, jail };
 
     let listener = match (&args.socket_path, args.fd) {
         (Some(path), None) => Listener::new(path, true)
@@ -136,13 +167,29 @@ fn run(args: Args) -> Result<(), String> {
         }
     };
 
+    // Capabilities belong to threads: drop them before the front-end thread
+    // exists, so it starts with none.
+    policies::drop_capabilities().map_err(|e| format!("cannot enter the jail: {e}"))?;
     let current: CurrentConnection = Arc::new(Mutex::new(None));
     let serve_current = current.clone();
     let serve_config = config.clone();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
     thread::Builder::new()
         .name("vhost-user".into())
-        .spawn(move || serve_frontends(listener, internal, serve_config, serve_current))
+        .spawn(move || {
+            let _ = started_tx.send(());
+            serve_frontends(listener, internal, serve_config, serve_current)
+        })
         .map_err(|e| format!("cannot start the front-end thread: {e}"))?;
+    // The filter below covers every thread at once (TSYNC); let this one
+    // finish starting (signal stack, name) first.
+    started_rx
+        .recv()
+        .map_err(|_| "the front-end thread did not start".to_string())?;
+    // Everything the broker needs a path or a new kind of descriptor for is
+    // open; from here on it routes what it already holds.
+    policies::apply_seccomp(policies::Profile::Broker, &jail)
+        .map_err(|e| format!("cannot enter the jail: {e}"))?;
     match &args.socket_path {
         Some(p) => info!(
             "gpu-airlock ready on {} ({} scanout(s))",
@@ -198,6 +245,9 @@ fn start_workers(
         .map_err(|e| format!("render-worker: {e}"))?;
     gpu.send(&BrokerToGpu::Configure(config.gpu_config()), &[])
         .map_err(|e| format!("gpu-worker: {e}"))?;
+    render
+        .send(&BrokerToRender::Configure(config.jail), &[])
+        .map_err(|e| format!("render-worker: {e}"))?;
 
     let (listener, addr) = internal_listener()?;
     gpu.send(&BrokerToGpu::VhostUserListener, &[listener.as_fd()])

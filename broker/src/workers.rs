@@ -120,6 +120,11 @@ impl Worker {
 /// Says how a process ended, in the words a user looks for in a log.
 pub fn describe(status: ExitStatus) -> String {
     if let Some(code) = status.code() {
+        if code == policies::TRAP_EXIT_STATUS {
+            return format!(
+                "exited with status {code} (stopped by --seccomp trap; its own line above names the syscall)"
+            );
+        }
         return format!("exited with status {code}");
     }
     match status.signal() {

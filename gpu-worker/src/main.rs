@@ -64,6 +64,11 @@ fn run() -> Result<(), String> {
             BrokerToGpu::Configure(c) => {
                 c.validate()
                     .map_err(|e| format!("configuration refused: {e}"))?;
+                if config.is_some() {
+                    return Err("the broker sent a second configuration".into());
+                }
+                policies::enter(policies::Profile::GpuWorker, &c.jail)
+                    .map_err(|e| format!("cannot enter the jail: {e}"))?;
                 config = Some(c);
             }
             BrokerToGpu::VhostUserListener => {

@@ -328,6 +328,10 @@ mod tests {
     use nix::sys::socket::{send, MsgFlags};
     use nix::unistd::{pipe, read, write};
 
+    const JAIL: JailConfig = JailConfig {
+        seccomp: SeccompMode::Kill,
+    };
+
     type BrokerEnd = Channel<BrokerToGpu, GpuToBroker>;
     type GpuEnd = Channel<GpuToBroker, BrokerToGpu>;
 
@@ -371,6 +375,7 @@ mod tests {
                 width: 1280,
                 height: 800,
             }],
+            jail: JAIL,
         };
         broker
             .send(&BrokerToGpu::Configure(config.clone()), &[])
@@ -605,11 +610,18 @@ mod tests {
                 width: 1920,
                 height: 1080,
             }],
+            jail: JAIL,
         };
         assert!(ok.validate().is_ok());
-        assert!(GpuConfig { scanouts: vec![] }.validate().is_err());
+        assert!(GpuConfig {
+            scanouts: vec![],
+            jail: JAIL
+        }
+        .validate()
+        .is_err());
         let too_many = GpuConfig {
             scanouts: vec![ok.scanouts[0]; MAX_SCANOUTS + 1],
+            jail: JAIL,
         };
         assert!(too_many.validate().is_err());
         let zero = GpuConfig {
@@ -617,6 +629,7 @@ mod tests {
                 width: 0,
                 height: 10,
             }],
+            jail: JAIL,
         };
         assert!(zero.validate().is_err());
     }

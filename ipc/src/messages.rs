@@ -32,10 +32,30 @@ impl ScanoutSize {
     }
 }
 
+/// What a syscall outside a process's seccomp policy gets (`--seccomp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeccompMode {
+    /// The process is killed with SIGSYS (the default).
+    Kill,
+    /// The process logs the syscall's name and exits.
+    Trap,
+    /// The kernel logs the syscall and lets it run (for writing policies).
+    Log,
+    /// No filter at all (debugging only).
+    None,
+}
+
+/// The confinement a worker enters once it is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailConfig {
+    pub seccomp: SeccompMode,
+}
+
 /// What gpu-worker needs to know about the device it serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuConfig {
     pub scanouts: Vec<ScanoutSize>,
+    pub jail: JailConfig,
 }
 
 impl GpuConfig {
@@ -80,7 +100,11 @@ pub enum GpuToBroker {
 /// broker → render-worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BrokerToRender {
-    Ping { nonce: u64 },
+    /// The confinement to enter; sent once, right after the handshake.
+    Configure(JailConfig),
+    Ping {
+        nonce: u64,
+    },
 }
 
 /// render-worker → broker.

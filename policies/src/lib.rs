@@ -1,14 +1,22 @@
 //! The confinement every gpu-airlock process shares.
 //!
-//! This crate grows into the whole jail (namespaces, pivot_root, landlock,
-//! capabilities, no_new_privs, seccomp; see the jail issue). What is here
-//! today is the part every worker needs from its first instruction: it dies
-//! with the broker, and it holds no descriptor it was not meant to inherit.
+//! What every process does: a worker dies with the broker and holds no
+//! descriptor it was not meant to inherit; then each process enters its
+//! jail with [`enter`]: every capability dropped, no_new_privs, and the
+//! seccomp filter of its profile (`seccomp/*.json`, compiled at build time).
+//! Namespaces, pivot_root and landlock are the next layers to come, in
+//! front of these.
+
+pub mod seccomp;
 
 use std::fs;
 use std::os::fd::RawFd;
 
+use caps::CapSet;
+use ipc::{JailConfig, SeccompMode};
 use nix::sys::signal::Signal;
+
+pub use seccomp::{Profile, TRAP_EXIT_STATUS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,10 +24,91 @@ pub enum Error {
     ParentDeathSignal(nix::errno::Errno),
     #[error("the broker died before this worker armed its parent-death signal")]
     ParentGone,
-    #[error("cannot list this process's descriptors in /proc/self/fd: {0}")]
+    #[error("cannot list this process's descriptors or threads in /proc/self: {0}")]
     ListFds(std::io::Error),
     #[error("cannot close inherited descriptor {0}: {1}")]
     CloseFd(RawFd, nix::errno::Errno),
+    #[error("cannot drop capability set {0:?}: {1}")]
+    DropCapabilities(CapSet, caps::errors::CapsError),
+    #[error(
+        "capabilities must be dropped while the process has one thread, but it has {0}: \
+         the others would keep theirs"
+    )]
+    NotSingleThreaded(usize),
+    #[error("cannot set no_new_privs: {0}")]
+    NoNewPrivs(nix::errno::Errno),
+    #[error("cannot install the SIGSYS handler for --seccomp trap: {0}")]
+    TrapHandler(nix::errno::Errno),
+    #[error("cannot install the seccomp filter: {0}; use --seccomp none to run without one")]
+    Seccomp(seccompiler::Error),
+}
+
+/// Enters the jail of `profile` as `config` asks: [`drop_capabilities`],
+/// then [`apply_seccomp`]. Call it once everything the process needs a path
+/// or a new descriptor kind for is open, while it has one thread.
+pub fn enter(profile: Profile, config: &JailConfig) -> Result<(), Error> {
+    drop_capabilities()?;
+    apply_seccomp(profile, config)
+}
+
+/// Installs the seccomp filter of `profile` on every thread of the process
+/// (and sets no_new_privs), as `config.seccomp` asks.
+pub fn apply_seccomp(profile: Profile, config: &JailConfig) -> Result<(), Error> {
+    match seccomp::program(profile, config.seccomp) {
+        None => {
+            log::warn!(
+                "{}: running without a seccomp filter (--seccomp none)",
+                profile.name()
+            );
+            nix::sys::prctl::set_no_new_privs().map_err(Error::NoNewPrivs)?;
+        }
+        Some(program) => {
+            if config.seccomp == SeccompMode::Trap {
+                seccomp::install_trap_handler(profile).map_err(Error::TrapHandler)?;
+            }
+            // Sets no_new_privs first, then installs the filter on every
+            // thread of the process (TSYNC).
+            seccompiler::apply_filter_all_threads(&program).map_err(Error::Seccomp)?;
+        }
+    }
+    Ok(())
+}
+
+/// How many threads this process has.
+fn thread_count() -> Result<usize, Error> {
+    Ok(fs::read_dir("/proc/self/task")
+        .map_err(Error::ListFds)?
+        .count())
+}
+
+/// Drops every capability: bounding (needs CAP_SETPCAP, so first), ambient,
+/// inheritable, then effective and permitted.
+///
+/// Capability sets belong to a thread, not a process, and a new thread
+/// copies its creator's: so this refuses to run while the process has more
+/// than one thread, which would leave the others privileged.
+pub fn drop_capabilities() -> Result<(), Error> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(Error::NotSingleThreaded(threads));
+    }
+    for cap in caps::all() {
+        // A capability the bounding set never had is fine; failing to drop
+        // one it has is not.
+        if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(|e| Error::DropCapabilities(CapSet::Bounding, e))?;
+        }
+    }
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(|e| Error::DropCapabilities(set, e))?;
+    }
+    Ok(())
 }
 
 /// Makes the kernel SIGKILL this process when its parent (the broker) dies,

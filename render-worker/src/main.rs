@@ -39,8 +39,17 @@ fn run() -> Result<(), String> {
         Err(e) => return Err(format!("gpu-worker: {e}")),
     }
 
+    let mut jailed = false;
     loop {
         match broker.recv() {
+            Ok((BrokerToRender::Configure(jail), _)) => {
+                if jailed {
+                    return Err("the broker sent a second configuration".into());
+                }
+                policies::enter(policies::Profile::RenderWorker, &jail)
+                    .map_err(|e| format!("cannot enter the jail: {e}"))?;
+                jailed = true;
+            }
             Ok((BrokerToRender::Ping { nonce }, _)) => broker
                 .send(&RenderToBroker::Pong { nonce }, &[])
                 .map_err(|e| format!("answering the broker: {e}"))?,

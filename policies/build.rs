@@ -1,0 +1,80 @@
+//! Compiles `seccomp/*.json` (Firecracker's format) into BPF at build time:
+//! one program per process and per `--seccomp` action, written to OUT_DIR
+//! as raw `sock_filter` arrays that `src/seccomp.rs` includes. A policy that
+//! does not compile fails the build, not the device at start-up.
+//!
+//! Also turns the kernel's syscall table header into a number → name table,
+//! so `--seccomp trap` can name the syscall it caught.
+
+use std::fs;
+use std::io::Cursor;
+use std::path::PathBuf;
+
+use seccompiler::TargetArch;
+
+const PROFILES: [&str; 3] = ["broker", "gpu-worker", "render-worker"];
+/// `--seccomp` value → the JSON action a syscall outside the policy gets.
+const ACTIONS: [(&str, &str); 3] = [("kill", "kill_process"), ("trap", "trap"), ("log", "log")];
+
+fn main() {
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let arch = match std::env::var("CARGO_CFG_TARGET_ARCH").unwrap().as_str() {
+        "x86_64" => TargetArch::x86_64,
+        "aarch64" => TargetArch::aarch64,
+        "riscv64" => TargetArch::riscv64,
+        other => panic!("no seccomp support for target architecture {other}"),
+    };
+    for profile in PROFILES {
+        let path = format!("seccomp/{profile}.json");
+        println!("cargo:rerun-if-changed={path}");
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        for (flag, action) in ACTIONS {
+            let mut doc: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+            doc["main"]["default_action"] = serde_json::Value::String(action.into());
+            let json = serde_json::to_vec(&doc).unwrap();
+            let mut map = seccompiler::compile_from_json(Cursor::new(json), arch)
+                .unwrap_or_else(|e| panic!("{path} does not compile: {e}"));
+            let program = map
+                .remove("main")
+                .expect("each policy has a \"main\" filter");
+            let mut bytes = Vec::with_capacity(program.len() * 8);
+            for insn in &program {
+                bytes.extend_from_slice(&insn.code.to_ne_bytes());
+                bytes.push(insn.jt);
+                bytes.push(insn.jf);
+                bytes.extend_from_slice(&insn.k.to_ne_bytes());
+            }
+            fs::write(out.join(format!("{profile}-{flag}.bpf")), bytes).unwrap();
+        }
+    }
+
+    // Syscall names, from the kernel headers when they are installed.
+    let header = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
+    println!("cargo:rerun-if-changed={header}");
+    let mut names: Vec<String> = Vec::new();
+    if arch == TargetArch::x86_64 {
+        if let Ok(text) = fs::read_to_string(header) {
+            for line in text.lines() {
+                let mut words = line.split_whitespace();
+                if let (Some("#define"), Some(name), Some(nr)) =
+                    (words.next(), words.next(), words.next())
+                {
+                    if let (Some(name), Ok(nr)) = (name.strip_prefix("__NR_"), nr.parse::<usize>())
+                    {
+                        if names.len() <= nr {
+                            names.resize(nr + 1, String::new());
+                        }
+                        names[nr] = name.to_string();
+                    }
+                }
+            }
+        }
+    }
+    let table = format!(
+        "/// Syscall names by number (empty where unknown).\npub static SYSCALL_NAMES: [&str; {}] = {:?};\n",
+        names.len(),
+        names
+    );
+    fs::write(out.join("syscall_names.rs"), table).unwrap();
+}

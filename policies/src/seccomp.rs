@@ -1,0 +1,133 @@
+//! The seccomp layer: the BPF programs `build.rs` compiled from
+//! `seccomp/*.json`, and the handler that names a trapped syscall.
+
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use ipc::SeccompMode;
+use nix::libc;
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use seccompiler::sock_filter;
+
+include!(concat!(env!("OUT_DIR"), "/syscall_names.rs"));
+
+/// The three processes, each with a policy of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Broker,
+    GpuWorker,
+    RenderWorker,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Broker => "broker",
+            Profile::GpuWorker => "gpu-worker",
+            Profile::RenderWorker => "render-worker",
+        }
+    }
+}
+
+/// Exit status of a process that `--seccomp trap` caught: 128 + SIGSYS, as a
+/// shell reports a death by SIGSYS.
+pub const TRAP_EXIT_STATUS: i32 = 128 + libc::SIGSYS;
+
+macro_rules! program_bytes {
+    ($profile:literal, $flag:literal) => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/", $profile, "-", $flag, ".bpf"))
+    };
+}
+
+fn program_bytes(profile: Profile, mode: SeccompMode) -> Option<&'static [u8]> {
+    use Profile::*;
+    use SeccompMode::*;
+    Some(match (profile, mode) {
+        (_, None) => return Option::None,
+        (Broker, Kill) => program_bytes!("broker", "kill"),
+        (Broker, Trap) => program_bytes!("broker", "trap"),
+        (Broker, Log) => program_bytes!("broker", "log"),
+        (GpuWorker, Kill) => program_bytes!("gpu-worker", "kill"),
+        (GpuWorker, Trap) => program_bytes!("gpu-worker", "trap"),
+        (GpuWorker, Log) => program_bytes!("gpu-worker", "log"),
+        (RenderWorker, Kill) => program_bytes!("render-worker", "kill"),
+        (RenderWorker, Trap) => program_bytes!("render-worker", "trap"),
+        (RenderWorker, Log) => program_bytes!("render-worker", "log"),
+    })
+}
+
+/// The compiled filter of `profile` for `mode` (`None` for `SeccompMode::None`).
+pub fn program(profile: Profile, mode: SeccompMode) -> Option<Vec<sock_filter>> {
+    let bytes = program_bytes(profile, mode)?;
+    Some(
+        bytes
+            .chunks_exact(8)
+            .map(|i| sock_filter {
+                code: u16::from_ne_bytes([i[0], i[1]]),
+                jt: i[2],
+                jf: i[3],
+                k: u32::from_ne_bytes([i[4], i[5], i[6], i[7]]),
+            })
+            .collect(),
+    )
+}
+
+/// The process name the trap handler prints, set once before the filter.
+static TRAP_PROCESS: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Installs the SIGSYS handler that `--seccomp trap` relies on.
+pub fn install_trap_handler(profile: Profile) -> nix::Result<()> {
+    TRAP_PROCESS.store(profile.name().as_ptr().cast_mut(), Ordering::Relaxed);
+    TRAP_PROCESS_LEN.store(profile.name().len(), Ordering::Relaxed);
+    let action = SigAction::new(
+        SigHandler::SigAction(on_sigsys),
+        SaFlags::SA_SIGINFO,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only reads its siginfo and static data, and calls
+    // write(2) and _exit(2), which are async-signal-safe.
+    unsafe { sigaction(Signal::SIGSYS, &action) }.map(|_| ())
+}
+
+static TRAP_PROCESS_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn write_stderr(bytes: &[u8]) {
+    // SAFETY: writing a valid buffer to fd 2; the result is ignored because
+    // nothing more can be done about a failed log line here.
+    unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+}
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; for
+    // SIGSYS its union holds `_sigsys { void *_call_addr; int _syscall; ... }`
+    // right after the three ints and padding of the header (offset 16), so
+    // the syscall number sits at offset 24 on 64-bit Linux.
+    let nr = unsafe { *(info as *const u8).add(24).cast::<libc::c_int>() };
+    let name_ptr = TRAP_PROCESS.load(Ordering::Relaxed);
+    let name_len = TRAP_PROCESS_LEN.load(Ordering::Relaxed);
+    write_stderr(b"gpu-airlock: ");
+    if !name_ptr.is_null() {
+        // SAFETY: set from a &'static str in install_trap_handler.
+        write_stderr(unsafe { std::slice::from_raw_parts(name_ptr, name_len) });
+    }
+    write_stderr(b": seccomp trapped a syscall outside its policy: ");
+    match usize::try_from(nr).ok().and_then(|n| SYSCALL_NAMES.get(n)) {
+        Some(name) if !name.is_empty() => write_stderr(name.as_bytes()),
+        _ => write_stderr(b"(unknown)"),
+    }
+    write_stderr(b" (number ");
+    let mut digits = [0u8; 12];
+    let mut n = i64::from(nr).unsigned_abs();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    write_stderr(&digits[at..]);
+    write_stderr(b")\n");
+    // SAFETY: _exit ends the process at once; exit_group is in every policy.
+    unsafe { libc::_exit(TRAP_EXIT_STATUS) };
+}

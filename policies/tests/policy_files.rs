@@ -1,0 +1,122 @@
+//! The policy files read as an audit document: every rule says why it
+//! exists, and the README's table of syscall counts is the files' own.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_json::Value;
+
+const PROFILES: [(&str, usize); 3] = [("broker", 30), ("gpu-worker", 25), ("render-worker", 45)];
+
+fn policy(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("seccomp/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn rules(name: &str) -> Vec<Value> {
+    policy(name)["main"]["filter"].as_array().unwrap().clone()
+}
+
+fn syscalls(name: &str) -> BTreeSet<String> {
+    rules(name)
+        .iter()
+        .map(|r| r["syscall"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn has_comment(v: &Value) -> bool {
+    v.get("comment")
+        .and_then(Value::as_str)
+        .is_some_and(|c| c.trim().len() >= 10)
+}
+
+#[test]
+fn every_rule_and_argument_filter_says_why() {
+    for (name, _) in PROFILES {
+        for rule in rules(name) {
+            assert!(
+                has_comment(&rule),
+                "{name}.json: rule for {} has no comment saying which code needs it",
+                rule["syscall"]
+            );
+            for arg in rule["args"].as_array().into_iter().flatten() {
+                assert!(
+                    has_comment(arg),
+                    "{name}.json: an argument filter of {} has no comment",
+                    rule["syscall"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dangerous_syscalls_are_pinned_to_their_arguments() {
+    for (name, _) in PROFILES {
+        for rule in rules(name) {
+            let syscall = rule["syscall"].as_str().unwrap();
+            if [
+                "ioctl", "mmap", "mprotect", "socket", "fcntl", "prctl", "kill", "madvise",
+            ]
+            .contains(&syscall)
+            {
+                assert!(
+                    rule["args"].as_array().is_some_and(|a| !a.is_empty()),
+                    "{name}.json: {syscall} must be pinned to the argument values the code uses"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn policies_never_allow_what_the_jail_exists_to_stop() {
+    for (name, _) in PROFILES {
+        let allowed = syscalls(name);
+        for forbidden in [
+            "execve",
+            "execveat",
+            "ptrace",
+            "open",
+            "openat",
+            "openat2",
+            "mount",
+            "bpf",
+            "process_vm_readv",
+            "process_vm_writev",
+            "seccomp",
+            "setuid",
+            "unshare",
+        ] {
+            assert!(
+                !allowed.contains(forbidden),
+                "{name}.json allows {forbidden}"
+            );
+        }
+    }
+}
+
+/// The README's table, as the files say it should read.
+fn table() -> String {
+    let mut t =
+        String::from("| process | syscalls allowed | target | policy |\n|---|---|---|---|\n");
+    for (name, target) in PROFILES {
+        t += &format!(
+            "| {name} | {} | {target} | `policies/seccomp/{name}.json` |\n",
+            syscalls(name).len()
+        );
+    }
+    t
+}
+
+#[test]
+fn readme_table_matches_the_policy_files() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let want = table();
+    assert!(
+        readme.contains(&want),
+        "README.md's syscall table is stale; replace it with:\n\n{want}"
+    );
+}

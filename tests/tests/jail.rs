@@ -1,0 +1,75 @@
+//! The jail as the kernel reports it, on the three real processes while
+//! they serve a front-end: every thread of each has a seccomp filter, has
+//! no_new_privs, and holds no capability.
+
+use std::fs;
+
+use harness::*;
+
+fn status_field<'a>(status: &'a str, field: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("{field} in status"))
+        .trim()
+}
+
+fn assert_jailed(pid: u32, what: &str) {
+    let tasks: Vec<_> = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!tasks.is_empty());
+    for tid in tasks {
+        let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+        let name = status_field(&status, "Name").to_string();
+        let here = format!("{what} thread {tid} ({name})");
+        assert_eq!(
+            status_field(&status, "Seccomp"),
+            "2",
+            "{here}: seccomp filter mode"
+        );
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{here}");
+        for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(
+                status_field(&status, caps),
+                "0000000000000000",
+                "{here}: {caps}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_thread_of_every_process_is_confined() {
+    let backend = Backend::start(&[]);
+    // Serve a front-end so gpu-worker's per-connection threads exist too.
+    let mut dev = Device::connect(&backend.socket);
+    let (len, _) = dev.control(&ctrl_hdr(CMD_GET_DISPLAY_INFO, 0, 0), 1024);
+    assert!(len > 0);
+    let (gpu, render) = backend.worker_pids();
+    assert!(
+        fs::read_dir(format!("/proc/{gpu}/task")).unwrap().count() >= 3,
+        "gpu-worker runs its connection threads"
+    );
+    assert_jailed(backend.pid(), "broker");
+    assert_jailed(gpu, "gpu-worker");
+    assert_jailed(render, "render-worker");
+}
+
+#[test]
+fn seccomp_none_leaves_the_filter_off_but_still_drops_privileges() {
+    let backend = Backend::start(&["--seccomp", "none"]);
+    let (gpu, _) = backend.worker_pids();
+    let status = fs::read_to_string(format!("/proc/{gpu}/status")).unwrap();
+    assert_eq!(status_field(&status, "Seccomp"), "0");
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+    assert_eq!(status_field(&status, "CapEff"), "0000000000000000");
+    assert!(backend
+        .log
+        .wait_for(
+            &["without a seccomp filter"],
+            std::time::Duration::from_secs(5)
+        )
+        .is_some());
+}
