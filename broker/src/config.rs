@@ -109,6 +109,7 @@ mod tests {
         let c = DeviceConfig {
             scanouts: vec![parse_scanout("640x480").unwrap(); 3],
             jail: JailConfig {
+                sandbox: ipc::SandboxMode::Namespace,
                 seccomp: ipc::SeccompMode::Kill,
             },
         };

@@ -9,12 +9,10 @@ mod config;
 mod session;
 mod workers;
 
-use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsFd, FromRawFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -23,7 +21,7 @@ use std::time::Duration;
 use clap::Parser;
 use ipc::{
     BrokerToGpu, BrokerToRender, Channel, GpuToBroker, JailConfig, RenderToBroker, Role,
-    ScanoutSize, SeccompMode,
+    SandboxMode, ScanoutSize, SeccompMode,
 };
 use log::{error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -66,6 +64,12 @@ struct Args {
     #[arg(long = "display", value_name = "WIDTHxHEIGHT", value_parser = parse_scanout)]
     displays: Vec<ScanoutSize>,
 
+    /// Namespaces, an empty root and landlock for every process
+    /// (namespace), or none of them (none; debugging, or a kernel that
+    /// permits none of them).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SandboxArg::Namespace)]
+    sandbox: SandboxArg,
+
     /// What a syscall outside a process's seccomp policy gets: kill the
     /// process (SIGSYS), trap (log the syscall's name, then exit), log (the
     /// kernel logs it and lets it run), or none (no filter; debugging only).
@@ -76,6 +80,12 @@ struct Args {
     /// gpu-airlock-render-worker; default: the directory of this binary.
     #[arg(long, value_name = "DIR")]
     worker_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SandboxArg {
+    Namespace,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -121,6 +131,10 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<(), String> {
     let scanouts = scanouts_or_default(args.displays)?;
     let jail = JailConfig {
+        sandbox: match args.sandbox {
+            SandboxArg::Namespace => SandboxMode::Namespace,
+            SandboxArg::None => SandboxMode::None,
+        },
         seccomp: args.seccomp.into(),
     };
     let config = DeviceConfig { scanouts, jail };
@@ -132,6 +146,14 @@ fn run(args: Args) -> Result<(), String> {
         _ => {
             return Err("give --socket-path PATH or --fd N (see --help)".into());
         }
+    };
+
+    // After pivot_root the socket's path is gone from the broker's view; a
+    // descriptor of its directory (which landlock lets the broker remove
+    // files beneath) still reaches it.
+    let socket_dir = match &args.socket_path {
+        Some(path) => Some(open_parent_dir(path)?),
+        None => None,
     };
 
     let gpu_exe = workers::worker_path(args.worker_dir.as_deref(), GPU_WORKER_BIN)
@@ -157,7 +179,7 @@ fn run(args: Args) -> Result<(), String> {
     let gpu_ch: Channel<BrokerToGpu, GpuToBroker> = Channel::new(gpu_broker_end);
     let render_ch: Channel<BrokerToRender, RenderToBroker> = Channel::new(render_broker_end);
 
-    let internal = match start_workers(&gpu_ch, &render_ch, &config) {
+    let internal = match start_workers(&gpu_ch, &render_ch, &config, socket_dir.as_ref()) {
         Ok(addr) => addr,
         Err(e) => {
             for w in &mut workers {
@@ -208,9 +230,32 @@ fn run(args: Args) -> Result<(), String> {
         w.kill();
     }
     if let Some(path) = &args.socket_path {
-        let _ = std::fs::remove_file(path);
+        remove_socket(path, socket_dir.as_ref());
     }
     std::process::exit(1);
+}
+
+fn open_parent_dir(socket: &Path) -> Result<OwnedFd, String> {
+    let dir = match socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open the directory of {}: {e}", socket.display()))
+}
+
+/// Removes the socket file through its directory's descriptor.
+fn remove_socket(path: &Path, dir: Option<&OwnedFd>) {
+    let (Some(dir), Some(name)) = (dir, path.file_name()) else {
+        return;
+    };
+    if let Err(e) = nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+        warn!("cannot remove {}: {e}", path.display());
+    }
 }
 
 fn listener_from_fd(fd: RawFd) -> Result<Listener, String> {
@@ -237,6 +282,7 @@ fn start_workers(
     gpu: &Channel<BrokerToGpu, GpuToBroker>,
     render: &Channel<BrokerToRender, RenderToBroker>,
     config: &DeviceConfig,
+    socket_dir: Option<&OwnedFd>,
 ) -> Result<SocketAddr, String> {
     gpu.handshake(Role::Broker, Role::GpuWorker)
         .map_err(|e| format!("gpu-worker: {e}"))?;
@@ -249,6 +295,16 @@ fn start_workers(
         .send(&BrokerToRender::Configure(config.jail), &[])
         .map_err(|e| format!("render-worker: {e}"))?;
 
+    // The broker's own namespaces, empty root and landlock, before the
+    // internal socket is bound: its abstract name then exists only in the
+    // broker's private network namespace, where no other process can reach
+    // it.
+    if config.jail.sandbox == SandboxMode::Namespace {
+        policies::enter_namespaces(policies::Profile::Broker, socket_dir.map(|d| d.as_fd()))
+            .map_err(|e| format!("cannot enter the jail: {e}"))?;
+    } else {
+        warn!("broker: running without namespaces, an empty root or landlock (--sandbox none)");
+    }
     let (listener, addr) = internal_listener()?;
     gpu.send(&BrokerToGpu::VhostUserListener, &[listener.as_fd()])
         .map_err(|e| format!("gpu-worker: {e}"))?;
@@ -282,9 +338,15 @@ fn start_workers(
 /// /proc/net/unix in the broker's network namespace could even find it.
 fn internal_listener() -> Result<(UnixListener, SocketAddr), String> {
     let mut random = [0u8; 16];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut random))
-        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    // getrandom(2), not /dev/urandom: this runs inside the empty root.
+    // SAFETY: the kernel writes at most random.len() bytes into the buffer.
+    let n = unsafe { nix::libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    if usize::try_from(n).ok() != Some(random.len()) {
+        return Err(format!(
+            "cannot draw a random socket name: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
     let name = format!("gpu-airlock/{}/{hex}", std::process::id());
     let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;

@@ -329,6 +329,7 @@ mod tests {
     use nix::unistd::{pipe, read, write};
 
     const JAIL: JailConfig = JailConfig {
+        sandbox: SandboxMode::Namespace,
         seccomp: SeccompMode::Kill,
     };
 

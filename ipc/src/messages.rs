@@ -45,9 +45,21 @@ pub enum SeccompMode {
     None,
 }
 
+/// Whether a process enters namespaces, an empty root and landlock
+/// (`--sandbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxMode {
+    /// New user, mount, net and ipc namespaces, pivot_root into an empty
+    /// read-only tmpfs, landlock (the default).
+    Namespace,
+    /// None of those (debugging, or a kernel that permits none of them).
+    None,
+}
+
 /// The confinement a worker enters once it is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JailConfig {
+    pub sandbox: SandboxMode,
     pub seccomp: SeccompMode,
 }
 

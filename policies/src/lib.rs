@@ -1,21 +1,23 @@
 //! The confinement every gpu-airlock process shares.
 //!
-//! What every process does: a worker dies with the broker and holds no
-//! descriptor it was not meant to inherit; then each process enters its
-//! jail with [`enter`]: every capability dropped, no_new_privs, and the
-//! seccomp filter of its profile (`seccomp/*.json`, compiled at build time).
-//! Namespaces, pivot_root and landlock are the next layers to come, in
-//! front of these.
+//! The jail every gpu-airlock process enters, and what each worker does
+//! first: it dies with the broker and holds no descriptor it was not meant
+//! to inherit. [`enter`] then takes a process through every layer in order
+//! (namespaces, an empty root and landlock in `sandbox`; capabilities;
+//! no_new_privs and the seccomp filter of its profile, `seccomp/*.json`,
+//! compiled at build time). Each step fails with an error naming the step.
 
+mod sandbox;
 pub mod seccomp;
 
 use std::fs;
 use std::os::fd::RawFd;
 
 use caps::CapSet;
-use ipc::{JailConfig, SeccompMode};
+use ipc::{JailConfig, SandboxMode, SeccompMode};
 use nix::sys::signal::Signal;
 
+pub use sandbox::enter_namespaces;
 pub use seccomp::{Profile, TRAP_EXIT_STATUS};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,37 @@ pub enum Error {
          the others would keep theirs"
     )]
     NotSingleThreaded(usize),
+    #[error(
+        "cannot create new user, mount, net and ipc namespaces (unshare: {0}); this kernel or \
+         its settings forbid it: run with --sandbox none to go without namespaces, an empty \
+         root and landlock"
+    )]
+    Unshare(nix::errno::Errno),
+    #[error("cannot deny setgroups in the new user namespace: {0}")]
+    WriteSetgroups(std::io::Error),
+    #[error("cannot write the new user namespace's uid_map: {0}")]
+    WriteUidMap(std::io::Error),
+    #[error("cannot write the new user namespace's gid_map: {0}")]
+    WriteGidMap(std::io::Error),
+    #[error("cannot make mounts private in the new mount namespace: {0}")]
+    MakeMountsPrivate(nix::errno::Errno),
+    #[error("cannot mount the empty root (tmpfs): {0}")]
+    MountTmpfs(nix::errno::Errno),
+    #[error("cannot change directory while building the root: {0}")]
+    Chdir(nix::errno::Errno),
+    #[error("pivot_root into the empty root failed: {0}")]
+    PivotRoot(nix::errno::Errno),
+    #[error("cannot detach the old root: {0}")]
+    UnmountOldRoot(nix::errno::Errno),
+    #[error("cannot remount the empty root read-only: {0}")]
+    RemountReadOnly(nix::errno::Errno),
+    #[error("landlock: {0}")]
+    Landlock(String),
+    #[error(
+        "landlock is not available on this kernel; run with --sandbox none to go without \
+         namespaces, an empty root and landlock"
+    )]
+    LandlockUnavailable,
     #[error("cannot set no_new_privs: {0}")]
     NoNewPrivs(nix::errno::Errno),
     #[error("cannot install the SIGSYS handler for --seccomp trap: {0}")]
@@ -43,12 +76,34 @@ pub enum Error {
     Seccomp(seccompiler::Error),
 }
 
-/// Enters the jail of `profile` as `config` asks: [`drop_capabilities`],
-/// then [`apply_seccomp`]. Call it once everything the process needs a path
-/// or a new descriptor kind for is open, while it has one thread.
+/// Enters the whole jail of `profile` as `config` asks, in order:
+/// namespaces, empty root and landlock ([`enter_namespaces`], unless
+/// `--sandbox none`), [`drop_capabilities`], then [`apply_seccomp`]. Call it
+/// once everything the process needs a path for is open, while it has one
+/// thread.
 pub fn enter(profile: Profile, config: &JailConfig) -> Result<(), Error> {
+    ensure_single_threaded()?;
+    if config.sandbox == SandboxMode::Namespace {
+        enter_namespaces(profile, None)?;
+    } else {
+        log::warn!(
+            "{}: running without namespaces, an empty root or landlock (--sandbox none)",
+            profile.name()
+        );
+    }
     drop_capabilities()?;
     apply_seccomp(profile, config)
+}
+
+/// Fails unless the process has exactly one thread: user namespaces and
+/// capability sets are per-thread matters, and a second thread would keep
+/// what the first gave up.
+pub fn ensure_single_threaded() -> Result<(), Error> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(Error::NotSingleThreaded(threads));
+    }
+    Ok(())
 }
 
 /// Installs the seccomp filter of `profile` on every thread of the process
@@ -75,10 +130,17 @@ pub fn apply_seccomp(profile: Profile, config: &JailConfig) -> Result<(), Error>
 }
 
 /// How many threads this process has.
+///
+/// After pivot_root there is no /proc. A process gets there only through
+/// `enter_namespaces`, whose `unshare(CLONE_NEWUSER)` the kernel refuses to
+/// a process with more than one thread; so a missing /proc counts as one
+/// thread, and callers create no thread between the two steps.
 fn thread_count() -> Result<usize, Error> {
-    Ok(fs::read_dir("/proc/self/task")
-        .map_err(Error::ListFds)?
-        .count())
+    match fs::read_dir("/proc/self/task") {
+        Ok(dir) => Ok(dir.count()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(1),
+        Err(e) => Err(Error::ListFds(e)),
+    }
 }
 
 /// Drops every capability: bounding (needs CAP_SETPCAP, so first), ambient,
@@ -88,10 +150,7 @@ fn thread_count() -> Result<usize, Error> {
 /// copies its creator's: so this refuses to run while the process has more
 /// than one thread, which would leave the others privileged.
 pub fn drop_capabilities() -> Result<(), Error> {
-    let threads = thread_count()?;
-    if threads != 1 {
-        return Err(Error::NotSingleThreaded(threads));
-    }
+    ensure_single_threaded()?;
     for cap in caps::all() {
         // A capability the bounding set never had is fine; failing to drop
         // one it has is not.

@@ -1,6 +1,7 @@
 //! The jail as the kernel reports it, on the three real processes while
-//! they serve a front-end: every thread of each has a seccomp filter, has
-//! no_new_privs, and holds no capability.
+//! they serve a front-end: each lives in namespaces of its own with an empty
+//! root, and every thread of each has a seccomp filter, has no_new_privs,
+//! and holds no capability.
 
 use std::fs;
 
@@ -38,6 +39,64 @@ fn assert_jailed(pid: u32, what: &str) {
             );
         }
     }
+}
+
+const NAMESPACES: [&str; 4] = ["user", "mnt", "net", "ipc"];
+
+fn namespace(pid: &str, ns: &str) -> String {
+    fs::read_link(format!("/proc/{pid}/ns/{ns}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn each_process_has_its_own_namespaces_and_an_empty_root() {
+    let backend = Backend::start(&[]);
+    let (gpu, render) = backend.worker_pids();
+    let pids = [
+        ("broker", backend.pid()),
+        ("gpu-worker", gpu),
+        ("render-worker", render),
+    ];
+    for (what, pid) in pids {
+        for ns in NAMESPACES {
+            assert_ne!(
+                namespace(&pid.to_string(), ns),
+                namespace("self", ns),
+                "{what} is in a {ns} namespace of its own"
+            );
+        }
+        let root: Vec<_> = fs::read_dir(format!("/proc/{pid}/root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(root.is_empty(), "{what}'s root is empty, found {root:?}");
+    }
+    // And no two processes share a network namespace.
+    assert_ne!(
+        namespace(&gpu.to_string(), "net"),
+        namespace(&render.to_string(), "net")
+    );
+    assert_ne!(
+        namespace(&backend.pid().to_string(), "net"),
+        namespace(&gpu.to_string(), "net")
+    );
+}
+
+#[test]
+fn sandbox_none_keeps_the_host_namespaces() {
+    let backend = Backend::start(&["--sandbox", "none"]);
+    let (gpu, _) = backend.worker_pids();
+    for ns in NAMESPACES {
+        assert_eq!(namespace(&gpu.to_string(), ns), namespace("self", ns));
+    }
+    let status = fs::read_to_string(format!("/proc/{gpu}/status")).unwrap();
+    assert_eq!(status_field(&status, "Seccomp"), "2", "seccomp stays on");
+    assert!(backend
+        .log
+        .wait_for(&["--sandbox none"], std::time::Duration::from_secs(5))
+        .is_some());
 }
 
 #[test]

@@ -1,0 +1,134 @@
+//! The namespace layers of the jail: new user, mount, network and IPC
+//! namespaces, pivot_root into an empty read-only tmpfs, then landlock.
+//!
+//! Why the sequence is safe: the process first becomes root of a new user
+//! namespace (mapped to its own uid outside, nothing more), which is what
+//! lets it make mount changes no one else sees. It makes every mount
+//! private so nothing propagates back to the host, mounts a tmpfs on
+//! `/tmp` of its own view, and pivot_roots into it with the `pivot_root(".",
+//! ".")` idiom: the old root ends up stacked under the new one and is
+//! detached at once, so no path leads back to the host filesystem. The new
+//! root is then remounted read-only, nosuid, nodev, noexec. Descriptors the
+//! process already holds (guest memory, sockets, eventfds) keep working;
+//! paths do not. Landlock then refuses every filesystem access left, except
+//! what a caller grants beneath a directory it opened before the jail.
+
+use std::fs;
+use std::os::fd::BorrowedFd;
+
+use landlock::{
+    Access, AccessFs, AccessNet, LandlockStatus, PathBeneath, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, ABI,
+};
+use log::info;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::unistd::{chdir, getgid, getuid, pivot_root};
+
+use crate::{Error, Profile};
+
+/// Where the empty root is mounted before pivot_root (in the process's own
+/// mount namespace; the host's /tmp is untouched).
+const NEW_ROOT: &str = "/tmp";
+
+/// The namespaces every process gets. A pid namespace is not among them:
+/// `unshare(CLONE_NEWPID)` only moves a process's future children, and no
+/// gpu-airlock process creates any after start-up.
+fn namespaces() -> CloneFlags {
+    CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWIPC
+}
+
+/// Enters new namespaces and an empty root, then landlock. `removable_in`
+/// is a directory (opened before) beneath which the process may still
+/// remove files: the broker's socket directory, so it can remove its socket
+/// when the device ends.
+pub fn enter_namespaces(
+    profile: Profile,
+    removable_in: Option<BorrowedFd<'_>>,
+) -> Result<(), Error> {
+    let (uid, gid) = (getuid(), getgid());
+    unshare(namespaces()).map_err(Error::Unshare)?;
+    // An unprivileged process may map only its own ids, and only once
+    // setgroups is denied.
+    fs::write("/proc/self/setgroups", "deny").map_err(Error::WriteSetgroups)?;
+    fs::write("/proc/self/uid_map", format!("0 {uid} 1")).map_err(Error::WriteUidMap)?;
+    fs::write("/proc/self/gid_map", format!("0 {gid} 1")).map_err(Error::WriteGidMap)?;
+    make_mounts_private()?;
+    pivot_into_empty_root()?;
+    restrict_filesystem(profile, removable_in)
+}
+
+fn make_mounts_private() -> Result<(), Error> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(Error::MakeMountsPrivate)
+}
+
+fn pivot_into_empty_root() -> Result<(), Error> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("tmpfs"),
+        NEW_ROOT,
+        Some("tmpfs"),
+        flags,
+        Some("size=16k,mode=0555"),
+    )
+    .map_err(Error::MountTmpfs)?;
+    chdir(NEW_ROOT).map_err(Error::Chdir)?;
+    pivot_root(".", ".").map_err(Error::PivotRoot)?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(Error::UnmountOldRoot)?;
+    chdir("/").map_err(Error::Chdir)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
+        None::<&str>,
+    )
+    .map_err(Error::RemountReadOnly)
+}
+
+/// Denies every filesystem access (and TCP bind/connect) landlock can name,
+/// at the highest ABI both this crate and the kernel know.
+fn restrict_filesystem(
+    profile: Profile,
+    removable_in: Option<BorrowedFd<'_>>,
+) -> Result<(), Error> {
+    let abi = ABI::V10;
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
+        .and_then(|r| r.create())
+        .map_err(|e| Error::Landlock(e.to_string()))?;
+    if let Some(dir) = removable_in {
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(dir, AccessFs::RemoveFile))
+            .map_err(|e| Error::Landlock(e.to_string()))?;
+    }
+    let status = ruleset
+        .restrict_self()
+        .map_err(|e| Error::Landlock(e.to_string()))?;
+    let abi = match status.landlock {
+        LandlockStatus::Available { effective_abi, .. } => effective_abi as i32,
+        _ => 0,
+    };
+    match status.ruleset {
+        RulesetStatus::NotEnforced => Err(Error::LandlockUnavailable),
+        enforced => {
+            info!(
+                "{}: jailed in new user, mount, net and ipc namespaces, an empty read-only root, \
+                 and landlock ABI {abi} ({enforced:?})",
+                profile.name()
+            );
+            Ok(())
+        }
+    }
+}
