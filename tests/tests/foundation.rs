@@ -63,6 +63,32 @@ fn handshake_negotiates_features_and_config() {
 }
 
 #[test]
+fn backend_request_channel_is_accepted_as_qemu_sends_it() {
+    // QEMU sends SET_BACKEND_REQ_FD right after negotiation; the broker
+    // checks the socket (AF_UNIX, SOCK_STREAM) and keeps it.
+    let backend = Backend::start(&[]);
+    let mut frontend = vhost::vhost_user::Frontend::connect(&backend.socket, 2).unwrap();
+    frontend.set_owner().unwrap();
+    let features = frontend.get_features().unwrap();
+    frontend.set_features(features).unwrap();
+    let proto = frontend.get_protocol_features().unwrap()
+        & (VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::BACKEND_SEND_FD
+            | VhostUserProtocolFeatures::REPLY_ACK);
+    frontend.set_protocol_features(proto).unwrap();
+    frontend.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
+    let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    frontend.set_backend_request_fd(&ours).unwrap();
+    assert!(backend
+        .log
+        .wait_for(&["back-end request channel"], Duration::from_secs(5))
+        .is_some());
+    // The connection is still served.
+    assert!(frontend.get_queue_num().is_err(), "MQ was not acked");
+    assert_eq!(frontend.get_features().unwrap(), features);
+}
+
+#[test]
 fn get_display_info_reports_configured_scanouts() {
     let backend = Backend::start(&["--display", "1024x768", "--display", "800x600"]);
     let mut dev = Device::connect(&backend.socket);
