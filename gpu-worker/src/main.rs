@@ -8,9 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use gpu_worker::backend::GpuBackend;
-use ipc::{
-    worker_fds, BrokerToGpu, Channel, GpuConfig, GpuToBroker, GpuToRender, RenderToGpu, Role,
-};
+use ipc::{BrokerToGpu, Channel, GpuConfig, GpuToBroker, GpuToRender, RenderToGpu, Role};
 use log::{error, info, warn};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
@@ -30,9 +28,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    policies::close_inherited_fds(&[worker_fds::BROKER, worker_fds::PEER])
-        .map_err(|e| e.to_string())?;
-    let (broker_fd, peer_fd) = worker_fds::take()?;
+    let (broker_fd, peer_fd) = policies::take_worker_channels()?;
     let broker: Channel<GpuToBroker, BrokerToGpu> = Channel::new(broker_fd);
     let render: Channel<GpuToRender, RenderToGpu> = Channel::new(peer_fd);
     broker

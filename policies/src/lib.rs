@@ -183,6 +183,14 @@ pub fn die_with_parent(expected_parent: nix::unistd::Pid) -> Result<(), Error> {
     Ok(())
 }
 
+/// A worker's first step: close whatever it inherited besides its two
+/// channels, and take those (broker, peer) from `ipc::worker_fds`.
+pub fn take_worker_channels() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
+    use ipc::worker_fds::{BROKER, PEER};
+    close_inherited_fds(&[BROKER, PEER]).map_err(|e| e.to_string())?;
+    ipc::worker_fds::take()
+}
+
 /// Closes every descriptor above stderr that is not in `keep`.
 ///
 /// The broker creates everything close-on-exec; this is the second line, for

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use ipc::{worker_fds, BrokerToRender, Channel, GpuToRender, RenderToBroker, RenderToGpu, Role};
+use ipc::{BrokerToRender, Channel, GpuToRender, RenderToBroker, RenderToGpu, Role};
 use log::{error, info};
 
 fn main() -> ExitCode {
@@ -22,9 +22,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    policies::close_inherited_fds(&[worker_fds::BROKER, worker_fds::PEER])
-        .map_err(|e| e.to_string())?;
-    let (broker_fd, peer_fd) = worker_fds::take()?;
+    let (broker_fd, peer_fd) = policies::take_worker_channels()?;
     let broker: Channel<RenderToBroker, BrokerToRender> = Channel::new(broker_fd);
     let gpu: Channel<RenderToGpu, GpuToRender> = Channel::new(peer_fd);
     broker
