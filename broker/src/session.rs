@@ -42,6 +42,8 @@ pub const NUM_QUEUES: u64 = 2;
 
 pub struct Session {
     worker: Frontend,
+    /// The virtio features gpu-worker offers.
+    device_features: u64,
     config: DeviceConfig,
     acked_protocol_features: u64,
     /// The VMM's channel for back-end requests (SHMEM_MAP arrives with blob
@@ -64,7 +66,7 @@ impl Session {
     /// (REPLY_ACK, so a request gpu-worker refuses reaches the VMM as an
     /// error, not as silence).
     pub fn new(mut worker: Frontend, config: DeviceConfig) -> vhost::Result<Self> {
-        worker.get_features()?;
+        let device_features = worker.get_features()?;
         let offered = worker.get_protocol_features()?;
         let wanted = VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ;
         worker.set_protocol_features(offered & wanted)?;
@@ -73,6 +75,7 @@ impl Session {
         }
         Ok(Session {
             worker,
+            device_features,
             config,
             acked_protocol_features: 0,
             backend_req: None,
@@ -110,7 +113,16 @@ impl VhostUserBackendReqHandlerMut for Session {
     }
 
     fn set_features(&mut self, features: u64) -> Result<()> {
-        relay(self.worker.set_features(features))
+        // QEMU 10 passes on transport features it negotiated with the guest
+        // itself (VIRTIO_F_RING_RESET, bit 40) though the device never
+        // offered them; vhost-user-backend refuses any such bit. Relay only
+        // what the device offered.
+        let unoffered = features & !self.device_features;
+        if unoffered != 0 {
+            let bits: Vec<u32> = (0..64).filter(|b| unoffered >> b & 1 == 1).collect();
+            info!("front-end acked feature bits {bits:?} the device never offered; ignoring them");
+        }
+        relay(self.worker.set_features(features & self.device_features))
     }
 
     fn set_mem_table(

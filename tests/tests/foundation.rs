@@ -89,6 +89,23 @@ fn backend_request_channel_is_accepted_as_qemu_sends_it() {
 }
 
 #[test]
+fn unoffered_feature_bits_from_the_front_end_are_dropped_not_fatal() {
+    // QEMU 10 acks VIRTIO_F_RING_RESET (bit 40), which it negotiated with
+    // the guest itself, though the device never offered it.
+    let backend = Backend::start(&[]);
+    let frontend = vhost::vhost_user::Frontend::connect(&backend.socket, 2).unwrap();
+    frontend.set_owner().unwrap();
+    let offered = frontend.get_features().unwrap();
+    assert_eq!(offered & (1 << 40), 0);
+    frontend.set_features(offered | 1 << 40).unwrap();
+    assert!(backend
+        .log
+        .wait_for(&["feature bits [40]", "ignoring"], Duration::from_secs(5))
+        .is_some());
+    assert_eq!(frontend.get_features().unwrap(), offered, "still served");
+}
+
+#[test]
 fn get_display_info_reports_configured_scanouts() {
     let backend = Backend::start(&["--display", "1024x768", "--display", "800x600"]);
     let mut dev = Device::connect(&backend.socket);

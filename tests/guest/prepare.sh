@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Prepares what the real-guest tests (tests/tests/guest.rs) need, on Debian
+# 12 as root: QEMU 10 from bookworm-backports, a Debian kernel with its
+# virtio-gpu modules, and a busybox initramfs. Idempotent; the kernel and
+# initramfs are cached in $GPU_AIRLOCK_GUEST_CACHE (default
+# tests/guest-cache, ignored by git).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${GPU_AIRLOCK_GUEST_CACHE:-$here/../guest-cache}
+mkdir -p "$cache"
+export DEBIAN_FRONTEND=noninteractive
+
+# bookworm-backports, derived from the machine's own Debian source (same
+# mirror, same key), never naming a mirror here.
+backports=/etc/apt/sources.list.d/gpu-airlock-bookworm-backports.sources
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    awk 'BEGIN { RS = ""; FS = "\n" }
+         /Suites:[^\n]*bookworm( |$|\n)/ && !done {
+             for (i = 1; i <= NF; i++) {
+                 if ($i ~ /^Suites:/) print "Suites: bookworm-backports"
+                 else if ($i !~ /^#/) print $i
+             }
+             done = 1
+         }' /etc/apt/sources.list.d/debian.sources > "$backports"
+fi
+
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu)
+[ -x /usr/lib/qemu/vhost-user-gpu ] || need+=(qemu)
+command -v busybox >/dev/null && busybox --list | grep -qx insmod || need+=(busybox)
+command -v cpio >/dev/null || need+=(cpio)
+[ -x /sbin/depmod ] || need+=(kmod)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq
+    apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-system-gui >/dev/null
+    apt-get install -y -qq busybox-static cpio kmod >/dev/null
+fi
+
+# The newest Debian 12 amd64 kernel (not -cloud: it has no virtio-gpu).
+pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
+kver=${pkg#linux-image-}
+if [ ! -f "$cache/vmlinuz-$kver" ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -q "$pkg" 2>/dev/null && dpkg-deb -x ./*.deb root)
+    /sbin/depmod -b "$tmp/root" "$kver"
+    cp "$tmp/root/boot/vmlinuz-$kver" "$cache/vmlinuz-$kver"
+    rm -rf "$cache/modules-$kver"
+    mkdir -p "$cache/modules-$kver"
+    moddir="$tmp/root/lib/modules/$kver"
+    # virtio-gpu and virtio-pci with their dependencies, loadable in order.
+    : > "$cache/modules-$kver/load-order"
+    for top in kernel/drivers/virtio/virtio_pci.ko kernel/drivers/gpu/drm/virtio/virtio-gpu.ko; do
+        deps=$(awk -v m="$top:" '$1 == m { for (i = NF; i > 1; i--) print $i }' "$moddir/modules.dep")
+        for mod in $deps $top; do
+            name=$(basename "$mod")
+            if ! grep -qx "$name" "$cache/modules-$kver/load-order"; then
+                cp "$moddir/$mod" "$cache/modules-$kver/$name"
+                echo "$name" >> "$cache/modules-$kver/load-order"
+            fi
+        done
+    done
+    rm -rf "$tmp"
+fi
+
+# The initramfs: busybox, the modules, and our /init.
+root=$(mktemp -d)
+mkdir -p "$root/bin" "$root/proc" "$root/sys" "$root/dev" "$root/modules"
+cp "$(command -v busybox)" "$root/bin/busybox"
+cp "$cache/modules-$kver"/* "$root/modules/"
+cp "$here/init" "$root/init"
+chmod +x "$root/init"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 > "$cache/initramfs.cpio.gz")
+rm -rf "$root"
+ln -sf "vmlinuz-$kver" "$cache/vmlinuz"
+echo "guest ready in $cache: kernel $kver, $(wc -l < "$cache/modules-$kver/load-order") modules"
