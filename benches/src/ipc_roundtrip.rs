@@ -1,8 +1,8 @@
 //! How much an ipc round trip costs next to the cheapest cross-process
 //! wake-up this machine has.
 //!
-//! Three ping-pongs between a parent and a forked child, each timed over
-//! the same number of round trips in one run:
+//! Three ping-pongs between this process and forked peers, taking turns in
+//! interleaved rounds within one run:
 //! - a bare eventfd ping-pong (write one eventfd, block on the other): the
 //!   floor for "tell another process something and hear back";
 //! - an `ipc::Channel` message each way, no descriptor;
@@ -12,11 +12,17 @@
 //! Prints the median and 99th percentile per round trip, and each ipc
 //! figure as a ratio of the eventfd floor.
 //!
+//! AF_UNIX wakes its receiver synchronously, and where a sleeping vCPU is
+//! slow to wake (nested virtualization) that dominates a round trip across
+//! CPUs. `taskset -c 0 ipc-roundtrip` pins both ends to one CPU and shows
+//! the cost of the code path itself; run both.
+//!
 //! Usage: ipc-roundtrip [ROUND_TRIPS]   (default 20000)
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Instant;
 
+use gpu_airlock_benches::{ratio, summarize, us, EventfdPeer};
 use ipc::{Channel, Message};
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
@@ -51,93 +57,50 @@ impl Message for Reply {
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-struct Figures {
-    p50_ns: u64,
-    p99_ns: u64,
-}
-
-fn summarize(mut samples: Vec<u64>) -> Figures {
-    samples.sort_unstable();
-    Figures {
-        p50_ns: percentile(&samples, 0.5),
-        p99_ns: percentile(&samples, 0.99),
-    }
-}
-
-fn eventfd_pingpong(n: usize) -> Figures {
-    let to_child = EventFd::new(0).unwrap();
-    let to_parent = EventFd::new(0).unwrap();
-    // SAFETY: single-threaded here; the child only uses async-signal-safe
-    // calls (read/write on eventfds) and exits with _exit.
-    match unsafe { fork() }.expect("fork") {
-        ForkResult::Child => {
-            for _ in 0..n {
-                to_child.read().unwrap();
-                to_parent.write(1).unwrap();
-            }
-            // SAFETY: _exit ends the forked child without running the
-            // parent's atexit handlers or destructors.
-            unsafe { nix::libc::_exit(0) };
-        }
-        ForkResult::Parent { child } => {
-            let mut samples = Vec::with_capacity(n);
-            for _ in 0..n {
-                let t = Instant::now();
-                to_child.write(1).unwrap();
-                to_parent.read().unwrap();
-                samples.push(t.elapsed().as_nanos() as u64);
-            }
-            waitpid(child, None).unwrap();
-            summarize(samples)
-        }
-    }
-}
-
-fn ipc_pingpong(n: usize, with_fd: bool) -> Figures {
+/// A forked process that answers every request on its channel until the
+/// channel closes.
+fn start_ipc_peer() -> (Channel<Request, Reply>, nix::unistd::Pid) {
     let (a, b) = ipc::socketpair().unwrap();
-    // SAFETY: as in eventfd_pingpong; the child only sends and receives.
+    // SAFETY: called before the benchmark starts any thread; the child
+    // only receives and sends on its channel and leaves with _exit.
     match unsafe { fork() }.expect("fork") {
         ForkResult::Child => {
             drop(a);
             let ch: Channel<Reply, Request> = Channel::new(b);
-            for _ in 0..n {
-                let (req, fds) = ch.recv().unwrap();
+            while let Ok((req, fds)) = ch.recv() {
                 drop(fds);
                 let seq = match req {
                     Request::Ping { seq } | Request::PingWithFd { seq } => seq,
                 };
-                ch.send(&Reply::Pong { seq }, &[]).unwrap();
+                if ch.send(&Reply::Pong { seq }, &[]).is_err() {
+                    break;
+                }
             }
-            // SAFETY: as above.
+            // SAFETY: leave the forked child at once.
             unsafe { nix::libc::_exit(0) };
         }
         ForkResult::Parent { child } => {
             drop(b);
-            let ch: Channel<Request, Reply> = Channel::new(a);
-            let passed = EventFd::new(0).unwrap();
-            // SAFETY: `passed` outlives every send below.
-            let passed_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(passed.as_raw_fd()) };
-            let mut samples = Vec::with_capacity(n);
-            for seq in 0..n as u64 {
-                let t = Instant::now();
-                if with_fd {
-                    ch.send(&Request::PingWithFd { seq }, &[passed_fd.as_fd()])
-                        .unwrap();
-                } else {
-                    ch.send(&Request::Ping { seq }, &[]).unwrap();
-                }
-                let (Reply::Pong { seq: got }, _) = ch.recv().unwrap();
-                assert_eq!(got, seq);
-                samples.push(t.elapsed().as_nanos() as u64);
-            }
-            waitpid(child, None).unwrap();
-            summarize(samples)
+            (Channel::new(a), child)
         }
+    }
+}
+
+fn ipc_round_trips(
+    ch: &Channel<Request, Reply>,
+    fd: Option<BorrowedFd<'_>>,
+    n: usize,
+    samples: &mut Vec<u64>,
+) {
+    for seq in 0..n as u64 {
+        let t = Instant::now();
+        match fd {
+            Some(fd) => ch.send(&Request::PingWithFd { seq }, &[fd]).unwrap(),
+            None => ch.send(&Request::Ping { seq }, &[]).unwrap(),
+        }
+        let (Reply::Pong { seq: got }, _) = ch.recv().unwrap();
+        assert_eq!(got, seq);
+        samples.push(t.elapsed().as_nanos() as u64);
     }
 }
 
@@ -146,16 +109,28 @@ fn main() {
         .nth(1)
         .map(|s| s.parse().expect("ROUND_TRIPS is a number"))
         .unwrap_or(20_000);
-    // Warm caches and the scheduler once, untimed.
-    eventfd_pingpong(n / 10 + 1);
+    let peer = EventfdPeer::start();
+    let (ch, ipc_child) = start_ipc_peer();
+    let passed = EventFd::new(0).unwrap();
+    // SAFETY: `passed` outlives every use of the borrowed descriptor.
+    let passed_fd = unsafe { BorrowedFd::borrow_raw(passed.as_raw_fd()) };
 
-    let floor = eventfd_pingpong(n);
-    let plain = ipc_pingpong(n, false);
-    let with_fd = ipc_pingpong(n, true);
+    // The three take turns in rounds, so drift in this machine's
+    // scheduling falls on each alike.
+    const ROUNDS: usize = 10;
+    let (mut floor, mut plain, mut with_fd) = (Vec::new(), Vec::new(), Vec::new());
+    peer.round_trips(n / 10, &mut Vec::new());
+    ipc_round_trips(&ch, None, n / 10, &mut Vec::new());
+    for _ in 0..ROUNDS {
+        peer.round_trips(n / ROUNDS, &mut floor);
+        ipc_round_trips(&ch, None, n / ROUNDS, &mut plain);
+        ipc_round_trips(&ch, Some(passed_fd), n / ROUNDS, &mut with_fd);
+    }
+    drop(ch);
+    waitpid(ipc_child, None).unwrap();
+    let (floor, plain, with_fd) = (summarize(floor), summarize(plain), summarize(with_fd));
 
-    let us = |ns: u64| ns as f64 / 1000.0;
-    let ratio = |x: u64, base: u64| x as f64 / base.max(1) as f64;
-    println!("ipc round trip between two processes, {n} round trips each");
+    println!("ipc round trip between two processes, {n} round trips each, in {ROUNDS} interleaved rounds");
     println!(
         "{:<34} {:>10} {:>10} {:>14}",
         "", "p50 (us)", "p99 (us)", "p50 / eventfd"

@@ -65,14 +65,19 @@ pub const GUEST_MEM_SIZE: usize = 16 << 20;
 pub const DATA_BASE: u64 = 1 << 20;
 pub const QUEUE_SIZE: u16 = 64;
 
-/// The workspace's target directory (the one holding this test binary).
+/// The directory holding the workspace's binaries for the running profile:
+/// target/<profile>, whether this is a test (target/<profile>/deps/…) or a
+/// benchmark binary (target/<profile>/…).
 pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> → target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
+    let exe = std::env::current_exe().expect("own binary path");
+    let dir = exe.parent().expect("a binary lives in a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent()
+            .expect("deps lives in target/<profile>")
+            .to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn binary(name: &str) -> PathBuf {

@@ -1,0 +1,85 @@
+//! What the benchmarks share: the cheapest cross-process wake-up on this
+//! machine (the floor every round trip is compared with) and percentiles.
+
+use std::time::Instant;
+
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Median and 99th percentile of a set of round trips, in nanoseconds.
+pub struct Figures {
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+}
+
+pub fn summarize(mut samples: Vec<u64>) -> Figures {
+    samples.sort_unstable();
+    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    Figures {
+        p50_ns: at(0.5),
+        p99_ns: at(0.99),
+    }
+}
+
+pub fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+pub fn ratio(x: u64, base: u64) -> f64 {
+    x as f64 / base.max(1) as f64
+}
+
+/// A forked process that answers eventfd pings until dropped, so the floor
+/// can be measured in rounds beside other work.
+pub struct EventfdPeer {
+    to_child: EventFd,
+    to_parent: EventFd,
+    child: nix::unistd::Pid,
+}
+
+/// A ping value that tells the peer to exit.
+const STOP: u64 = 1 << 40;
+
+impl EventfdPeer {
+    /// Forks the peer. Call it before starting threads: the child only
+    /// reads and writes eventfds and leaves with _exit, but a fork from a
+    /// threaded process is best kept that simple anyway.
+    pub fn start() -> EventfdPeer {
+        let to_child = EventFd::new(0).unwrap();
+        let to_parent = EventFd::new(0).unwrap();
+        // SAFETY: the child makes only read/write calls on eventfds it
+        // already holds, then _exit.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                while to_child.read().map(|v| v < STOP).unwrap_or(false) {
+                    let _ = to_parent.write(1);
+                }
+                // SAFETY: leave the forked child at once.
+                unsafe { nix::libc::_exit(0) };
+            }
+            ForkResult::Parent { child } => EventfdPeer {
+                to_child,
+                to_parent,
+                child,
+            },
+        }
+    }
+
+    /// Times `n` round trips, appending each to `samples`.
+    pub fn round_trips(&self, n: usize, samples: &mut Vec<u64>) {
+        for _ in 0..n {
+            let t = Instant::now();
+            self.to_child.write(1).unwrap();
+            self.to_parent.read().unwrap();
+            samples.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+}
+
+impl Drop for EventfdPeer {
+    fn drop(&mut self) {
+        let _ = self.to_child.write(STOP);
+        let _ = waitpid(self.child, None);
+    }
+}
