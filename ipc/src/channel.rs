@@ -128,6 +128,8 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Channel<Tx, Rx> {
     fd: OwnedFd,
+    /// The receive buffer, allocated once.
+    buf: std::sync::Mutex<Box<[u8]>>,
     _types: PhantomData<fn(Tx) -> Rx>,
 }
 
@@ -136,6 +138,7 @@ impl<Tx: Message, Rx: Message> Channel<Tx, Rx> {
     pub fn new(fd: OwnedFd) -> Self {
         Channel {
             fd,
+            buf: std::sync::Mutex::new(vec![0u8; MAX_FRAME].into_boxed_slice()),
             _types: PhantomData,
         }
     }
@@ -248,10 +251,13 @@ impl<Tx: Message, Rx: Message> Channel<Tx, Rx> {
     }
 
     fn recv_value<T: serde::de::DeserializeOwned>(&self) -> Result<(T, Vec<OwnedFd>), Error> {
-        let mut buf = vec![0u8; MAX_FRAME];
+        // Uninitialized is not allowed behind IoSliceMut; one zeroed buffer
+        // per channel, reused, costs nothing per message.
+        let mut guard = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let buf: &mut [u8] = &mut guard[..];
         let mut cmsg_space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
         let (len, flags, fds, foreign_cmsg) = loop {
-            let mut iov = [IoSliceMut::new(&mut buf)];
+            let mut iov = [IoSliceMut::new(&mut *buf)];
             let msg = match recvmsg::<()>(
                 self.fd.as_raw_fd(),
                 &mut iov,
