@@ -19,6 +19,7 @@ unsafe impl ByteValued for VirtioGpuConfig {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceConfig {
     pub scanouts: Vec<ScanoutSize>,
+    pub max_resource_memory: u64,
     pub jail: JailConfig,
 }
 
@@ -26,6 +27,7 @@ impl DeviceConfig {
     pub fn gpu_config(&self) -> GpuConfig {
         GpuConfig {
             scanouts: self.scanouts.clone(),
+            max_resource_memory: self.max_resource_memory,
             jail: self.jail,
         }
     }
@@ -108,6 +110,7 @@ mod tests {
     fn config_space_layout() {
         let c = DeviceConfig {
             scanouts: vec![parse_scanout("640x480").unwrap(); 3],
+            max_resource_memory: 1 << 28,
             jail: JailConfig {
                 sandbox: ipc::SandboxMode::Namespace,
                 seccomp: ipc::SeccompMode::Kill,

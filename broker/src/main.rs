@@ -76,6 +76,13 @@ struct Args {
     #[arg(long, value_enum, value_name = "ACTION", default_value_t = SeccompArg::Kill)]
     seccomp: SeccompArg,
 
+    /// Most memory, in MiB, that all of a guest's 2D resources may take
+    /// together; a guest asking for more gets VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY.
+    /// The default fits two 3840x2160 frames and more, as QEMU's 256 MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    max_resource_memory: u64,
+
     /// Directory holding gpu-airlock-gpu-worker and
     /// gpu-airlock-render-worker; default: the directory of this binary.
     #[arg(long, value_name = "DIR")]
@@ -137,7 +144,11 @@ fn run(args: Args) -> Result<(), String> {
         },
         seccomp: args.seccomp.into(),
     };
-    let config = DeviceConfig { scanouts, jail };
+    let config = DeviceConfig {
+        scanouts,
+        max_resource_memory: args.max_resource_memory << 20,
+        jail,
+    };
 
     let listener = match (&args.socket_path, args.fd) {
         (Some(path), None) => Listener::new(path, true)

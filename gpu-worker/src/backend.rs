@@ -55,10 +55,10 @@ pub struct GpuBackend {
 }
 
 impl GpuBackend {
-    pub fn new(scanouts: Vec<ScanoutSize>) -> io::Result<Self> {
+    pub fn new(scanouts: Vec<ScanoutSize>, max_resource_memory: u64) -> io::Result<Self> {
         let (exit_consumer, exit_notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
         Ok(GpuBackend {
-            device: GpuDevice::new(scanouts),
+            device: GpuDevice::new(scanouts, max_resource_memory),
             mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
             event_idx: AtomicBool::new(false),
             exit_consumer,

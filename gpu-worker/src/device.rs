@@ -10,6 +10,7 @@
 
 use std::io::{Read, Write};
 use std::ops::Deref;
+use std::sync::Mutex;
 
 use ipc::ScanoutSize;
 use virtio_queue::desc::split::Descriptor;
@@ -20,6 +21,7 @@ use crate::edid;
 use crate::guest_warn;
 use crate::protocol::*;
 use crate::ratelimit::LogLimiter;
+use crate::resources::{Refusal, Resources, MAX_BACKING_ENTRIES};
 
 /// Which virtqueue a chain came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,15 +62,22 @@ impl std::fmt::Display for ChainError {
 #[derive(Debug)]
 pub struct GpuDevice {
     scanouts: Vec<ScanoutSize>,
+    resources: Mutex<Resources>,
     log: LogLimiter,
 }
 
 impl GpuDevice {
-    pub fn new(scanouts: Vec<ScanoutSize>) -> Self {
+    pub fn new(scanouts: Vec<ScanoutSize>, max_resource_memory: u64) -> Self {
         GpuDevice {
+            resources: Mutex::new(Resources::new(&scanouts, max_resource_memory)),
             scanouts,
             log: LogLimiter::default(),
         }
+    }
+
+    /// The 2D resources, for inspection in tests.
+    pub fn resources(&self) -> std::sync::MutexGuard<'_, Resources> {
+        self.resources.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Processes one chain and returns how many bytes were written into it,
@@ -120,7 +129,7 @@ impl GpuDevice {
             }
         };
 
-        match self.dispatch(&hdr, &mut reader, queue) {
+        match self.dispatch(mem, &hdr, &mut reader, queue) {
             Response::Display(mut r) => {
                 r.hdr = reply_hdr(RESP_OK_DISPLAY_INFO, &hdr);
                 write_response(&mut writer, &*r)
@@ -129,33 +138,106 @@ impl GpuDevice {
                 r.hdr = reply_hdr(RESP_OK_EDID, &hdr);
                 write_response(&mut writer, &*r)
             }
+            Response::Ok => write_response(&mut writer, &reply_hdr(RESP_OK_NODATA, &hdr)),
             Response::Error(code) => write_response(&mut writer, &err_hdr(code, Some(&hdr))),
         }
     }
 
-    fn dispatch(&self, hdr: &CtrlHdr, reader: &mut Reader<'_>, queue: QueueKind) -> Response {
+    fn dispatch(
+        &self,
+        mem: &GuestMemoryMmap,
+        hdr: &CtrlHdr,
+        reader: &mut Reader<'_>,
+        queue: QueueKind,
+    ) -> Response {
         let cmd = hdr.type_.to_native();
-        match (queue, cmd) {
+        let result = match (queue, cmd) {
             (QueueKind::Control, CMD_GET_DISPLAY_INFO) => {
-                Response::Display(Box::new(self.display_info()))
+                return Response::Display(Box::new(self.display_info()))
             }
-            (QueueKind::Control, CMD_GET_EDID) => self.get_edid(reader),
-            (QueueKind::Cursor, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR)
-            | (QueueKind::Control, CMD_RESOURCE_CREATE_2D..) => {
+            (QueueKind::Control, CMD_GET_EDID) => return self.get_edid(reader),
+            (QueueKind::Control, CMD_RESOURCE_CREATE_2D) => {
+                body(reader).and_then(|c| self.resources().create_2d(&c))
+            }
+            (QueueKind::Control, CMD_RESOURCE_UNREF) => body::<ResourceId>(reader)
+                .and_then(|b| self.resources().unref(b.resource_id.into())),
+            (QueueKind::Control, CMD_RESOURCE_ATTACH_BACKING) => self.attach_backing(mem, reader),
+            (QueueKind::Control, CMD_RESOURCE_DETACH_BACKING) => body::<ResourceId>(reader)
+                .and_then(|b| self.resources().detach_backing(b.resource_id.into())),
+            (QueueKind::Control, CMD_TRANSFER_TO_HOST_2D) => {
+                body(reader).and_then(|t| self.resources().transfer_to_host_2d(mem, &t))
+            }
+            (QueueKind::Control, CMD_SET_SCANOUT) => {
+                body(reader).and_then(|s| self.resources().set_scanout(&s))
+            }
+            // Display output through the front-end's display socket is not
+            // built yet; the flush is checked and acknowledged.
+            (QueueKind::Control, CMD_RESOURCE_FLUSH) => {
+                body(reader).and_then(|f| self.resources().flush(&f).map(|_| ()))
+            }
+            (QueueKind::Cursor, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR) => body(reader)
+                .and_then(|c| self.resources().update_cursor(&c, cmd == CMD_MOVE_CURSOR)),
+            (QueueKind::Control, 0x0200..=0x02ff | CMD_RESOURCE_ASSIGN_UUID..) => {
                 guest_warn!(
                     self.log,
                     "{queue:?} queue: command {cmd:#x} is not implemented yet; answering ERR_UNSPEC"
                 );
-                Response::Error(RESP_ERR_UNSPEC)
+                return Response::Error(RESP_ERR_UNSPEC);
             }
             _ => {
                 guest_warn!(
                     self.log,
                     "{queue:?} queue: unknown command {cmd:#x}; answering ERR_UNSPEC"
                 );
-                Response::Error(RESP_ERR_UNSPEC)
+                return Response::Error(RESP_ERR_UNSPEC);
+            }
+        };
+        match result {
+            Ok(()) => Response::Ok,
+            Err(r) => {
+                guest_warn!(
+                    self.log,
+                    "{queue:?} queue: command {cmd:#x} refused: {}",
+                    r.why
+                );
+                Response::Error(r.code)
             }
         }
+    }
+
+    fn attach_backing(
+        &self,
+        mem: &GuestMemoryMmap,
+        reader: &mut Reader<'_>,
+    ) -> Result<(), Refusal> {
+        let a: AttachBacking = body(reader)?;
+        let n = a.nr_entries.to_native();
+        if n == 0 || n > MAX_BACKING_ENTRIES {
+            return Err(Refusal {
+                code: RESP_ERR_INVALID_PARAMETER,
+                why: format!("{n} backing entries (1 to {MAX_BACKING_ENTRIES} allowed)"),
+            });
+        }
+        // The request must really hold the entries it announces.
+        let needed = n as usize * std::mem::size_of::<MemEntry>();
+        if reader.available_bytes() < needed {
+            return Err(Refusal {
+                code: RESP_ERR_INVALID_PARAMETER,
+                why: format!(
+                    "{n} backing entries announced, {} bytes follow",
+                    reader.available_bytes()
+                ),
+            });
+        }
+        let entries: Vec<MemEntry> = (0..n)
+            .map(|_| reader.read_obj::<MemEntry>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| Refusal {
+                code: RESP_ERR_INVALID_PARAMETER,
+                why: "backing entries could not be read".into(),
+            })?;
+        self.resources()
+            .attach_backing(mem, a.resource_id.to_native(), &entries)
     }
 
     fn display_info(&self) -> RespDisplayInfo {
@@ -198,9 +280,21 @@ impl GpuDevice {
 }
 
 enum Response {
+    Ok,
     Display(Box<RespDisplayInfo>),
     Edid(Box<RespEdid>),
     Error(u32),
+}
+
+/// Reads a command's body; a request too short for it is refused.
+fn body<T: ByteValued>(reader: &mut Reader<'_>) -> Result<T, Refusal> {
+    reader.read_obj::<T>().map_err(|_| Refusal {
+        code: RESP_ERR_INVALID_PARAMETER,
+        why: format!(
+            "request too short for its {}-byte body",
+            std::mem::size_of::<T>()
+        ),
+    })
 }
 
 /// Checks the shape of a whole chain before any of it is trusted.
@@ -295,16 +389,19 @@ mod tests {
     }
 
     fn device() -> GpuDevice {
-        GpuDevice::new(vec![
-            ScanoutSize {
-                width: 1280,
-                height: 800,
-            },
-            ScanoutSize {
-                width: 640,
-                height: 480,
-            },
-        ])
+        GpuDevice::new(
+            vec![
+                ScanoutSize {
+                    width: 1280,
+                    height: 800,
+                },
+                ScanoutSize {
+                    width: 640,
+                    height: 480,
+                },
+            ],
+            1 << 28,
+        )
     }
 
     fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
@@ -426,7 +523,7 @@ mod tests {
     #[test]
     fn unknown_and_unimplemented_commands_get_err_unspec() {
         let m = mem();
-        for cmd in [0xdead, CMD_RESOURCE_CREATE_2D, 0] {
+        for cmd in [0xdead, 0x0200, 0] {
             let len = request(&m, cmd, 0, &[]);
             let n = run(
                 &m,

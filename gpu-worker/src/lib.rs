@@ -11,3 +11,4 @@ pub mod device;
 pub mod edid;
 pub mod protocol;
 pub mod ratelimit;
+pub mod resources;

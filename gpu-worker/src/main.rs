@@ -68,11 +68,9 @@ fn run() -> Result<(), String> {
                 config = Some(c);
             }
             BrokerToGpu::VhostUserListener => {
-                let scanouts = config
-                    .as_ref()
-                    .ok_or("the broker sent a listener before the configuration")?
-                    .scanouts
-                    .clone();
+                let config = config
+                    .clone()
+                    .ok_or("the broker sent a listener before the configuration")?;
                 if serving {
                     return Err("the broker sent a second vhost-user listener".into());
                 }
@@ -82,7 +80,7 @@ fn run() -> Result<(), String> {
                 let listener = unsafe { Listener::from_raw_fd(fd.into_raw_fd()) };
                 thread::Builder::new()
                     .name("vhost-user".into())
-                    .spawn(move || serve(listener, scanouts))
+                    .spawn(move || serve(listener, config))
                     .map_err(|e| format!("cannot start the vhost-user thread: {e}"))?;
                 serving = true;
             }
@@ -94,9 +92,9 @@ fn run() -> Result<(), String> {
 }
 
 /// Serves one broker connection at a time, each with fresh device state.
-fn serve(mut listener: Listener, scanouts: Vec<ipc::ScanoutSize>) {
+fn serve(mut listener: Listener, config: GpuConfig) {
     loop {
-        let result = serve_one(&mut listener, scanouts.clone());
+        let result = serve_one(&mut listener, &config);
         if let Err(e) = result {
             // The listener itself failing leaves nothing to serve: end the
             // process, and the broker reports it.
@@ -106,8 +104,11 @@ fn serve(mut listener: Listener, scanouts: Vec<ipc::ScanoutSize>) {
     }
 }
 
-fn serve_one(listener: &mut Listener, scanouts: Vec<ipc::ScanoutSize>) -> Result<(), String> {
-    let backend = Arc::new(GpuBackend::new(scanouts).map_err(|e| e.to_string())?);
+fn serve_one(listener: &mut Listener, config: &GpuConfig) -> Result<(), String> {
+    let backend = Arc::new(
+        GpuBackend::new(config.scanouts.clone(), config.max_resource_memory)
+            .map_err(|e| e.to_string())?,
+    );
     let mut daemon = VhostUserDaemon::new(
         "gpu-worker".into(),
         backend.clone(),

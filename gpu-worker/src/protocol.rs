@@ -10,6 +10,16 @@ use vm_memory::{ByteValued, Le32, Le64};
 pub const CMD_GET_DISPLAY_INFO: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_GET_DISPLAY_INFO;
 pub const CMD_GET_EDID: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_GET_EDID;
 pub const CMD_RESOURCE_CREATE_2D: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_CREATE_2D;
+pub const CMD_RESOURCE_UNREF: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_UNREF;
+pub const CMD_SET_SCANOUT: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_SET_SCANOUT;
+pub const CMD_RESOURCE_FLUSH: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_FLUSH;
+pub const CMD_TRANSFER_TO_HOST_2D: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D;
+pub const CMD_RESOURCE_ATTACH_BACKING: u32 =
+    b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING;
+pub const CMD_RESOURCE_DETACH_BACKING: u32 =
+    b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING;
+pub const CMD_RESOURCE_ASSIGN_UUID: u32 =
+    b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID;
 pub const CMD_UPDATE_CURSOR: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_UPDATE_CURSOR;
 pub const CMD_MOVE_CURSOR: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_MOVE_CURSOR;
 
@@ -17,6 +27,9 @@ pub const RESP_OK_NODATA: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_NODAT
 pub const RESP_OK_DISPLAY_INFO: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_DISPLAY_INFO;
 pub const RESP_OK_EDID: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_EDID;
 pub const RESP_ERR_UNSPEC: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_UNSPEC;
+pub const RESP_ERR_OUT_OF_MEMORY: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
+pub const RESP_ERR_INVALID_RESOURCE_ID: u32 =
+    b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID;
 pub const RESP_ERR_INVALID_SCANOUT_ID: u32 =
     b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID;
 pub const RESP_ERR_INVALID_PARAMETER: u32 =
@@ -25,6 +38,19 @@ pub const RESP_ERR_INVALID_PARAMETER: u32 =
 pub const FLAG_FENCE: u32 = b::VIRTIO_GPU_FLAG_FENCE;
 pub const FLAG_INFO_RING_IDX: u32 = b::VIRTIO_GPU_FLAG_INFO_RING_IDX;
 pub const MAX_SCANOUTS: usize = b::VIRTIO_GPU_MAX_SCANOUTS as usize;
+
+/// The 2D formats of the spec (5.7.6.8), all four bytes per pixel.
+pub const FORMATS_2D: [u32; 8] = [
+    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM,
+    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM,
+    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_A8R8G8B8_UNORM,
+    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_X8R8G8B8_UNORM,
+    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM,
+    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_X8B8G8R8_UNORM,
+    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_A8B8G8R8_UNORM,
+    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_R8G8B8X8_UNORM,
+];
+pub const BYTES_PER_PIXEL: u32 = 4;
 
 /// Virtio feature bit: the device answers GET_EDID.
 pub const F_EDID: u32 = b::VIRTIO_GPU_F_EDID;
@@ -111,6 +137,104 @@ impl Default for RespEdid {
     }
 }
 
+// The command bodies below follow the `CtrlHdr` each request opens with;
+// the header is read first, then the body.
+
+/// Body of `struct virtio_gpu_resource_create_2d`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ResourceCreate2d {
+    pub resource_id: Le32,
+    pub format: Le32,
+    pub width: Le32,
+    pub height: Le32,
+}
+// SAFETY: four Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for ResourceCreate2d {}
+
+/// Body of `virtio_gpu_resource_unref` and `virtio_gpu_resource_detach_backing`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ResourceId {
+    pub resource_id: Le32,
+    pub padding: Le32,
+}
+// SAFETY: two Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for ResourceId {}
+
+/// Body of `struct virtio_gpu_set_scanout`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SetScanout {
+    pub r: Rect,
+    pub scanout_id: Le32,
+    pub resource_id: Le32,
+}
+// SAFETY: a Rect and two Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for SetScanout {}
+
+/// Body of `struct virtio_gpu_resource_flush`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ResourceFlush {
+    pub r: Rect,
+    pub resource_id: Le32,
+    pub padding: Le32,
+}
+// SAFETY: a Rect and two Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for ResourceFlush {}
+
+/// Body of `struct virtio_gpu_transfer_to_host_2d`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct TransferToHost2d {
+    pub r: Rect,
+    pub offset: Le64,
+    pub resource_id: Le32,
+    pub padding: Le32,
+}
+// SAFETY: a Rect (16 bytes), an Le64 at offset 16 and two Le32: no padding,
+// every bit pattern valid.
+unsafe impl ByteValued for TransferToHost2d {}
+
+/// Body of `struct virtio_gpu_resource_attach_backing`; `nr_entries`
+/// `MemEntry`s follow it.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct AttachBacking {
+    pub resource_id: Le32,
+    pub nr_entries: Le32,
+}
+// SAFETY: two Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for AttachBacking {}
+
+/// `struct virtio_gpu_mem_entry`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct MemEntry {
+    pub addr: Le64,
+    pub length: Le32,
+    pub padding: Le32,
+}
+// SAFETY: an Le64 and two Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for MemEntry {}
+
+/// Body of `struct virtio_gpu_update_cursor` (MOVE_CURSOR uses the same).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct UpdateCursor {
+    pub scanout_id: Le32,
+    pub x: Le32,
+    pub y: Le32,
+    pub pos_padding: Le32,
+    pub resource_id: Le32,
+    pub hot_x: Le32,
+    pub hot_y: Le32,
+    pub padding: Le32,
+}
+// SAFETY: eight Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for UpdateCursor {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +247,14 @@ mod tests {
         assert_eq!(size_of::<RespDisplayInfo>(), 24 + 16 * 24);
         assert_eq!(size_of::<CmdGetEdid>(), 32);
         assert_eq!(size_of::<RespEdid>(), 24 + 8 + 1024);
+        // Bodies: the spec's struct sizes less the 24-byte header.
+        assert_eq!(size_of::<ResourceCreate2d>(), 40 - 24);
+        assert_eq!(size_of::<ResourceId>(), 32 - 24);
+        assert_eq!(size_of::<SetScanout>(), 48 - 24);
+        assert_eq!(size_of::<ResourceFlush>(), 48 - 24);
+        assert_eq!(size_of::<TransferToHost2d>(), 56 - 24);
+        assert_eq!(size_of::<AttachBacking>(), 32 - 24);
+        assert_eq!(size_of::<MemEntry>(), 16);
+        assert_eq!(size_of::<UpdateCursor>(), 56 - 24);
     }
 }

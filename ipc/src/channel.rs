@@ -382,6 +382,7 @@ mod tests {
                 width: 1280,
                 height: 800,
             }],
+            max_resource_memory: 1 << 28,
             jail: JAIL,
         };
         broker
@@ -617,17 +618,20 @@ mod tests {
                 width: 1920,
                 height: 1080,
             }],
+            max_resource_memory: 1 << 28,
             jail: JAIL,
         };
         assert!(ok.validate().is_ok());
         assert!(GpuConfig {
             scanouts: vec![],
+            max_resource_memory: 1 << 28,
             jail: JAIL
         }
         .validate()
         .is_err());
         let too_many = GpuConfig {
             scanouts: vec![ok.scanouts[0]; MAX_SCANOUTS + 1],
+            max_resource_memory: 1 << 28,
             jail: JAIL,
         };
         assert!(too_many.validate().is_err());
@@ -636,6 +640,7 @@ mod tests {
                 width: 0,
                 height: 10,
             }],
+            max_resource_memory: 1 << 28,
             jail: JAIL,
         };
         assert!(zero.validate().is_err());

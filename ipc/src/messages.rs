@@ -67,6 +67,8 @@ pub struct JailConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuConfig {
     pub scanouts: Vec<ScanoutSize>,
+    /// Most bytes all of a guest's 2D resources may take together.
+    pub max_resource_memory: u64,
     pub jail: JailConfig,
 }
 

@@ -159,33 +159,42 @@ fn unknown_command_gets_err_unspec_and_fence_is_honoured() {
     assert_eq!(len, 24);
     assert_eq!(parse_hdr(&resp), (RESP_ERR_UNSPEC, FLAG_FENCE, 0xfeed));
 
-    let (_, resp) = dev.control(&ctrl_hdr(CMD_RESOURCE_CREATE_2D, 0, 0), 64);
+    // CTX_CREATE: a 3D command, not implemented yet.
+    let (_, resp) = dev.control(&ctrl_hdr(0x0200, 0, 0), 64);
     assert_eq!(parse_hdr(&resp), (RESP_ERR_UNSPEC, 0, 0));
+    // A 2D command too short for its body is a parameter error.
+    let (_, resp) = dev.control(&ctrl_hdr(CMD_RESOURCE_CREATE_2D, 0, 0), 64);
+    assert_eq!(parse_hdr(&resp), (RESP_ERR_INVALID_PARAMETER, 0, 0));
 
     let (_, resp) = dev.control(&ctrl_hdr(CMD_GET_DISPLAY_INFO, FLAG_FENCE, 77), 1024);
     assert_eq!(parse_hdr(&resp), (RESP_OK_DISPLAY_INFO, FLAG_FENCE, 77));
 
-    // The cursor queue answers too.
-    let req = ctrl_hdr(CMD_UPDATE_CURSOR, 0, 0);
-    dev.mem.write_slice(&req, GuestAddress(DATA_BASE)).unwrap();
-    let resp_at = DATA_BASE + 0x100;
-    dev.cursorq.push_raw(
-        &dev.mem,
-        0,
-        &[
-            (DATA_BASE, 24, VRING_DESC_F_NEXT, 1),
-            (resp_at, 24, VRING_DESC_F_WRITE, 0),
-        ],
-        0,
-    );
-    let (_, len) = dev
-        .cursorq
-        .wait_used(&dev.mem, Duration::from_secs(10))
-        .expect("cursor queue answered");
-    assert_eq!(len, 24);
-    let mut hdr = [0u8; 24];
-    dev.mem.read_slice(&mut hdr, GuestAddress(resp_at)).unwrap();
-    assert_eq!(parse_hdr(&hdr).0, RESP_ERR_UNSPEC);
+    // The cursor queue answers too: hiding the cursor on scanout 0 is
+    // fine, a cursor on scanout 5 of a one-scanout device is not.
+    for (scanout, want) in [(0u32, RESP_OK_NODATA), (5, RESP_ERR_INVALID_SCANOUT_ID)] {
+        let mut req = ctrl_hdr(CMD_UPDATE_CURSOR, 0, 0);
+        req.extend_from_slice(&scanout.to_le_bytes());
+        req.extend_from_slice(&[0u8; 28]); // x, y, padding, resource 0, hot spot
+        dev.mem.write_slice(&req, GuestAddress(DATA_BASE)).unwrap();
+        let resp_at = DATA_BASE + 0x100;
+        dev.cursorq.push_raw(
+            &dev.mem,
+            0,
+            &[
+                (DATA_BASE, req.len() as u32, VRING_DESC_F_NEXT, 1),
+                (resp_at, 24, VRING_DESC_F_WRITE, 0),
+            ],
+            0,
+        );
+        let (_, len) = dev
+            .cursorq
+            .wait_used(&dev.mem, Duration::from_secs(10))
+            .expect("cursor queue answered");
+        assert_eq!(len, 24);
+        let mut hdr = [0u8; 24];
+        dev.mem.read_slice(&mut hdr, GuestAddress(resp_at)).unwrap();
+        assert_eq!(parse_hdr(&hdr).0, want, "cursor on scanout {scanout}");
+    }
 }
 
 /// Pushes a malformed chain and returns the used length it got back.

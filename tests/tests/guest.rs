@@ -1,7 +1,8 @@
 //! A real Linux guest: Debian's kernel under QEMU 10 (`-accel tcg`), its
 //! virtio-gpu driver talking through `vhost-user-gpu-pci` to the jailed
 //! three-process gpu-airlock. The guest's /init (tests/guest/init) reports
-//! on the serial console what the driver found.
+//! on the serial console what the driver found; the kernel reports there
+//! every error response its driver gets.
 //!
 //! Needs QEMU and the guest image that `tests/guest/prepare.sh` installs
 //! and builds. Without them the test says so loudly and returns, unless
@@ -57,7 +58,7 @@ fn guest_image() -> Option<(PathBuf, PathBuf)> {
     None
 }
 
-/// Boots the guest against `socket`; returns its GUEST: lines.
+/// Boots the guest against `socket`; returns everything it printed.
 fn boot_guest(socket: &std::path::Path, kernel: &PathBuf, initrd: &PathBuf) -> Vec<String> {
     let mut qemu = Command::new("qemu-system-x86_64")
         .args([
@@ -107,11 +108,10 @@ fn boot_guest(socket: &std::path::Path, kernel: &PathBuf, initrd: &PathBuf) -> V
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut lines = Vec::new();
     while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        if let Some(l) = line.strip_prefix("GUEST: ") {
-            lines.push(l.to_string());
-            if l == "done" {
-                break;
-            }
+        let done = line == "GUEST: done";
+        lines.push(line);
+        if done {
+            break;
         }
     }
     let _ = qemu.kill();
@@ -125,9 +125,13 @@ fn linux_virtio_gpu_driver_reads_the_configured_display() {
         return;
     };
     let backend = Backend::start(&["--display", "1152x864"]);
-    let lines = boot_guest(&backend.socket, &kernel, &initrd);
+    let console = boot_guest(&backend.socket, &kernel, &initrd);
+    let lines: Vec<&str> = console
+        .iter()
+        .filter_map(|l| l.strip_prefix("GUEST: "))
+        .collect();
     assert!(
-        lines.last().is_some_and(|l| l == "done"),
+        lines.last().is_some_and(|l| *l == "done"),
         "the guest ran its /init to the end: {lines:?}"
     );
     let connector = lines
@@ -137,6 +141,23 @@ fn linux_virtio_gpu_driver_reads_the_configured_display() {
     assert!(
         connector.contains("status=connected modes=1152x864,"),
         "the guest's preferred mode is the --display size (GET_DISPLAY_INFO, GET_EDID): {connector}"
+    );
+
+    // The driver's framebuffer set-up (RESOURCE_CREATE_2D, ATTACH_BACKING,
+    // TRANSFER_TO_HOST_2D, SET_SCANOUT, RESOURCE_FLUSH) was all accepted:
+    // Linux logs every error response it gets.
+    let refused: Vec<&String> = console
+        .iter()
+        .filter(|l| l.contains("*ERROR* response"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the guest's driver got error responses: {refused:?}"
+    );
+    assert!(
+        !backend.log.lines().iter().any(|l| l.contains("refused")),
+        "the device refused none of the guest's commands: {:#?}",
+        backend.log.lines()
     );
 
     // The guest has powered off; the device serves the next front-end.

@@ -1,0 +1,706 @@
+//! 2D resources: what the guest creates, backs with its memory, transfers
+//! into, and shows on scanouts.
+//!
+//! They live here, in gpu-worker, because guest memory does: a transfer is
+//! one copy from the guest's backing pages into the resource, with no
+//! process hop. (Blob and 3D resources, which need rutabaga, will live in
+//! render-worker.) Every size is computed with checked arithmetic, every
+//! rectangle is checked against its resource, every backing entry against
+//! guest memory, and the memory all resources take together is capped by
+//! `--max-resource-memory`; each refusal carries the spec's error code.
+
+use std::collections::HashMap;
+
+use ipc::ScanoutSize;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+
+use crate::protocol::*;
+
+/// Most backing entries one ATTACH_BACKING may carry (a 16384x16384 frame
+/// in 4 KiB pages needs 262144; Linux sends one entry per contiguous run).
+pub const MAX_BACKING_ENTRIES: u32 = 1 << 18;
+
+/// A refused command: the response code the guest gets and why (for the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u32,
+    pub why: String,
+}
+
+fn refuse<T>(code: u32, why: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal {
+        code,
+        why: why.into(),
+    })
+}
+
+#[derive(Debug)]
+struct Resource2d {
+    width: u32,
+    height: u32,
+    /// Bytes per row of `data`.
+    stride: u32,
+    data: Vec<u8>,
+    /// Guest memory ranges, in order, that back the resource.
+    backing: Vec<(GuestAddress, u32)>,
+}
+
+/// What a scanout shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanoutState {
+    pub resource_id: u32,
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug)]
+pub struct Resources {
+    resources: HashMap<u32, Resource2d>,
+    used_bytes: u64,
+    max_bytes: u64,
+    scanouts: Vec<Option<ScanoutState>>,
+    cursor: Option<(u32, u32)>,
+}
+
+/// Whether `r` lies inside a `width`×`height` surface, without overflow.
+fn rect_within(r: &Rect, width: u32, height: u32) -> bool {
+    let (x, y, w, h) = (
+        r.x.to_native(),
+        r.y.to_native(),
+        r.width.to_native(),
+        r.height.to_native(),
+    );
+    x.checked_add(w).is_some_and(|right| right <= width)
+        && y.checked_add(h).is_some_and(|bottom| bottom <= height)
+}
+
+impl Resources {
+    pub fn new(scanouts: &[ScanoutSize], max_bytes: u64) -> Self {
+        Resources {
+            resources: HashMap::new(),
+            used_bytes: 0,
+            max_bytes,
+            scanouts: vec![None; scanouts.len()],
+            cursor: None,
+        }
+    }
+
+    pub fn scanout(&self, scanout_id: usize) -> Option<ScanoutState> {
+        self.scanouts.get(scanout_id).copied().flatten()
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes
+    }
+
+    fn get(&self, id: u32) -> Result<&Resource2d, Refusal> {
+        match self.resources.get(&id) {
+            Some(r) => Ok(r),
+            None => refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no resource {id}")),
+        }
+    }
+
+    fn get_mut(&mut self, id: u32) -> Result<&mut Resource2d, Refusal> {
+        match self.resources.get_mut(&id) {
+            Some(r) => Ok(r),
+            None => refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no resource {id}")),
+        }
+    }
+
+    pub fn create_2d(&mut self, c: &ResourceCreate2d) -> Result<(), Refusal> {
+        let (id, format, width, height) = (
+            c.resource_id.to_native(),
+            c.format.to_native(),
+            c.width.to_native(),
+            c.height.to_native(),
+        );
+        if id == 0 || self.resources.contains_key(&id) {
+            return refuse(
+                RESP_ERR_INVALID_RESOURCE_ID,
+                format!("resource id {id} is 0 or already in use"),
+            );
+        }
+        if !FORMATS_2D.contains(&format) {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!("format {format} is not a 2D format"),
+            );
+        }
+        if width == 0 || height == 0 {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!("resource of {width}x{height}"),
+            );
+        }
+        let stride = width.checked_mul(BYTES_PER_PIXEL);
+        let size = stride.and_then(|s| u64::from(s).checked_mul(u64::from(height)));
+        let (Some(stride), Some(size)) = (stride, size) else {
+            return refuse(
+                RESP_ERR_OUT_OF_MEMORY,
+                format!("{width}x{height} overflows"),
+            );
+        };
+        let total = self.used_bytes.saturating_add(size);
+        if total > self.max_bytes {
+            return refuse(
+                RESP_ERR_OUT_OF_MEMORY,
+                format!(
+                    "{width}x{height} needs {size} bytes; {} of {} are in use (--max-resource-memory)",
+                    self.used_bytes, self.max_bytes
+                ),
+            );
+        }
+        let Ok(len) = usize::try_from(size) else {
+            return refuse(
+                RESP_ERR_OUT_OF_MEMORY,
+                "resource larger than the address space",
+            );
+        };
+        let mut data = Vec::new();
+        if data.try_reserve_exact(len).is_err() {
+            return refuse(
+                RESP_ERR_OUT_OF_MEMORY,
+                format!("cannot allocate {len} bytes"),
+            );
+        }
+        data.resize(len, 0);
+        self.resources.insert(
+            id,
+            Resource2d {
+                width,
+                height,
+                stride,
+                data,
+                backing: Vec::new(),
+            },
+        );
+        self.used_bytes = total;
+        Ok(())
+    }
+
+    pub fn unref(&mut self, id: u32) -> Result<(), Refusal> {
+        let Some(res) = self.resources.remove(&id) else {
+            return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no resource {id}"));
+        };
+        self.used_bytes = self.used_bytes.saturating_sub(res.data.len() as u64);
+        // A scanout or cursor showing it shows nothing now.
+        for s in self.scanouts.iter_mut() {
+            if s.is_some_and(|s| s.resource_id == id) {
+                *s = None;
+            }
+        }
+        if self.cursor.is_some_and(|(r, _)| r == id) {
+            self.cursor = None;
+        }
+        Ok(())
+    }
+
+    pub fn attach_backing(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        id: u32,
+        entries: &[MemEntry],
+    ) -> Result<(), Refusal> {
+        let mut backing = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let (addr, len) = (GuestAddress(e.addr.to_native()), e.length.to_native());
+            if len == 0 || !mem.check_range(addr, len as usize, Permissions::Read) {
+                return refuse(
+                    RESP_ERR_INVALID_PARAMETER,
+                    format!(
+                        "backing entry {i} ({:#x}, {len} bytes) is not inside guest memory",
+                        addr.0
+                    ),
+                );
+            }
+            backing.push((addr, len));
+        }
+        let res = self.get_mut(id)?;
+        if !res.backing.is_empty() {
+            return refuse(
+                RESP_ERR_UNSPEC,
+                format!("resource {id} already has backing"),
+            );
+        }
+        res.backing = backing;
+        Ok(())
+    }
+
+    pub fn detach_backing(&mut self, id: u32) -> Result<(), Refusal> {
+        let res = self.get_mut(id)?;
+        if res.backing.is_empty() {
+            return refuse(RESP_ERR_UNSPEC, format!("resource {id} has no backing"));
+        }
+        res.backing.clear();
+        Ok(())
+    }
+
+    pub fn transfer_to_host_2d(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        t: &TransferToHost2d,
+    ) -> Result<(), Refusal> {
+        let id = t.resource_id.to_native();
+        let res = self.get_mut(id)?;
+        if res.backing.is_empty() {
+            return refuse(RESP_ERR_UNSPEC, format!("resource {id} has no backing"));
+        }
+        if !rect_within(&t.r, res.width, res.height) {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!(
+                    "transfer rectangle {:?} is outside resource {id} ({}x{})",
+                    t.r, res.width, res.height
+                ),
+            );
+        }
+        let (x, y, w, h) = (
+            t.r.x.to_native(),
+            t.r.y.to_native(),
+            t.r.width.to_native(),
+            t.r.height.to_native(),
+        );
+        // Inside the resource (checked above), so none of these overflow.
+        let row_bytes = (w * BYTES_PER_PIXEL) as usize;
+        let stride = res.stride as usize;
+        for row in 0..h as usize {
+            // The guest's layout: rows `stride` apart from `offset`.
+            let src = (row as u64)
+                .checked_mul(stride as u64)
+                .and_then(|o| o.checked_add(t.offset.to_native()));
+            let dst = (y as usize + row) * stride + x as usize * BYTES_PER_PIXEL as usize;
+            let ok = src.is_some_and(|src| {
+                read_backing(mem, &res.backing, src, &mut res.data[dst..dst + row_bytes])
+            });
+            if !ok {
+                return refuse(
+                    RESP_ERR_INVALID_PARAMETER,
+                    format!(
+                        "transfer row {row} reads past resource {id}'s backing (offset {})",
+                        t.offset.to_native()
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_scanout(&mut self, s: &SetScanout) -> Result<(), Refusal> {
+        let (scanout_id, id) = (s.scanout_id.to_native(), s.resource_id.to_native());
+        let Some(slot) = usize::try_from(scanout_id)
+            .ok()
+            .filter(|i| *i < self.scanouts.len())
+        else {
+            return refuse(
+                RESP_ERR_INVALID_SCANOUT_ID,
+                format!(
+                    "scanout {scanout_id}, but the device has {}",
+                    self.scanouts.len()
+                ),
+            );
+        };
+        if id == 0 {
+            self.scanouts[slot] = None;
+            return Ok(());
+        }
+        let res = self.get(id)?;
+        if s.r.width.to_native() == 0
+            || s.r.height.to_native() == 0
+            || !rect_within(&s.r, res.width, res.height)
+        {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!(
+                    "scanout rectangle {:?} is empty or outside resource {id} ({}x{})",
+                    s.r, res.width, res.height
+                ),
+            );
+        }
+        self.scanouts[slot] = Some(ScanoutState {
+            resource_id: id,
+            x: s.r.x.to_native(),
+            y: s.r.y.to_native(),
+            width: s.r.width.to_native(),
+            height: s.r.height.to_native(),
+        });
+        Ok(())
+    }
+
+    /// Checks a flush; returns the scanouts that show the resource.
+    pub fn flush(&self, f: &ResourceFlush) -> Result<Vec<usize>, Refusal> {
+        let id = f.resource_id.to_native();
+        let res = self.get(id)?;
+        if !rect_within(&f.r, res.width, res.height) {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!(
+                    "flush rectangle {:?} is outside resource {id} ({}x{})",
+                    f.r, res.width, res.height
+                ),
+            );
+        }
+        Ok(self
+            .scanouts
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some_and(|s| s.resource_id == id))
+            .map(|(i, _)| i)
+            .collect())
+    }
+
+    pub fn update_cursor(&mut self, c: &UpdateCursor, move_only: bool) -> Result<(), Refusal> {
+        let scanout_id = c.scanout_id.to_native();
+        if scanout_id as usize >= self.scanouts.len() {
+            return refuse(
+                RESP_ERR_INVALID_SCANOUT_ID,
+                format!("cursor on scanout {scanout_id}"),
+            );
+        }
+        if move_only {
+            return Ok(());
+        }
+        let id = c.resource_id.to_native();
+        if id == 0 {
+            self.cursor = None;
+            return Ok(());
+        }
+        self.get(id)?;
+        self.cursor = Some((id, scanout_id));
+        Ok(())
+    }
+
+    /// The pixels of resource `id`, for tests and (soon) the display path.
+    pub fn pixels(&self, id: u32) -> Option<&[u8]> {
+        self.resources.get(&id).map(|r| r.data.as_slice())
+    }
+}
+
+/// Reads `dst.len()` bytes at `offset` of the concatenated `backing`
+/// ranges. False if that runs past the backing or guest memory.
+fn read_backing(
+    mem: &GuestMemoryMmap,
+    backing: &[(GuestAddress, u32)],
+    mut offset: u64,
+    dst: &mut [u8],
+) -> bool {
+    let mut done = 0;
+    for &(addr, len) in backing {
+        if done == dst.len() {
+            break;
+        }
+        let len = u64::from(len);
+        if offset >= len {
+            offset -= len;
+            continue;
+        }
+        let n = ((len - offset) as usize).min(dst.len() - done);
+        let Some(at) = addr.0.checked_add(offset) else {
+            return false;
+        };
+        if mem
+            .read_slice(&mut dst[done..done + n], GuestAddress(at))
+            .is_err()
+        {
+            return false;
+        }
+        done += n;
+        offset = 0;
+    }
+    done == dst.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Le32;
+
+    const MIB: u64 = 1 << 20;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (4 * MIB) as usize)]).unwrap()
+    }
+
+    fn res(scanouts: usize, max: u64) -> Resources {
+        Resources::new(
+            &vec![
+                ScanoutSize {
+                    width: 64,
+                    height: 64
+                };
+                scanouts
+            ],
+            max,
+        )
+    }
+
+    fn create(id: u32, format: u32, w: u32, h: u32) -> ResourceCreate2d {
+        ResourceCreate2d {
+            resource_id: Le32::from(id),
+            format: Le32::from(format),
+            width: Le32::from(w),
+            height: Le32::from(h),
+        }
+    }
+
+    fn rect(x: u32, y: u32, w: u32, h: u32) -> Rect {
+        Rect {
+            x: Le32::from(x),
+            y: Le32::from(y),
+            width: Le32::from(w),
+            height: Le32::from(h),
+        }
+    }
+
+    fn entry(addr: u64, len: u32) -> MemEntry {
+        MemEntry {
+            addr: addr.into(),
+            length: Le32::from(len),
+            padding: Le32::from(0),
+        }
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T, Refusal>) -> u32 {
+        r.unwrap_err().code
+    }
+
+    #[test]
+    fn create_accepts_every_spec_format_and_refuses_others() {
+        let mut r = res(1, 64 * MIB);
+        for (i, f) in FORMATS_2D.iter().enumerate() {
+            r.create_2d(&create(i as u32 + 1, *f, 16, 16)).unwrap();
+        }
+        assert_eq!(r.used_bytes(), 8 * 16 * 16 * 4);
+        assert_eq!(
+            code(r.create_2d(&create(100, 5, 16, 16))),
+            RESP_ERR_INVALID_PARAMETER
+        );
+        assert_eq!(
+            code(r.create_2d(&create(0, 1, 16, 16))),
+            RESP_ERR_INVALID_RESOURCE_ID
+        );
+        assert_eq!(
+            code(r.create_2d(&create(1, 1, 16, 16))),
+            RESP_ERR_INVALID_RESOURCE_ID
+        );
+        assert_eq!(
+            code(r.create_2d(&create(101, 1, 0, 16))),
+            RESP_ERR_INVALID_PARAMETER
+        );
+    }
+
+    #[test]
+    fn create_is_capped_by_max_resource_memory_and_overflow() {
+        let mut r = res(1, 64 * 64 * 4);
+        r.create_2d(&create(1, 1, 64, 64)).unwrap();
+        assert_eq!(
+            code(r.create_2d(&create(2, 1, 1, 1))),
+            RESP_ERR_OUT_OF_MEMORY
+        );
+        r.unref(1).unwrap();
+        assert_eq!(r.used_bytes(), 0);
+        r.create_2d(&create(2, 1, 1, 1)).unwrap();
+        let mut big = res(1, u64::MAX);
+        assert_eq!(
+            code(big.create_2d(&create(1, 1, u32::MAX, u32::MAX))),
+            RESP_ERR_OUT_OF_MEMORY
+        );
+    }
+
+    #[test]
+    fn unref_of_unknown_resource_and_scanout_release() {
+        let mut r = res(2, 64 * MIB);
+        assert_eq!(code(r.unref(7)), RESP_ERR_INVALID_RESOURCE_ID);
+        r.create_2d(&create(7, 1, 32, 32)).unwrap();
+        r.set_scanout(&SetScanout {
+            r: rect(0, 0, 32, 32),
+            scanout_id: Le32::from(1),
+            resource_id: Le32::from(7),
+        })
+        .unwrap();
+        assert!(r.scanout(1).is_some());
+        r.unref(7).unwrap();
+        assert!(
+            r.scanout(1).is_none(),
+            "unref disables the scanout showing it"
+        );
+    }
+
+    #[test]
+    fn backing_entries_are_checked_against_guest_memory() {
+        let m = mem();
+        let mut r = res(1, 64 * MIB);
+        r.create_2d(&create(1, 1, 16, 16)).unwrap();
+        assert_eq!(
+            code(r.attach_backing(&m, 1, &[entry(4 * MIB - 16, 32)])),
+            RESP_ERR_INVALID_PARAMETER
+        );
+        assert_eq!(
+            code(r.attach_backing(&m, 1, &[entry(u64::MAX - 4, 16)])),
+            RESP_ERR_INVALID_PARAMETER
+        );
+        assert_eq!(
+            code(r.attach_backing(&m, 1, &[entry(0, 0)])),
+            RESP_ERR_INVALID_PARAMETER
+        );
+        assert_eq!(
+            code(r.attach_backing(&m, 2, &[entry(0, 16)])),
+            RESP_ERR_INVALID_RESOURCE_ID
+        );
+        r.attach_backing(&m, 1, &[entry(0, 512), entry(8192, 512)])
+            .unwrap();
+        assert_eq!(
+            code(r.attach_backing(&m, 1, &[entry(0, 16)])),
+            RESP_ERR_UNSPEC
+        );
+        r.detach_backing(1).unwrap();
+        assert_eq!(code(r.detach_backing(1)), RESP_ERR_UNSPEC);
+    }
+
+    #[test]
+    fn transfer_copies_sub_rectangles_across_scattered_backing() {
+        let m = mem();
+        let mut r = res(1, 64 * MIB);
+        // 4x4 pixels, stride 16 bytes, backed by two 32-byte runs.
+        r.create_2d(&create(1, 1, 4, 4)).unwrap();
+        let guest: Vec<u8> = (0..64u8).collect();
+        m.write_slice(&guest[..32], GuestAddress(0x1000)).unwrap();
+        m.write_slice(&guest[32..], GuestAddress(0x9000)).unwrap();
+        r.attach_backing(&m, 1, &[entry(0x1000, 32), entry(0x9000, 32)])
+            .unwrap();
+        // The 2x2 block at (1,1): offset = 1*16 + 1*4.
+        r.transfer_to_host_2d(
+            &m,
+            &TransferToHost2d {
+                r: rect(1, 1, 2, 2),
+                offset: 20u64.into(),
+                resource_id: Le32::from(1),
+                padding: Le32::from(0),
+            },
+        )
+        .unwrap();
+        let px = r.pixels(1).unwrap();
+        assert_eq!(&px[20..28], &guest[20..28]);
+        assert_eq!(
+            &px[36..44],
+            &guest[36..44],
+            "second row from the second run"
+        );
+        assert!(
+            px[..20].iter().all(|b| *b == 0),
+            "outside the rect untouched"
+        );
+        assert!(px[28..36].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn transfer_refusals() {
+        let m = mem();
+        let mut r = res(1, 64 * MIB);
+        r.create_2d(&create(1, 1, 4, 4)).unwrap();
+        let t = |x, y, w, h, off: u64| TransferToHost2d {
+            r: rect(x, y, w, h),
+            offset: off.into(),
+            resource_id: Le32::from(1),
+            padding: Le32::from(0),
+        };
+        assert_eq!(
+            code(r.transfer_to_host_2d(&m, &t(0, 0, 4, 4, 0))),
+            RESP_ERR_UNSPEC
+        );
+        r.attach_backing(&m, 1, &[entry(0, 64)]).unwrap();
+        r.transfer_to_host_2d(&m, &t(0, 0, 4, 4, 0)).unwrap();
+        for bad in [
+            t(1, 0, 4, 1, 0),
+            t(0, 0, 1, 5, 0),
+            t(u32::MAX, 0, 2, 1, 0),
+            t(0, 0, 4, 4, 8),
+            t(0, 0, 1, 1, u64::MAX),
+        ] {
+            assert_eq!(
+                code(r.transfer_to_host_2d(&m, &bad)),
+                RESP_ERR_INVALID_PARAMETER,
+                "{bad:?}"
+            );
+        }
+        let mut other = t(0, 0, 1, 1, 0);
+        other.resource_id = Le32::from(9);
+        assert_eq!(
+            code(r.transfer_to_host_2d(&m, &other)),
+            RESP_ERR_INVALID_RESOURCE_ID
+        );
+    }
+
+    #[test]
+    fn scanout_and_flush_checks() {
+        let mut r = res(2, 64 * MIB);
+        r.create_2d(&create(1, 1, 32, 32)).unwrap();
+        let s = |id: u32, res: u32, rc: Rect| SetScanout {
+            r: rc,
+            scanout_id: Le32::from(id),
+            resource_id: Le32::from(res),
+        };
+        assert_eq!(
+            code(r.set_scanout(&s(2, 1, rect(0, 0, 32, 32)))),
+            RESP_ERR_INVALID_SCANOUT_ID
+        );
+        assert_eq!(
+            code(r.set_scanout(&s(0, 5, rect(0, 0, 32, 32)))),
+            RESP_ERR_INVALID_RESOURCE_ID
+        );
+        assert_eq!(
+            code(r.set_scanout(&s(0, 1, rect(16, 0, 32, 32)))),
+            RESP_ERR_INVALID_PARAMETER
+        );
+        assert_eq!(
+            code(r.set_scanout(&s(0, 1, rect(0, 0, 0, 32)))),
+            RESP_ERR_INVALID_PARAMETER
+        );
+        r.set_scanout(&s(0, 1, rect(0, 0, 32, 32))).unwrap();
+        r.set_scanout(&s(1, 1, rect(8, 8, 16, 16))).unwrap();
+        let f = |res: u32, rc: Rect| ResourceFlush {
+            r: rc,
+            resource_id: Le32::from(res),
+            padding: Le32::from(0),
+        };
+        assert_eq!(r.flush(&f(1, rect(0, 0, 32, 32))).unwrap(), vec![0, 1]);
+        assert_eq!(
+            code(r.flush(&f(1, rect(0, 0, 33, 1)))),
+            RESP_ERR_INVALID_PARAMETER
+        );
+        assert_eq!(
+            code(r.flush(&f(2, rect(0, 0, 1, 1)))),
+            RESP_ERR_INVALID_RESOURCE_ID
+        );
+        // Resource 0 disables a scanout.
+        r.set_scanout(&s(1, 0, rect(0, 0, 0, 0))).unwrap();
+        assert_eq!(r.flush(&f(1, rect(0, 0, 32, 32))).unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn cursor_checks() {
+        let mut r = res(1, 64 * MIB);
+        let c = |scanout: u32, res: u32| UpdateCursor {
+            scanout_id: Le32::from(scanout),
+            resource_id: Le32::from(res),
+            ..UpdateCursor::default()
+        };
+        assert_eq!(
+            code(r.update_cursor(&c(1, 0), false)),
+            RESP_ERR_INVALID_SCANOUT_ID
+        );
+        assert_eq!(
+            code(r.update_cursor(&c(1, 0), true)),
+            RESP_ERR_INVALID_SCANOUT_ID
+        );
+        assert_eq!(
+            code(r.update_cursor(&c(0, 3), false)),
+            RESP_ERR_INVALID_RESOURCE_ID
+        );
+        r.create_2d(&create(3, 1, 64, 64)).unwrap();
+        r.update_cursor(&c(0, 3), false).unwrap();
+        r.update_cursor(&c(0, 0), false).unwrap();
+        r.update_cursor(&c(0, 99), true).unwrap();
+    }
+}
