@@ -7,7 +7,7 @@
 //! dies, so none outlives the device.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -29,6 +29,10 @@ const EXIT_GRACE: Duration = Duration::from_millis(500);
 pub struct Worker {
     pub role: Role,
     pub child: Child,
+    /// A pidfd for the worker, opened at spawn: the broker signals its
+    /// workers only through these, so its seccomp policy has no `kill` that
+    /// could reach any other process.
+    pidfd: OwnedFd,
 }
 
 /// Where the worker binaries are: `--worker-dir`, else beside this binary.
@@ -86,7 +90,26 @@ pub fn spawn(role: Role, exe: &Path, broker_end: OwnedFd, peer_end: OwnedFd) -> 
     // Our copies of the worker's ends close here.
     drop(broker_end);
     drop(peer_end);
-    Ok(Worker { role, child })
+    // The child cannot have been reaped yet (only we wait for it), so the
+    // pid still names it.
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; nothing else is touched.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) };
+    let pidfd = match RawFd::try_from(fd) {
+        // SAFETY: a non-negative return is a descriptor we now own.
+        Ok(fd) if fd >= 0 => unsafe { OwnedFd::from_raw_fd(fd) },
+        _ => {
+            let err = io::Error::last_os_error();
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                err.kind(),
+                format!("pidfd_open for {role}: {err}"),
+            ));
+        }
+    };
+    Ok(Worker { role, child, pidfd })
 }
 
 impl Worker {
@@ -103,7 +126,7 @@ impl Worker {
                     self.role,
                     self.child.id()
                 );
-                let _ = self.child.kill();
+                self.signal_kill();
                 return self.child.wait();
             }
             thread::sleep(Duration::from_millis(10));
@@ -112,8 +135,21 @@ impl Worker {
 
     /// Kills and reaps the worker.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
+        self.signal_kill();
         let _ = self.child.wait();
+    }
+
+    fn signal_kill(&self) {
+        // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
     }
 }
 

@@ -56,6 +56,9 @@ fn attempt(what: &str) -> (i64, i32) {
             }
             "ptrace" => libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0),
             "getpid" => libc::syscall(libc::SYS_getpid),
+            // Signal 0 to init: harmless, but a process that may call kill
+            // may name any process.
+            "kill-init" => libc::syscall(libc::SYS_kill, 1, 0),
             "mmap-exec" => libc::syscall(
                 libc::SYS_mmap,
                 0,
@@ -175,11 +178,17 @@ fn seccomp_kills_files_sockets_exec_and_ptrace_in_the_workers() {
 }
 
 #[test]
-fn seccomp_lets_the_broker_make_only_unix_stream_sockets() {
+fn seccomp_lets_the_broker_make_only_unix_stream_sockets_and_signal_no_pid() {
     let err = probe("broker", "none", "kill", "socket-unix");
     assert!(err.contains("PROBE-SURVIVED socket-unix returned"), "{err}");
     assert!(!err.contains("returned -1"), "{err}");
-    for what in ["socket-inet", "open-passwd", "execve", "ptrace"] {
+    for what in [
+        "socket-inet",
+        "open-passwd",
+        "execve",
+        "ptrace",
+        "kill-init",
+    ] {
         assert_sigsys("broker", "none", what);
     }
 }

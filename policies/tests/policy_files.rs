@@ -56,7 +56,14 @@ fn dangerous_syscalls_are_pinned_to_their_arguments() {
         for rule in rules(name) {
             let syscall = rule["syscall"].as_str().unwrap();
             if [
-                "ioctl", "mmap", "mprotect", "socket", "fcntl", "prctl", "kill", "madvise",
+                "ioctl",
+                "mmap",
+                "mprotect",
+                "socket",
+                "fcntl",
+                "prctl",
+                "pidfd_send_signal",
+                "madvise",
             ]
             .contains(&syscall)
             {
