@@ -42,7 +42,69 @@ struct Resource2d {
     stride: u32,
     data: Vec<u8>,
     /// Guest memory ranges, in order, that back the resource.
-    backing: Vec<(GuestAddress, u32)>,
+    backing: Backing,
+}
+
+/// A resource's backing: guest ranges in order, with where each starts in
+/// the concatenation, so a byte offset finds its range by binary search
+/// rather than by a walk (a guest may send 2^18 ranges).
+#[derive(Debug, Default)]
+struct Backing {
+    ranges: Vec<(GuestAddress, u32)>,
+    /// `starts[i]`: offset of `ranges[i]` within the concatenation.
+    starts: Vec<u64>,
+}
+
+impl Backing {
+    fn new(ranges: Vec<(GuestAddress, u32)>) -> Self {
+        let mut starts = Vec::with_capacity(ranges.len());
+        let mut at = 0u64;
+        for (_, len) in &ranges {
+            starts.push(at);
+            at += u64::from(*len); // at most 2^18 * 2^32: no overflow
+        }
+        Backing { ranges, starts }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Reads `dst.len()` bytes at `offset` of the concatenated ranges.
+    /// False if that runs past the backing or guest memory.
+    fn read(&self, mem: &GuestMemoryMmap, offset: u64, dst: &mut [u8]) -> bool {
+        // The range holding `offset`: the last one starting at or before it.
+        let mut i = match self.starts.binary_search(&offset) {
+            Ok(i) => i,
+            Err(0) => return dst.is_empty(),
+            Err(i) => i - 1,
+        };
+        let mut within = offset - self.starts.get(i).copied().unwrap_or(0);
+        let mut done = 0;
+        while done < dst.len() {
+            let Some(&(addr, len)) = self.ranges.get(i) else {
+                return false;
+            };
+            let len = u64::from(len);
+            if within >= len {
+                return false;
+            }
+            let n = ((len - within) as usize).min(dst.len() - done);
+            let Some(at) = addr.0.checked_add(within) else {
+                return false;
+            };
+            if mem
+                .read_slice(&mut dst[done..done + n], GuestAddress(at))
+                .is_err()
+            {
+                return false;
+            }
+            done += n;
+            within = 0;
+            i += 1;
+        }
+        true
+    }
 }
 
 /// What a scanout shows.
@@ -173,7 +235,7 @@ impl Resources {
                 height,
                 stride,
                 data,
-                backing: Vec::new(),
+                backing: Backing::default(),
             },
         );
         self.used_bytes = total;
@@ -224,7 +286,7 @@ impl Resources {
                 format!("resource {id} already has backing"),
             );
         }
-        res.backing = backing;
+        res.backing = Backing::new(backing);
         Ok(())
     }
 
@@ -233,7 +295,7 @@ impl Resources {
         if res.backing.is_empty() {
             return refuse(RESP_ERR_UNSPEC, format!("resource {id} has no backing"));
         }
-        res.backing.clear();
+        res.backing = Backing::default();
         Ok(())
     }
 
@@ -272,7 +334,8 @@ impl Resources {
                 .and_then(|o| o.checked_add(t.offset.to_native()));
             let dst = (y as usize + row) * stride + x as usize * BYTES_PER_PIXEL as usize;
             let ok = src.is_some_and(|src| {
-                read_backing(mem, &res.backing, src, &mut res.data[dst..dst + row_bytes])
+                res.backing
+                    .read(mem, src, &mut res.data[dst..dst + row_bytes])
             });
             if !ok {
                 return refuse(
@@ -375,40 +438,6 @@ impl Resources {
     pub fn pixels(&self, id: u32) -> Option<&[u8]> {
         self.resources.get(&id).map(|r| r.data.as_slice())
     }
-}
-
-/// Reads `dst.len()` bytes at `offset` of the concatenated `backing`
-/// ranges. False if that runs past the backing or guest memory.
-fn read_backing(
-    mem: &GuestMemoryMmap,
-    backing: &[(GuestAddress, u32)],
-    mut offset: u64,
-    dst: &mut [u8],
-) -> bool {
-    let mut done = 0;
-    for &(addr, len) in backing {
-        if done == dst.len() {
-            break;
-        }
-        let len = u64::from(len);
-        if offset >= len {
-            offset -= len;
-            continue;
-        }
-        let n = ((len - offset) as usize).min(dst.len() - done);
-        let Some(at) = addr.0.checked_add(offset) else {
-            return false;
-        };
-        if mem
-            .read_slice(&mut dst[done..done + n], GuestAddress(at))
-            .is_err()
-        {
-            return false;
-        }
-        done += n;
-        offset = 0;
-    }
-    done == dst.len()
 }
 
 #[cfg(test)]
@@ -676,6 +705,31 @@ mod tests {
         // Resource 0 disables a scanout.
         r.set_scanout(&s(1, 0, rect(0, 0, 0, 0))).unwrap();
         assert_eq!(r.flush(&f(1, rect(0, 0, 32, 32))).unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn backing_reads_find_their_range_and_stop_at_the_end() {
+        let m = mem();
+        let data: Vec<u8> = (0..=255u8).collect();
+        m.write_slice(&data, GuestAddress(0x1000)).unwrap();
+        // Three ranges of 100, 56 and 100 bytes, out of order in memory.
+        let b = Backing::new(vec![
+            (GuestAddress(0x1000), 100),
+            (GuestAddress(0x1000 + 200), 56),
+            (GuestAddress(0x1000 + 100), 100),
+        ]);
+        let mut out = [0u8; 10];
+        assert!(b.read(&m, 95, &mut out));
+        assert_eq!(&out[..5], &data[95..100]);
+        assert_eq!(&out[5..], &data[200..205], "crosses into the second range");
+        assert!(b.read(&m, 150, &mut out));
+        assert_eq!(&out[..6], &data[250..256]);
+        assert_eq!(&out[6..], &data[100..104], "crosses into the third range");
+        assert!(b.read(&m, 246, &mut out), "ends exactly at the last byte");
+        assert!(!b.read(&m, 247, &mut out), "one byte past the end");
+        assert!(!b.read(&m, u64::MAX, &mut out));
+        assert!(Backing::default().read(&m, 0, &mut []));
+        assert!(!Backing::default().read(&m, 0, &mut out));
     }
 
     #[test]
