@@ -69,12 +69,16 @@ pub const DATA_BASE: u64 = 1 << 20;
 pub const QUEUE_SIZE: u16 = 64;
 
 /// The directory holding the workspace's binaries for the running profile:
-/// target/<profile>, whether this is a test (target/<profile>/deps/…) or a
+/// target/<profile>, whether this is a test or example (target/<profile>/deps/…,
+/// …/examples/…) or a
 /// benchmark binary (target/<profile>/…).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("own binary path");
     let dir = exe.parent().expect("a binary lives in a directory");
-    if dir.file_name().is_some_and(|n| n == "deps") {
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
         dir.parent()
             .expect("deps lives in target/<profile>")
             .to_path_buf()
@@ -278,16 +282,21 @@ pub fn process_alive(pid: u32) -> bool {
 
 /// Guest memory in a memfd, mapped here as the VMM maps it.
 pub fn guest_memory() -> GuestMemoryMmap {
+    guest_memory_of(GUEST_MEM_SIZE)
+}
+
+/// Guest memory of `size` bytes in a memfd.
+pub fn guest_memory_of(size: usize) -> GuestMemoryMmap {
     let fd = nix::sys::memfd::memfd_create(
         "gpu-airlock-guest-ram",
         nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
     )
     .expect("memfd_create");
     let file = File::from(fd);
-    file.set_len(GUEST_MEM_SIZE as u64).unwrap();
+    file.set_len(size as u64).unwrap();
     GuestMemoryMmap::from_ranges_with_files(&[(
         GuestAddress(0),
-        GUEST_MEM_SIZE,
+        size,
         Some(FileOffset::new(file, 0)),
     )])
     .expect("map guest memory")
@@ -413,6 +422,11 @@ impl Device {
     /// Connects and sets the device up the way QEMU does: owner, features,
     /// protocol features, memory table, then each vring.
     pub fn connect(socket: &Path) -> Device {
+        Device::connect_with_memory(socket, GUEST_MEM_SIZE)
+    }
+
+    /// As [`Device::connect`], with `mem_size` bytes of guest memory.
+    pub fn connect_with_memory(socket: &Path, mem_size: usize) -> Device {
         let mut frontend = Frontend::connect(socket, 2).expect("connect to gpu-airlock");
         frontend.set_owner().unwrap();
         let offered = frontend.get_features().unwrap();
@@ -431,7 +445,7 @@ impl Device {
         frontend.set_protocol_features(proto).unwrap();
         frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
 
-        let mem = guest_memory();
+        let mem = guest_memory_of(mem_size);
         let regions: Vec<VhostUserMemoryRegionInfo> = mem
             .iter()
             .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
