@@ -9,6 +9,7 @@
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{fence, Ordering};
@@ -166,16 +167,25 @@ impl Backend {
     pub fn start(extra: &[&str]) -> Backend {
         let dir = TempDir::new("backend");
         let socket = dir.0.join("gpu.sock");
-        let mut child = Command::new(binary("gpu-airlock"))
-            .arg("--socket-path")
+        let mut cmd = Command::new(binary("gpu-airlock"));
+        cmd.arg("--socket-path")
             .arg(&socket)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start gpu-airlock");
+            .stderr(Stdio::piped());
+        // The backend dies with the thread that started it, even where Drop
+        // never runs (a benchmark built with panic = "abort" that panics).
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the child
+        // before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn().expect("start gpu-airlock");
         let log = Log::default();
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
