@@ -48,8 +48,8 @@ pub struct GpuBackend {
     exit_consumer: EventConsumer,
     exit_notifier: EventNotifier,
     /// Exit-event descriptors handed to `vhost-user-backend`, which takes
-    /// them with `into_raw_fd()` and never closes them (0.24); see
-    /// [`GpuBackend::close_handed_out_exit_fds`].
+    /// them with `into_raw_fd()` and never closes them (0.24); closed when
+    /// the backend is dropped (see `Drop`).
     handed_out: Mutex<Vec<RawFd>>,
     log: LogLimiter,
 }
@@ -71,22 +71,6 @@ impl GpuBackend {
     /// Ends the vring worker thread once the connection is gone.
     pub fn stop_worker_thread(&self) -> io::Result<()> {
         self.exit_notifier.notify()
-    }
-
-    /// Closes the exit-event descriptors the vring threads leaked.
-    ///
-    /// # Safety
-    /// Call only once every vring thread of this backend has ended and the
-    /// daemon is dropped, i.e. when the caller holds the last reference to
-    /// the backend: then nothing else refers to these descriptor numbers,
-    /// which stayed open (so were not reused) until now.
-    pub unsafe fn close_handed_out_exit_fds(&self) {
-        let fds = std::mem::take(&mut *self.handed_out.lock().unwrap_or_else(|e| e.into_inner()));
-        for fd in fds {
-            // SAFETY: per this function's contract, `fd` is open and owned
-            // by no one else.
-            drop(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
     }
 
     fn process_queue(&self, vring: &VringRwLock, kind: QueueKind) -> io::Result<()> {
@@ -111,6 +95,24 @@ impl GpuBackend {
         match vring.needs_notification() {
             Ok(false) => Ok(()),
             Ok(true) | Err(_) => vring.signal_used_queue(),
+        }
+    }
+}
+
+/// vhost-user-backend 0.24's vring thread registers the exit descriptor it
+/// was handed in its epoll and never closes it. Each vring handler holds a
+/// reference to this backend, so when the last reference drops, every
+/// handler (and its epoll) is gone, and nothing can use those descriptors
+/// any more: close them here.
+impl Drop for GpuBackend {
+    fn drop(&mut self) {
+        let fds = std::mem::take(self.handed_out.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for fd in fds {
+            // SAFETY: `fd` is a descriptor this backend duplicated and
+            // handed out; its taker dropped its last hold on us, so it no
+            // longer uses the descriptor, which stayed open (and so was not
+            // reused) until now. Nothing else owns it.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }
 }

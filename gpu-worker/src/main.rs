@@ -5,7 +5,6 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
 
 use gpu_worker::backend::GpuBackend;
 use ipc::{BrokerToGpu, Channel, GpuConfig, GpuToBroker, GpuToRender, RenderToGpu, Role};
@@ -128,17 +127,9 @@ fn serve_one(listener: &mut Listener, config: &GpuConfig) -> Result<(), String> 
     backend
         .stop_worker_thread()
         .map_err(|e| format!("cannot stop the vring thread: {e}"))?;
-    // The vring thread holds a reference to the backend until it ends.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Arc::strong_count(&backend) > 1 {
-        if Instant::now() >= deadline {
-            return Err("the vring thread did not end after the connection closed".into());
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    // SAFETY: ours is the last reference: the daemon is dropped and its
-    // vring thread has ended.
-    unsafe { backend.close_handed_out_exit_fds() };
+    // The vring thread ends and drops its reference; whichever reference
+    // is last closes the descriptors vhost-user-backend leaked (Drop).
+    drop(backend);
     info!("gpu-worker: front-end disconnected; device state dropped");
     Ok(())
 }
