@@ -132,3 +132,28 @@ fn seccomp_none_leaves_the_filter_off_but_still_drops_privileges() {
         )
         .is_some());
 }
+
+#[test]
+fn trap_and_log_filters_serve_like_kill() {
+    // Each --seccomp action is its own compiled program; each must let the
+    // device do its work.
+    for mode in ["trap", "log"] {
+        let backend = Backend::start(&["--seccomp", mode]);
+        let mut dev = Device::connect(&backend.socket);
+        let (len, resp) = dev.control(&ctrl_hdr(CMD_GET_DISPLAY_INFO, 0, 0), 1024);
+        assert!(len > 0, "--seccomp {mode}");
+        assert_eq!(parse_hdr(&resp).0, RESP_OK_DISPLAY_INFO, "--seccomp {mode}");
+        let (gpu, _) = backend.worker_pids();
+        let status = fs::read_to_string(format!("/proc/{gpu}/status")).unwrap();
+        assert_eq!(status_field(&status, "Seccomp"), "2", "--seccomp {mode}");
+        assert!(
+            !backend
+                .log
+                .lines()
+                .iter()
+                .any(|l| l.contains("seccomp trapped")),
+            "--seccomp {mode}: {:#?}",
+            backend.log.lines()
+        );
+    }
+}
