@@ -32,8 +32,9 @@ fn main() {
     let n: usize = std::env::args()
         .nth(1)
         .map(|s| s.parse().expect("COMMANDS is a number"))
-        .unwrap_or(5000);
-    // The floor's peer first, while this process has one thread (it forks).
+        .unwrap_or(5000)
+        .max(100); // at least 10 per round: fewer leaves rounds empty
+                   // The floor's peer first, while this process has one thread (it forks).
     let peer = EventfdPeer::start();
     let configs: [(&str, &[&str]); 4] = [
         (

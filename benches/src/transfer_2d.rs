@@ -129,7 +129,8 @@ fn main() {
     let frames: usize = std::env::args()
         .nth(1)
         .map(|s| s.parse().expect("FRAMES is a number"))
-        .unwrap_or(30);
+        .unwrap_or(30)
+        .max(1);
     let mem_size = 64 << 20;
     let airlock = Backend::start(&[]);
     let unfiltered = Backend::start(&["--seccomp", "none"]);

@@ -177,7 +177,12 @@ impl GpuDevice {
             }
             (QueueKind::Cursor, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR) => body(reader)
                 .and_then(|c| self.resources().update_cursor(&c, cmd == CMD_MOVE_CURSOR)),
-            (QueueKind::Control, 0x0200..=0x02ff | CMD_RESOURCE_ASSIGN_UUID..) => {
+            // The spec's blob and 3D commands, which render-worker will serve.
+            (
+                QueueKind::Control,
+                CMD_RESOURCE_ASSIGN_UUID..=CMD_SET_SCANOUT_BLOB
+                | CMD_CTX_CREATE..=CMD_RESOURCE_UNMAP_BLOB,
+            ) => {
                 guest_warn!(
                     self.log,
                     "{queue:?} queue: command {cmd:#x} is not implemented yet; answering ERR_UNSPEC"

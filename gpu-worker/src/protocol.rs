@@ -20,6 +20,9 @@ pub const CMD_RESOURCE_DETACH_BACKING: u32 =
     b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING;
 pub const CMD_RESOURCE_ASSIGN_UUID: u32 =
     b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID;
+pub const CMD_SET_SCANOUT_BLOB: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_SET_SCANOUT_BLOB;
+pub const CMD_CTX_CREATE: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_CREATE;
+pub const CMD_RESOURCE_UNMAP_BLOB: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB;
 pub const CMD_UPDATE_CURSOR: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_UPDATE_CURSOR;
 pub const CMD_MOVE_CURSOR: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_MOVE_CURSOR;
 
