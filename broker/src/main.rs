@@ -6,6 +6,7 @@
 //! dies.
 
 mod config;
+mod display;
 mod session;
 mod workers;
 
@@ -20,8 +21,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use ipc::{
-    BrokerToGpu, BrokerToRender, Channel, GpuToBroker, JailConfig, RenderToBroker, Role,
-    SandboxMode, ScanoutSize, SeccompMode,
+    BrokerToGpu, BrokerToRender, Channel, DisplayToGpu, GpuToBroker, GpuToDisplay, JailConfig,
+    RenderToBroker, Role, SandboxMode, ScanoutSize, SeccompMode,
 };
 use log::{error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -187,7 +188,7 @@ fn run(args: Args) -> Result<(), String> {
         }
     };
     let mut workers = [gpu, render];
-    let gpu_ch: Channel<BrokerToGpu, GpuToBroker> = Channel::new(gpu_broker_end);
+    let gpu_ch: Arc<Channel<BrokerToGpu, GpuToBroker>> = Arc::new(Channel::new(gpu_broker_end));
     let render_ch: Channel<BrokerToRender, RenderToBroker> = Channel::new(render_broker_end);
 
     let internal = match start_workers(&gpu_ch, &render_ch, &config, socket_dir.as_ref()) {
@@ -204,21 +205,41 @@ fn run(args: Args) -> Result<(), String> {
     // exists, so it starts with none.
     policies::drop_capabilities().map_err(|e| format!("cannot enter the jail: {e}"))?;
     let current: CurrentConnection = Arc::new(Mutex::new(None));
-    let serve_current = current.clone();
-    let serve_config = config.clone();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (display_tx, display_rx) = std::sync::mpsc::channel::<DisplayWork>();
+    let display_started = started_tx.clone();
+    let (scanout_count, max_bytes) = (config.scanouts.len(), config.max_resource_memory);
+    thread::Builder::new()
+        .name("display".into())
+        .spawn(move || {
+            let _ = display_started.send(());
+            // One connection's display channel at a time, in order.
+            for (channel, socket) in display_rx {
+                display::serve(channel, socket, scanout_count, max_bytes);
+            }
+        })
+        .map_err(|e| format!("cannot start the display thread: {e}"))?;
+    let frontends = FrontendService {
+        internal,
+        config: config.clone(),
+        current: current.clone(),
+        gpu: gpu_ch.clone(),
+        display: display_tx,
+    };
     thread::Builder::new()
         .name("vhost-user".into())
         .spawn(move || {
             let _ = started_tx.send(());
-            serve_frontends(listener, internal, serve_config, serve_current)
+            frontends.serve(listener)
         })
         .map_err(|e| format!("cannot start the front-end thread: {e}"))?;
-    // The filter below covers every thread at once (TSYNC); let this one
+    // The filter below covers every thread at once (TSYNC); let both
     // finish starting (signal stack, name) first.
-    started_rx
-        .recv()
-        .map_err(|_| "the front-end thread did not start".to_string())?;
+    for _ in 0..2 {
+        started_rx
+            .recv()
+            .map_err(|_| "a broker thread did not start".to_string())?;
+    }
     // Everything the broker needs a path or a new kind of descriptor for is
     // open; from here on it routes what it already holds.
     policies::apply_seccomp(policies::Profile::Broker, &jail)
@@ -366,59 +387,101 @@ fn internal_listener() -> Result<(UnixListener, SocketAddr), String> {
     Ok((listener, addr))
 }
 
-/// Serves front-end connections one after another, for as long as the
-/// broker lives.
-fn serve_frontends(
-    listener: Listener,
+/// One front-end connection's display work: the broker's end of its
+/// display channel and the display socket its session fills in.
+type DisplayWork = (
+    Channel<DisplayToGpu, GpuToDisplay>,
+    Arc<display::DisplaySocket>,
+);
+
+/// How long gpu-worker waits for the display thread's answer before it
+/// gives up on display output for the connection.
+const DISPLAY_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the front-end thread needs to serve connections.
+struct FrontendService {
     internal: SocketAddr,
     config: DeviceConfig,
     current: CurrentConnection,
-) {
-    loop {
-        let stream = match listener.accept() {
-            Ok(Some(s)) => s,
-            Ok(None) => continue,
+    gpu: Arc<Channel<BrokerToGpu, GpuToBroker>>,
+    display: std::sync::mpsc::Sender<DisplayWork>,
+}
+
+impl FrontendService {
+    /// Serves front-end connections one after another, for as long as the
+    /// broker lives.
+    fn serve(self, listener: Listener) {
+        loop {
+            let stream = match listener.accept() {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    error!("cannot accept a front-end connection: {e}");
+                    std::process::exit(1);
+                }
+            };
+            info!("front-end connected");
+            if let Err(e) = self.serve_one(stream) {
+                warn!("{e}");
+            }
+            *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            info!("front-end disconnected; waiting for the next connection");
+        }
+    }
+
+    /// Gives gpu-worker the connection's display channel, then connects to
+    /// it: gpu-worker takes channels and connections in the same order.
+    fn open_relay(&self) -> Result<(UnixStream, Arc<display::DisplaySocket>), String> {
+        let (ours, theirs) = ipc::socketpair().map_err(|e| e.to_string())?;
+        let timeout = nix::sys::time::TimeVal::new(DISPLAY_ANSWER_TIMEOUT.as_secs() as i64, 0);
+        nix::sys::socket::setsockopt(&theirs, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+            .map_err(|e| format!("cannot set the display channel's timeout: {e}"))?;
+        self.gpu
+            .send(&BrokerToGpu::DisplayChannel, &[theirs.as_fd()])
+            .map_err(|e| format!("gpu-worker: {e}"))?;
+        drop(theirs);
+        let socket = Arc::new(display::DisplaySocket::default());
+        self.display
+            .send((Channel::new(ours), socket.clone()))
+            .map_err(|_| "the display thread is gone".to_string())?;
+        let stream = UnixStream::connect_addr(&self.internal)
+            .map_err(|e| format!("cannot reach gpu-worker: {e}"))?;
+        Ok((stream, socket))
+    }
+
+    fn serve_one(&self, stream: UnixStream) -> Result<(), String> {
+        let (to_worker, socket) = match self.open_relay() {
+            Ok(r) => r,
             Err(e) => {
-                error!("cannot accept a front-end connection: {e}");
+                // gpu-worker would be left with a channel and no
+                // connection, out of step: nothing sane to go on with.
+                error!("{e}; exiting");
                 std::process::exit(1);
             }
         };
-        info!("front-end connected");
-        if let Err(e) = serve_one(stream, &internal, &config, &current) {
-            warn!("{e}");
-        }
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        info!("front-end disconnected; waiting for the next connection");
-    }
-}
-
-fn serve_one(
-    stream: UnixStream,
-    internal: &SocketAddr,
-    config: &DeviceConfig,
-    current: &CurrentConnection,
-) -> Result<(), String> {
-    let to_worker =
-        UnixStream::connect_addr(internal).map_err(|e| format!("cannot reach gpu-worker: {e}"))?;
-    let session = Session::new(
-        Frontend::from_stream(to_worker, session::NUM_QUEUES),
-        config.clone(),
-    )
-    .map_err(|e| format!("gpu-worker refused the relay: {e}"))?;
-    let mut handler = BackendReqHandler::from_stream(stream, Arc::new(Mutex::new(session)));
-    *current.lock().unwrap_or_else(|e| e.into_inner()) = handler.try_clone_connection().ok();
-    loop {
-        match handler.handle_request() {
-            Ok(()) => {}
-            Err(VhostUserError::Disconnected)
-            | Err(VhostUserError::PartialMessage)
-            | Err(VhostUserError::SocketBroken(_)) => return Ok(()),
-            // A front-end that breaks the protocol loses its connection, as
-            // with vhost-user-backend; the device itself keeps running.
-            Err(e) => {
-                return Err(format!(
-                    "front-end request failed, closing the connection: {e}"
-                ))
+        let session = Session::new(
+            Frontend::from_stream(to_worker, session::NUM_QUEUES),
+            self.config.clone(),
+            socket,
+        )
+        .map_err(|e| format!("gpu-worker refused the relay: {e}"))?;
+        let mut handler = BackendReqHandler::from_stream(stream, Arc::new(Mutex::new(session)));
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
+            handler.try_clone_connection().ok();
+        loop {
+            match handler.handle_request() {
+                Ok(()) => {}
+                Err(VhostUserError::Disconnected)
+                | Err(VhostUserError::PartialMessage)
+                | Err(VhostUserError::SocketBroken(_)) => return Ok(()),
+                // A front-end that breaks the protocol loses its connection,
+                // as with vhost-user-backend; the device itself keeps
+                // running.
+                Err(e) => {
+                    return Err(format!(
+                        "front-end request failed, closing the connection: {e}"
+                    ))
+                }
             }
         }
     }

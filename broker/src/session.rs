@@ -11,6 +11,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::sync::Arc;
 
 use log::{info, warn};
 use vhost::vhost_user::message::{
@@ -27,6 +28,7 @@ use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::DeviceConfig;
+use crate::display::DisplaySocket;
 
 /// Protocol features the broker offers the VMM (REPLY_ACK is added by the
 /// `vhost` crate, which implements it).
@@ -49,8 +51,8 @@ pub struct Session {
     /// The VMM's channel for back-end requests (SHMEM_MAP arrives with blob
     /// resources).
     backend_req: Option<Backend>,
-    /// QEMU's display socket (display output arrives with 2D resources).
-    display: Option<GpuBackend>,
+    /// QEMU's display socket, shared with the display thread.
+    display: Arc<DisplaySocket>,
 }
 
 /// Converts an error from the relay to gpu-worker into one for the VMM.
@@ -65,7 +67,11 @@ impl Session {
     /// Opens the relay: negotiates the internal link's own protocol features
     /// (REPLY_ACK, so a request gpu-worker refuses reaches the VMM as an
     /// error, not as silence).
-    pub fn new(mut worker: Frontend, config: DeviceConfig) -> vhost::Result<Self> {
+    pub fn new(
+        mut worker: Frontend,
+        config: DeviceConfig,
+        display: Arc<DisplaySocket>,
+    ) -> vhost::Result<Self> {
         let device_features = worker.get_features()?;
         let offered = worker.get_protocol_features()?;
         let wanted = VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ;
@@ -79,7 +85,7 @@ impl Session {
             config,
             acked_protocol_features: 0,
             backend_req: None,
-            display: None,
+            display,
         })
     }
 
@@ -266,7 +272,9 @@ impl VhostUserBackendReqHandlerMut for Session {
 
     fn set_gpu_socket(&mut self, display: GpuBackend) -> Result<()> {
         info!("front-end sent its display socket (VHOST_USER_GPU_SET_SOCKET)");
-        self.display = Some(display);
+        // No I/O here: QEMU is not reading the socket until this request
+        // and the ones after it are answered. The display thread uses it.
+        self.display.set(display);
         Ok(())
     }
 

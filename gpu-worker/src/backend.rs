@@ -20,6 +20,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::device::{GpuDevice, QueueKind};
+use crate::display::DisplayLink;
 use crate::guest_warn;
 use crate::protocol::F_EDID;
 use crate::ratelimit::LogLimiter;
@@ -55,10 +56,14 @@ pub struct GpuBackend {
 }
 
 impl GpuBackend {
-    pub fn new(scanouts: Vec<ScanoutSize>, max_resource_memory: u64) -> io::Result<Self> {
+    pub fn new(
+        scanouts: Vec<ScanoutSize>,
+        max_resource_memory: u64,
+        display: DisplayLink,
+    ) -> io::Result<Self> {
         let (exit_consumer, exit_notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
         Ok(GpuBackend {
-            device: GpuDevice::new(scanouts, max_resource_memory),
+            device: GpuDevice::new(scanouts, max_resource_memory, display),
             mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
             event_idx: AtomicBool::new(false),
             exit_consumer,

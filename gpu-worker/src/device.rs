@@ -12,11 +12,12 @@ use std::io::{Read, Write};
 use std::ops::Deref;
 use std::sync::Mutex;
 
-use ipc::ScanoutSize;
+use ipc::{DisplayToGpu, GpuToDisplay, PixelRect, ScanoutSize};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap, Le32};
 
+use crate::display::DisplayLink;
 use crate::edid;
 use crate::guest_warn;
 use crate::protocol::*;
@@ -63,14 +64,20 @@ impl std::fmt::Display for ChainError {
 pub struct GpuDevice {
     scanouts: Vec<ScanoutSize>,
     resources: Mutex<Resources>,
+    display: DisplayLink,
+    /// The mode sizes last reported to the guest: the display's once it
+    /// gave any, else `--display`'s. A generated EDID matches them.
+    reported: Mutex<Vec<ScanoutSize>>,
     log: LogLimiter,
 }
 
 impl GpuDevice {
-    pub fn new(scanouts: Vec<ScanoutSize>, max_resource_memory: u64) -> Self {
+    pub fn new(scanouts: Vec<ScanoutSize>, max_resource_memory: u64, display: DisplayLink) -> Self {
         GpuDevice {
             resources: Mutex::new(Resources::new(&scanouts, max_resource_memory)),
+            reported: Mutex::new(scanouts.clone()),
             scanouts,
+            display,
             log: LogLimiter::default(),
         }
     }
@@ -159,8 +166,9 @@ impl GpuDevice {
             (QueueKind::Control, CMD_RESOURCE_CREATE_2D) => {
                 body(reader).and_then(|c| self.resources().create_2d(&c))
             }
-            (QueueKind::Control, CMD_RESOURCE_UNREF) => body::<ResourceId>(reader)
-                .and_then(|b| self.resources().unref(b.resource_id.into())),
+            (QueueKind::Control, CMD_RESOURCE_UNREF) => {
+                body::<ResourceId>(reader).and_then(|b| self.unref(b.resource_id.into()))
+            }
             (QueueKind::Control, CMD_RESOURCE_ATTACH_BACKING) => self.attach_backing(mem, reader),
             (QueueKind::Control, CMD_RESOURCE_DETACH_BACKING) => body::<ResourceId>(reader)
                 .and_then(|b| self.resources().detach_backing(b.resource_id.into())),
@@ -168,15 +176,12 @@ impl GpuDevice {
                 body(reader).and_then(|t| self.resources().transfer_to_host_2d(mem, &t))
             }
             (QueueKind::Control, CMD_SET_SCANOUT) => {
-                body(reader).and_then(|s| self.resources().set_scanout(&s))
+                body(reader).and_then(|s| self.set_scanout(&s))
             }
-            // Display output through the front-end's display socket is not
-            // built yet; the flush is checked and acknowledged.
-            (QueueKind::Control, CMD_RESOURCE_FLUSH) => {
-                body(reader).and_then(|f| self.resources().flush(&f).map(|_| ()))
+            (QueueKind::Control, CMD_RESOURCE_FLUSH) => body(reader).and_then(|f| self.flush(&f)),
+            (QueueKind::Cursor, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR) => {
+                body(reader).and_then(|c| self.cursor(&c, cmd == CMD_MOVE_CURSOR))
             }
-            (QueueKind::Cursor, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR) => body(reader)
-                .and_then(|c| self.resources().update_cursor(&c, cmd == CMD_MOVE_CURSOR)),
             // The spec's blob and 3D commands, which render-worker will serve.
             (
                 QueueKind::Control,
@@ -245,13 +250,37 @@ impl GpuDevice {
             .attach_backing(mem, a.resource_id.to_native(), &entries)
     }
 
+    /// The display's modes when the front-end has a display, else the
+    /// `--display` sizes, for the scanouts this device has.
     fn display_info(&self) -> RespDisplayInfo {
         let mut resp = RespDisplayInfo::default();
-        for (mode, size) in resp.pmodes.iter_mut().zip(&self.scanouts) {
-            mode.r.width = Le32::from(size.width);
-            mode.r.height = Le32::from(size.height);
-            mode.enabled = Le32::from(1);
+        let mut reported = self.scanouts.clone();
+        match self.display.request(&GpuToDisplay::GetDisplayInfo, &[]) {
+            Some(DisplayToGpu::DisplayInfo(Some(modes))) => {
+                for ((mode, m), size) in resp.pmodes.iter_mut().zip(&modes).zip(&mut reported) {
+                    mode.r.x = Le32::from(m.rect.x);
+                    mode.r.y = Le32::from(m.rect.y);
+                    mode.r.width = Le32::from(m.rect.width);
+                    mode.r.height = Le32::from(m.rect.height);
+                    mode.enabled = Le32::from(u32::from(m.enabled));
+                    let candidate = ScanoutSize {
+                        width: m.rect.width,
+                        height: m.rect.height,
+                    };
+                    if m.enabled && candidate.is_valid() {
+                        *size = candidate;
+                    }
+                }
+            }
+            _ => {
+                for (mode, size) in resp.pmodes.iter_mut().zip(&self.scanouts) {
+                    mode.r.width = Le32::from(size.width);
+                    mode.r.height = Le32::from(size.height);
+                    mode.enabled = Le32::from(1);
+                }
+            }
         }
+        *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = reported;
         resp
     }
 
@@ -263,9 +292,9 @@ impl GpuDevice {
             return Response::Error(RESP_ERR_INVALID_PARAMETER);
         }
         let scanout = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        let Some(size) = usize::try_from(scanout)
+        let Some(index) = usize::try_from(scanout)
             .ok()
-            .and_then(|i| self.scanouts.get(i))
+            .filter(|i| *i < self.scanouts.len())
         else {
             guest_warn!(
                 self.log,
@@ -274,13 +303,110 @@ impl GpuDevice {
             );
             return Response::Error(RESP_ERR_INVALID_PARAMETER);
         };
-        let block = edid::build(size.width, size.height, scanout);
-        let mut resp = RespEdid {
-            size: Le32::from(edid::EDID_LEN as u32),
-            ..RespEdid::default()
-        };
-        resp.edid[..edid::EDID_LEN].copy_from_slice(&block);
+        let mut resp = RespEdid::default();
+        match self
+            .display
+            .request(&GpuToDisplay::GetEdid { scanout }, &[])
+        {
+            Some(DisplayToGpu::Edid(Some(blob)))
+                if !blob.is_empty() && blob.len() <= resp.edid.len() =>
+            {
+                resp.size = Le32::from(blob.len() as u32);
+                resp.edid[..blob.len()].copy_from_slice(&blob);
+            }
+            _ => {
+                let size = self.reported.lock().unwrap_or_else(|e| e.into_inner())[index];
+                let block = edid::build(size.width, size.height, scanout);
+                resp.size = Le32::from(edid::EDID_LEN as u32);
+                resp.edid[..edid::EDID_LEN].copy_from_slice(&block);
+            }
+        }
         Response::Edid(Box::new(resp))
+    }
+
+    fn unref(&self, id: u32) -> Result<(), Refusal> {
+        let was_shared = self.resources().unref(id)?;
+        if was_shared {
+            self.display
+                .command(&GpuToDisplay::ReleaseSurface { resource_id: id }, &[]);
+        }
+        Ok(())
+    }
+
+    fn set_scanout(&self, s: &SetScanout) -> Result<(), Refusal> {
+        let mut resources = self.resources();
+        resources.set_scanout(s)?;
+        let (scanout, id) = (s.scanout_id.to_native(), s.resource_id.to_native());
+        if !self.display.is_connected() {
+            return Ok(());
+        }
+        if id == 0 {
+            self.display.command(
+                &GpuToDisplay::SetScanout {
+                    scanout,
+                    source: None,
+                },
+                &[],
+            );
+            return Ok(());
+        }
+        // The broker maps the resource's memory the first time it is shown.
+        if let Some(surface) = resources.share(id)? {
+            let fd = resources.memfd(id).into_iter().collect::<Vec<_>>();
+            self.display
+                .command(&GpuToDisplay::ShareSurface(surface), &fd);
+        }
+        let rect = PixelRect {
+            x: s.r.x.to_native(),
+            y: s.r.y.to_native(),
+            width: s.r.width.to_native(),
+            height: s.r.height.to_native(),
+        };
+        self.display.command(
+            &GpuToDisplay::SetScanout {
+                scanout,
+                source: Some((id, rect)),
+            },
+            &[],
+        );
+        Ok(())
+    }
+
+    fn flush(&self, f: &ResourceFlush) -> Result<(), Refusal> {
+        let parts = self.resources().flush(f)?;
+        for (scanout, rect) in parts {
+            self.display
+                .command(&GpuToDisplay::Flush { scanout, rect }, &[]);
+        }
+        Ok(())
+    }
+
+    fn cursor(&self, c: &UpdateCursor, move_only: bool) -> Result<(), Refusal> {
+        let mut resources = self.resources();
+        resources.update_cursor(c, move_only)?;
+        let (scanout, x, y) = (c.scanout_id.to_native(), c.x.to_native(), c.y.to_native());
+        let id = c.resource_id.to_native();
+        // As QEMU's own back-end does: a move naming no resource hides the
+        // cursor (Linux sends that when the cursor plane is off).
+        let msg = if id == 0 {
+            GpuToDisplay::CursorHide { scanout }
+        } else if move_only {
+            GpuToDisplay::CursorMove { scanout, x, y }
+        } else {
+            let (format, image) = resources.cursor_image(id)?;
+            GpuToDisplay::CursorUpdate {
+                scanout,
+                x,
+                y,
+                hot_x: c.hot_x.to_native().min(ipc::CURSOR_SIZE - 1),
+                hot_y: c.hot_y.to_native().min(ipc::CURSOR_SIZE - 1),
+                format,
+                image,
+            }
+        };
+        drop(resources);
+        self.display.command(&msg, &[]);
+        Ok(())
     }
 }
 
@@ -406,6 +532,7 @@ mod tests {
                 },
             ],
             1 << 28,
+            DisplayLink::none(),
         )
     }
 

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod device;
+pub mod display;
 pub mod edid;
 pub mod protocol;
 pub mod ratelimit;

@@ -1,12 +1,14 @@
 //! gpu-worker's process: spawned by the broker with its channels at fixed
 //! descriptor numbers (`ipc::worker_fds`), never by a user.
 
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::process::ExitCode;
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 
 use gpu_worker::backend::GpuBackend;
+use gpu_worker::display::DisplayLink;
 use ipc::{BrokerToGpu, Channel, GpuConfig, GpuToBroker, GpuToRender, RenderToGpu, Role};
 use log::{error, info, warn};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
@@ -45,7 +47,9 @@ fn run() -> Result<(), String> {
     }
 
     let mut config: Option<GpuConfig> = None;
-    let mut serving = false;
+    // Display channels go to the vhost-user thread in the order they came.
+    let (display_tx, display_rx): (Sender<OwnedFd>, Receiver<OwnedFd>) = channel();
+    let mut display_rx = Some(display_rx);
     loop {
         let (msg, mut fds) = match broker.recv() {
             Ok(m) => m,
@@ -70,18 +74,23 @@ fn run() -> Result<(), String> {
                 let config = config
                     .clone()
                     .ok_or("the broker sent a listener before the configuration")?;
-                if serving {
-                    return Err("the broker sent a second vhost-user listener".into());
-                }
+                let display_rx = display_rx
+                    .take()
+                    .ok_or("the broker sent a second vhost-user listener")?;
                 let fd = fds.pop().ok_or("listener message without its fd")?;
                 // SAFETY: `fd` is a socket the broker created with listen();
                 // ownership moves into the Listener.
                 let listener = unsafe { Listener::from_raw_fd(fd.into_raw_fd()) };
                 thread::Builder::new()
                     .name("vhost-user".into())
-                    .spawn(move || serve(listener, config))
+                    .spawn(move || serve(listener, config, display_rx))
                     .map_err(|e| format!("cannot start the vhost-user thread: {e}"))?;
-                serving = true;
+            }
+            BrokerToGpu::DisplayChannel => {
+                let fd = fds.pop().ok_or("display channel message without its fd")?;
+                display_tx
+                    .send(fd)
+                    .map_err(|_| "the vhost-user thread is gone".to_string())?;
             }
             BrokerToGpu::Ping { nonce } => broker
                 .send(&GpuToBroker::Pong { nonce }, &[])
@@ -91,9 +100,15 @@ fn run() -> Result<(), String> {
 }
 
 /// Serves one broker connection at a time, each with fresh device state.
-fn serve(mut listener: Listener, config: GpuConfig) {
+/// The broker sends each connection's display channel before it connects,
+/// so the next channel belongs to the next connection.
+fn serve(mut listener: Listener, config: GpuConfig, displays: Receiver<OwnedFd>) {
     loop {
-        let result = serve_one(&mut listener, &config);
+        let Ok(display) = displays.recv() else {
+            // The main thread ended: so does the process.
+            return;
+        };
+        let result = serve_one(&mut listener, &config, display);
         if let Err(e) = result {
             // The listener itself failing leaves nothing to serve: end the
             // process, and the broker reports it.
@@ -103,10 +118,14 @@ fn serve(mut listener: Listener, config: GpuConfig) {
     }
 }
 
-fn serve_one(listener: &mut Listener, config: &GpuConfig) -> Result<(), String> {
+fn serve_one(listener: &mut Listener, config: &GpuConfig, display: OwnedFd) -> Result<(), String> {
     let backend = Arc::new(
-        GpuBackend::new(config.scanouts.clone(), config.max_resource_memory)
-            .map_err(|e| e.to_string())?,
+        GpuBackend::new(
+            config.scanouts.clone(),
+            config.max_resource_memory,
+            DisplayLink::new(Channel::new(display)),
+        )
+        .map_err(|e| e.to_string())?,
     );
     let mut daemon = VhostUserDaemon::new(
         "gpu-worker".into(),

@@ -7,6 +7,9 @@
 //! - broker ⇄ gpu-worker: [`BrokerToGpu`] / [`GpuToBroker`]
 //! - broker ⇄ render-worker: [`BrokerToRender`] / [`RenderToBroker`]
 //! - gpu-worker ⇄ render-worker: [`GpuToRender`] / [`RenderToGpu`]
+//! - gpu-worker ⇄ broker's display thread, one per front-end connection
+//!   (sent to gpu-worker with [`BrokerToGpu::DisplayChannel`]):
+//!   [`GpuToDisplay`] / [`DisplayToGpu`]
 
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +106,11 @@ pub enum BrokerToGpu {
     VhostUserListener,
     /// Liveness and readiness probe; answered with [`GpuToBroker::Pong`].
     Ping { nonce: u64 },
+    /// The display channel for the front-end connection the broker is
+    /// about to relay (1 fd, `SOCK_SEQPACKET`, a receive timeout already
+    /// set). gpu-worker sends [`GpuToDisplay`] requests on it and gets one
+    /// [`DisplayToGpu`] answer for each.
+    DisplayChannel,
 }
 
 /// gpu-worker → broker.
@@ -139,11 +147,118 @@ pub enum RenderToGpu {
     Pong { nonce: u64 },
 }
 
+/// Bytes per pixel of every 2D format, and of the cursor image.
+pub const DISPLAY_BYTES_PER_PIXEL: u32 = 4;
+/// The cursor image's width and height (`VhostUserGpuCursorUpdate`).
+pub const CURSOR_SIZE: u32 = 64;
+/// Bytes in one cursor image.
+pub const CURSOR_BYTES: usize = (CURSOR_SIZE * CURSOR_SIZE * DISPLAY_BYTES_PER_PIXEL) as usize;
+
+/// A rectangle in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PixelRect {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl PixelRect {
+    /// Whether the rectangle is non-empty and lies inside a
+    /// `width`×`height` surface, without overflow.
+    pub fn fits_in(&self, width: u32, height: u32) -> bool {
+        self.width > 0
+            && self.height > 0
+            && self.x.checked_add(self.width).is_some_and(|r| r <= width)
+            && self.y.checked_add(self.height).is_some_and(|b| b <= height)
+    }
+}
+
+/// A 2D resource's pixel memory, shared read-only with the broker so a
+/// flush reaches the display without a copy through ipc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedSurface {
+    pub resource_id: u32,
+    pub width: u32,
+    pub height: u32,
+    /// Bytes from one row to the next.
+    pub stride: u32,
+    /// A `VIRTIO_GPU_FORMAT_*` 2D format.
+    pub format: u32,
+}
+
+/// One scanout's mode as the display reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisplayMode {
+    pub enabled: bool,
+    pub rect: PixelRect,
+}
+
+/// gpu-worker → the broker's display thread: what the guest's 2D commands
+/// ask of the front-end's display. Every request gets one [`DisplayToGpu`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GpuToDisplay {
+    /// The display's preferred modes (VHOST_USER_GPU_GET_DISPLAY_INFO).
+    GetDisplayInfo,
+    /// The display's EDID for one scanout (VHOST_USER_GPU_GET_EDID).
+    GetEdid { scanout: u32 },
+    /// A resource's pixels (1 fd: a memfd sealed against shrinking and
+    /// growing), sent before the resource is first shown.
+    ShareSurface(SharedSurface),
+    /// A shared resource is gone; the broker unmaps it.
+    ReleaseSurface { resource_id: u32 },
+    /// Show `source` (a rectangle of a shared resource) on a scanout, or
+    /// disable the scanout (`None`).
+    SetScanout {
+        scanout: u32,
+        source: Option<(u32, PixelRect)>,
+    },
+    /// Present `rect` (in scanout coordinates) of what a scanout shows.
+    Flush { scanout: u32, rect: PixelRect },
+    /// A new cursor image (64×64 pixels in `format`) at a position.
+    CursorUpdate {
+        scanout: u32,
+        x: u32,
+        y: u32,
+        hot_x: u32,
+        hot_y: u32,
+        format: u32,
+        image: Vec<u8>,
+    },
+    /// Move the cursor, keeping its image.
+    CursorMove { scanout: u32, x: u32, y: u32 },
+    /// Hide the cursor.
+    CursorHide { scanout: u32 },
+}
+
+/// The broker's display thread → gpu-worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DisplayToGpu {
+    /// Done (for a front-end without a display socket: nothing to do).
+    Done,
+    /// Refused; the reason goes to gpu-worker's log.
+    Refused(String),
+    /// The display's modes, one per scanout, or `None` when the front-end
+    /// has no display socket (the `--display` sizes apply).
+    DisplayInfo(Option<Vec<DisplayMode>>),
+    /// The display's EDID, or `None` when it has none to give.
+    Edid(Option<Vec<u8>>),
+}
+
 impl Message for BrokerToGpu {
     fn fd_count(&self) -> usize {
         match self {
             BrokerToGpu::Configure(_) | BrokerToGpu::Ping { .. } => 0,
-            BrokerToGpu::VhostUserListener => 1,
+            BrokerToGpu::VhostUserListener | BrokerToGpu::DisplayChannel => 1,
+        }
+    }
+}
+
+impl Message for GpuToDisplay {
+    fn fd_count(&self) -> usize {
+        match self {
+            GpuToDisplay::ShareSurface(_) => 1,
+            _ => 0,
         }
     }
 }
@@ -162,5 +277,45 @@ fdless!(
     BrokerToRender,
     RenderToBroker,
     GpuToRender,
-    RenderToGpu
+    RenderToGpu,
+    DisplayToGpu
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rectangles_fit_only_inside_without_overflow() {
+        let r = |x, y, width, height| PixelRect {
+            x,
+            y,
+            width,
+            height,
+        };
+        assert!(r(0, 0, 64, 32).fits_in(64, 32));
+        assert!(r(63, 31, 1, 1).fits_in(64, 32));
+        assert!(!r(0, 0, 65, 32).fits_in(64, 32));
+        assert!(!r(0, 0, 0, 32).fits_in(64, 32));
+        assert!(!r(u32::MAX, 0, 2, 1).fits_in(u32::MAX, 32));
+        assert!(!r(0, u32::MAX, 1, 2).fits_in(64, u32::MAX));
+    }
+
+    #[test]
+    fn a_cursor_image_fits_in_one_frame() {
+        let msg = GpuToDisplay::CursorUpdate {
+            scanout: 15,
+            x: u32::MAX,
+            y: u32::MAX,
+            hot_x: 63,
+            hot_y: 63,
+            format: 1,
+            image: vec![0xff; CURSOR_BYTES],
+        };
+        let (a, b) = crate::socketpair().unwrap();
+        let tx: crate::Channel<GpuToDisplay, DisplayToGpu> = crate::Channel::new(a);
+        let rx: crate::Channel<DisplayToGpu, GpuToDisplay> = crate::Channel::new(b);
+        tx.send(&msg, &[]).unwrap();
+        assert_eq!(rx.recv().unwrap().0, msg);
+    }
+}

@@ -39,7 +39,8 @@ fi
 # The newest Debian 12 amd64 kernel (not -cloud: it has no virtio-gpu).
 pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
 kver=${pkg#linux-image-}
-if [ ! -f "$cache/vmlinuz-$kver" ]; then
+if [ ! -f "$cache/vmlinuz-$kver" ] ||
+    ! grep -qxs qemu_fw_cfg.ko "$cache/modules-$kver/load-order"; then
     tmp=$(mktemp -d)
     (cd "$tmp" && apt-get download -q "$pkg" 2>/dev/null && dpkg-deb -x ./*.deb root)
     /sbin/depmod -b "$tmp/root" "$kver"
@@ -47,9 +48,11 @@ if [ ! -f "$cache/vmlinuz-$kver" ]; then
     rm -rf "$cache/modules-$kver"
     mkdir -p "$cache/modules-$kver"
     moddir="$tmp/root/lib/modules/$kver"
-    # virtio-gpu and virtio-pci with their dependencies, loadable in order.
+    # virtio-gpu and virtio-pci with their dependencies, loadable in order,
+    # and qemu_fw_cfg, through which the test hands the guest its pattern.
     : > "$cache/modules-$kver/load-order"
-    for top in kernel/drivers/virtio/virtio_pci.ko kernel/drivers/gpu/drm/virtio/virtio-gpu.ko; do
+    for top in kernel/drivers/virtio/virtio_pci.ko kernel/drivers/gpu/drm/virtio/virtio-gpu.ko \
+        kernel/drivers/firmware/qemu_fw_cfg.ko; do
         deps=$(awk -v m="$top:" '$1 == m { for (i = NF; i > 1; i--) print $i }' "$moddir/modules.dep")
         for mod in $deps $top; do
             name=$(basename "$mod")
