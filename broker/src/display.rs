@@ -31,8 +31,8 @@ use ipc::{
 use log::{info, warn};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use vhost::vhost_user::gpu_message::{
-    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuEdidRequest,
-    VhostUserGpuProtocolFeatures, VhostUserGpuScanout, VhostUserGpuUpdate,
+    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuEdidRequest, VhostUserGpuScanout,
+    VhostUserGpuUpdate,
 };
 use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
@@ -63,6 +63,11 @@ impl DisplaySocket {
 }
 
 type WorkerChannel = Channel<DisplayToGpu, GpuToDisplay>;
+
+/// VHOST_USER_GPU_PROTOCOL_F_EDID: bit 0. (vhost 0.18's
+/// `VhostUserGpuProtocolFeatures` declares `EDID = 0` as the flag's value,
+/// not its bit, so `contains(EDID)` holds for every set: not usable.)
+const PROTOCOL_F_EDID: u64 = 1 << 0;
 
 /// Serves one connection's display channel until gpu-worker closes it.
 pub fn serve(channel: WorkerChannel, socket: Arc<DisplaySocket>, scanouts: usize, max_bytes: u64) {
@@ -191,19 +196,19 @@ impl Display {
             return edid;
         }
         let offered = match out.get_protocol_features() {
-            Ok(f) => VhostUserGpuProtocolFeatures::from_bits_truncate(f.value),
+            Ok(f) => f.value,
             Err(e) => {
                 self.fail("GET_PROTOCOL_FEATURES", e);
                 return false;
             }
         };
-        let wanted = offered & VhostUserGpuProtocolFeatures::EDID;
-        if let Err(e) = out.set_protocol_features(&VhostUserU64::new(wanted.bits())) {
+        let wanted = offered & PROTOCOL_F_EDID;
+        if let Err(e) = out.set_protocol_features(&VhostUserU64::new(wanted)) {
             self.fail("SET_PROTOCOL_FEATURES", e);
             return false;
         }
-        let edid = wanted.contains(VhostUserGpuProtocolFeatures::EDID);
-        info!("display socket: protocol features {offered:?} offered, EDID {edid}");
+        let edid = wanted != 0;
+        info!("display socket: protocol features {offered:#x} offered, EDID {edid}");
         self.edid = Some(edid);
         edid
     }
@@ -596,6 +601,168 @@ fn to_xrgb(format: u32, pixels: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+
+    /// A memfd of `len` bytes, sealed against shrinking if `sealed`.
+    fn memfd(len: i64, sealed: bool) -> OwnedFd {
+        let fd = memfd_create("test", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).unwrap();
+        nix::unistd::ftruncate(&fd, len).unwrap();
+        if sealed {
+            fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK)).unwrap();
+        }
+        fd
+    }
+
+    fn surface(id: u32, width: u32, height: u32) -> SharedSurface {
+        SharedSurface {
+            resource_id: id,
+            width,
+            height,
+            stride: width * 4,
+            format: fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM,
+        }
+    }
+
+    fn rect(x: u32, y: u32, width: u32, height: u32) -> PixelRect {
+        PixelRect {
+            x,
+            y,
+            width,
+            height,
+        }
+    }
+
+    fn is_refused(a: &DisplayToGpu) -> bool {
+        matches!(a, DisplayToGpu::Refused(_))
+    }
+
+    /// What a compromised gpu-worker could send: every request is checked
+    /// against what the broker itself saw, not against gpu-worker's word.
+    #[test]
+    fn forged_requests_are_refused() {
+        let mut d = Display::new(Arc::default(), 2, 1 << 20);
+        let share =
+            |d: &mut Display, s: SharedSurface, fd| d.handle(GpuToDisplay::ShareSurface(s), fd);
+        assert!(
+            is_refused(&share(&mut d, surface(1, 16, 16), None)),
+            "no fd"
+        );
+        assert!(
+            is_refused(&share(&mut d, surface(1, 16, 16), Some(memfd(1024, false)))),
+            "not sealed: it could shrink under the mapping"
+        );
+        assert!(
+            is_refused(&share(&mut d, surface(1, 16, 16), Some(memfd(1023, true)))),
+            "smaller than the surface"
+        );
+        let narrow = SharedSurface {
+            stride: 60,
+            ..surface(1, 16, 16)
+        };
+        assert!(
+            is_refused(&share(&mut d, narrow, Some(memfd(1024, true)))),
+            "stride"
+        );
+        let odd = SharedSurface {
+            format: 999,
+            ..surface(1, 16, 16)
+        };
+        assert!(
+            is_refused(&share(&mut d, odd, Some(memfd(1024, true)))),
+            "format"
+        );
+        assert!(
+            is_refused(&share(
+                &mut d,
+                surface(1, 1024, 1024),
+                Some(memfd(4 << 20, true))
+            )),
+            "past --max-resource-memory"
+        );
+        assert_eq!(
+            share(&mut d, surface(1, 16, 16), Some(memfd(1024, true))),
+            DisplayToGpu::Done
+        );
+        assert!(
+            is_refused(&share(&mut d, surface(1, 16, 16), Some(memfd(1024, true)))),
+            "shared twice"
+        );
+
+        let set = |d: &mut Display, scanout, source| {
+            d.handle(GpuToDisplay::SetScanout { scanout, source }, None)
+        };
+        assert!(is_refused(&set(&mut d, 2, Some((1, rect(0, 0, 16, 16))))));
+        assert!(is_refused(&set(&mut d, 0, Some((7, rect(0, 0, 16, 16))))));
+        assert!(is_refused(&set(&mut d, 0, Some((1, rect(8, 0, 16, 16))))));
+        assert!(is_refused(&set(
+            &mut d,
+            0,
+            Some((1, rect(u32::MAX, 0, 2, 1)))
+        )));
+
+        let flush =
+            |d: &mut Display, scanout, r| d.handle(GpuToDisplay::Flush { scanout, rect: r }, None);
+        assert!(
+            is_refused(&flush(&mut d, 0, rect(0, 0, 1, 1))),
+            "shows nothing"
+        );
+        assert_eq!(
+            set(&mut d, 0, Some((1, rect(4, 4, 8, 8)))),
+            DisplayToGpu::Done
+        );
+        assert!(
+            is_refused(&flush(&mut d, 0, rect(0, 0, 9, 8))),
+            "outside the scanout"
+        );
+        assert!(is_refused(&flush(&mut d, 5, rect(0, 0, 1, 1))));
+        assert_eq!(flush(&mut d, 0, rect(0, 0, 8, 8)), DisplayToGpu::Done);
+
+        let cursor = |scanout, hot_x, image: Vec<u8>| GpuToDisplay::CursorUpdate {
+            scanout,
+            x: 0,
+            y: 0,
+            hot_x,
+            hot_y: 0,
+            format: fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM,
+            image,
+        };
+        assert!(is_refused(&d.handle(cursor(0, 0, vec![0; 100]), None)));
+        assert!(is_refused(
+            &d.handle(cursor(0, 64, vec![0; CURSOR_BYTES]), None)
+        ));
+        assert!(is_refused(
+            &d.handle(cursor(2, 0, vec![0; CURSOR_BYTES]), None)
+        ));
+        assert_eq!(
+            d.handle(cursor(1, 63, vec![0; CURSOR_BYTES]), None),
+            DisplayToGpu::Done
+        );
+
+        assert!(is_refused(
+            &d.handle(GpuToDisplay::ReleaseSurface { resource_id: 9 }, None)
+        ));
+        assert_eq!(
+            d.handle(GpuToDisplay::ReleaseSurface { resource_id: 1 }, None),
+            DisplayToGpu::Done
+        );
+        assert_eq!(d.mapped_bytes, 0);
+        assert!(
+            is_refused(&flush(&mut d, 0, rect(0, 0, 8, 8))),
+            "released: dark"
+        );
+        // No display socket: display info says so, EDID is the device's.
+        assert_eq!(
+            d.handle(GpuToDisplay::GetDisplayInfo, None),
+            DisplayToGpu::DisplayInfo(None)
+        );
+        assert_eq!(
+            d.handle(GpuToDisplay::GetEdid { scanout: 0 }, None),
+            DisplayToGpu::Edid(None)
+        );
+        assert!(is_refused(
+            &d.handle(GpuToDisplay::GetEdid { scanout: 2 }, None)
+        ));
+    }
 
     /// One pixel with blue 0x11, green 0x22, red 0x33, alpha 0x44, laid out
     /// in each format's byte order, must come out as B G R A.

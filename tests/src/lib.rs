@@ -18,21 +18,27 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use std::os::unix::net::UnixStream;
 use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+pub use display::{DisplayConfig, DisplayPeer};
 pub use gpu_wire::*;
+
+pub mod display;
 
 /// Guest-side constants and layouts the tests build requests from.
 pub mod gpu_wire {
     pub use gpu_worker::backend::device_features;
     pub use gpu_worker::protocol::{
-        CMD_GET_DISPLAY_INFO, CMD_GET_EDID, CMD_RESOURCE_ATTACH_BACKING, CMD_RESOURCE_CREATE_2D,
-        CMD_RESOURCE_FLUSH, CMD_RESOURCE_UNREF, CMD_SET_SCANOUT, CMD_TRANSFER_TO_HOST_2D,
-        CMD_UPDATE_CURSOR, FLAG_FENCE, RESP_ERR_INVALID_PARAMETER, RESP_ERR_INVALID_RESOURCE_ID,
+        CMD_GET_DISPLAY_INFO, CMD_GET_EDID, CMD_MOVE_CURSOR, CMD_RESOURCE_ATTACH_BACKING,
+        CMD_RESOURCE_CREATE_2D, CMD_RESOURCE_DETACH_BACKING, CMD_RESOURCE_FLUSH,
+        CMD_RESOURCE_UNREF, CMD_SET_SCANOUT, CMD_TRANSFER_TO_HOST_2D, CMD_UPDATE_CURSOR,
+        FLAG_FENCE, RESP_ERR_INVALID_PARAMETER, RESP_ERR_INVALID_RESOURCE_ID,
         RESP_ERR_INVALID_SCANOUT_ID, RESP_ERR_OUT_OF_MEMORY, RESP_ERR_UNSPEC, RESP_OK_DISPLAY_INFO,
         RESP_OK_EDID, RESP_OK_NODATA,
     };
@@ -49,6 +55,15 @@ pub mod gpu_wire {
         v.extend_from_slice(&flags.to_le_bytes());
         v.extend_from_slice(&fence_id.to_le_bytes());
         v.extend_from_slice(&[0u8; 8]);
+        v
+    }
+
+    /// A command: an unfenced header, then `body` as little-endian words.
+    pub fn cmd(type_: u32, body: &[u32]) -> Vec<u8> {
+        let mut v = ctrl_hdr(type_, 0, 0);
+        for w in body {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
         v
     }
 
@@ -422,6 +437,9 @@ pub struct Negotiated {
 /// A connected front-end with guest memory and both queues running.
 pub struct Device {
     pub frontend: Frontend,
+    /// The same connection, for the one request `Frontend` lacks
+    /// (VHOST_USER_GPU_SET_SOCKET).
+    raw: UnixStream,
     pub mem: GuestMemoryMmap,
     pub controlq: DriverQueue,
     pub cursorq: DriverQueue,
@@ -437,7 +455,9 @@ impl Device {
 
     /// As [`Device::connect`], with `mem_size` bytes of guest memory.
     pub fn connect_with_memory(socket: &Path, mem_size: usize) -> Device {
-        let mut frontend = Frontend::connect(socket, 2).expect("connect to gpu-airlock");
+        let stream = UnixStream::connect(socket).expect("connect to gpu-airlock");
+        let raw = stream.try_clone().unwrap();
+        let mut frontend = Frontend::from_stream(stream, 2);
         frontend.set_owner().unwrap();
         let offered = frontend.get_features().unwrap();
         let features = offered
@@ -469,6 +489,7 @@ impl Device {
         }
         Device {
             frontend,
+            raw,
             mem,
             controlq,
             cursorq,
@@ -477,6 +498,55 @@ impl Device {
                 protocol_features: proto,
             },
         }
+    }
+
+    /// As [`Device::connect`], then gives the device a display socket whose
+    /// other end `display` serves, as QEMU does on DRIVER_OK.
+    pub fn connect_with_display(socket: &Path, config: DisplayConfig) -> (Device, DisplayPeer) {
+        let mut dev = Device::connect(socket);
+        let peer = dev.set_display(config);
+        (dev, peer)
+    }
+
+    /// Sends VHOST_USER_GPU_SET_SOCKET (33) with one end of a new socket
+    /// pair; the returned display serves the other. The `vhost` crate's
+    /// `Frontend` has no method for it, so the 12-byte header (request,
+    /// flags = version 1, size 0) goes out here with the descriptor.
+    pub fn set_display(&mut self, config: DisplayConfig) -> DisplayPeer {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut hdr = Vec::with_capacity(12);
+        for word in [33u32, 0x1, 0] {
+            hdr.extend_from_slice(&word.to_ne_bytes());
+        }
+        let fds = [theirs.as_raw_fd()];
+        sendmsg::<()>(
+            self.raw.as_raw_fd(),
+            &[std::io::IoSlice::new(&hdr)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("send VHOST_USER_GPU_SET_SOCKET");
+        DisplayPeer::serve(ours, config)
+    }
+
+    /// Sends a command that answers with a bare header; returns its type.
+    pub fn answer(&mut self, request: &[u8]) -> u32 {
+        let (len, resp) = self.control(request, 64);
+        assert_eq!(len, 24, "a bare response header");
+        parse_hdr(&resp).0
+    }
+
+    /// Sends `request` on the cursor queue (no response buffer: cursor
+    /// commands have none) and waits until the device has used it.
+    pub fn cursor(&mut self, request: &[u8]) {
+        let req = DATA_BASE + 0x20_000;
+        self.mem.write_slice(request, GuestAddress(req)).unwrap();
+        let descs = [(req, request.len() as u32, 0, 0)];
+        self.cursorq.push_raw(&self.mem, 0, &descs, 0);
+        self.cursorq
+            .wait_used(&self.mem, Duration::from_secs(10))
+            .expect("the device used the cursor request");
     }
 
     /// Sends `request` on the control queue with a `resp_len`-byte writable

@@ -5,19 +5,8 @@
 use harness::*;
 use vm_memory::{Bytes, GuestAddress};
 
-/// A command: header then body.
-fn cmd(type_: u32, body: &[u32]) -> Vec<u8> {
-    let mut v = ctrl_hdr(type_, 0, 0);
-    for w in body {
-        v.extend_from_slice(&w.to_le_bytes());
-    }
-    v
-}
-
 fn answer(dev: &mut Device, request: &[u8]) -> u32 {
-    let (len, resp) = dev.control(request, 64);
-    assert_eq!(len, 24);
-    parse_hdr(&resp).0
+    dev.answer(request)
 }
 
 const B8G8R8A8: u32 = 1;

@@ -1,0 +1,350 @@
+//! The display path end to end through the harness: the harness plays
+//! QEMU's side of the vhost-user-gpu display protocol (tests/src/display.rs)
+//! and checks what reaches it — the protocol-feature handshake, display
+//! info and EDID from the display, SCANOUT, UPDATE pixels in the display's
+//! format, the cursor, two scanouts, and a new display socket mid-session.
+
+use std::time::Duration;
+
+use harness::display::{display_edid, Event};
+use harness::*;
+use vm_memory::{Bytes, GuestAddress};
+
+const B8G8R8A8: u32 = 1;
+const B8G8R8X8: u32 = 2;
+const R8G8B8A8: u32 = 67;
+const A8B8G8R8: u32 = 121;
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Deterministic bytes for `len`, different per `seed`.
+fn bytes(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13 ^ seed) as u8)
+        .collect()
+}
+
+/// Creates resource `id` (`w`×`h`, `format`), backs it with guest memory at
+/// `at` holding `pixels`, and transfers all of it.
+fn resource(dev: &mut Device, id: u32, format: u32, (w, h): (u32, u32), pixels: &[u8], at: u64) {
+    assert_eq!(pixels.len(), (w * h * 4) as usize);
+    assert_eq!(
+        dev.answer(&cmd(CMD_RESOURCE_CREATE_2D, &[id, format, w, h])),
+        RESP_OK_NODATA
+    );
+    dev.mem.write_slice(pixels, GuestAddress(at)).unwrap();
+    let mut attach = cmd(CMD_RESOURCE_ATTACH_BACKING, &[id, 1]);
+    attach.extend_from_slice(&at.to_le_bytes());
+    attach.extend_from_slice(&(pixels.len() as u32).to_le_bytes());
+    attach.extend_from_slice(&0u32.to_le_bytes());
+    assert_eq!(dev.answer(&attach), RESP_OK_NODATA);
+    assert_eq!(
+        dev.answer(&cmd(CMD_TRANSFER_TO_HOST_2D, &[0, 0, w, h, 0, 0, id, 0])),
+        RESP_OK_NODATA
+    );
+}
+
+/// `rect` (x, y, w, h) of a `width`-pixel-wide 4-byte image, row by row.
+fn crop(pixels: &[u8], width: u32, (x, y, w, h): (u32, u32, u32, u32)) -> Vec<u8> {
+    let mut out = Vec::new();
+    for row in y..y + h {
+        let at = ((row * width + x) * 4) as usize;
+        out.extend_from_slice(&pixels[at..at + (w * 4) as usize]);
+    }
+    out
+}
+
+/// The display's byte order (B, G, R, X) from a format's, one pixel at a
+/// time, written out per format rather than shared with the code under test.
+fn as_display(format: u32, pixels: &[u8]) -> Vec<u8> {
+    pixels
+        .chunks(4)
+        .flat_map(|p| match format {
+            B8G8R8A8 | B8G8R8X8 => [p[0], p[1], p[2], p[3]],
+            R8G8B8A8 => [p[2], p[1], p[0], p[3]],
+            A8B8G8R8 => [p[1], p[2], p[3], p[0]],
+            _ => panic!("format {format} not used here"),
+        })
+        .collect()
+}
+
+fn update_count(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::Update { .. }))
+        .count()
+}
+
+fn no_bad_events(events: &[Event]) {
+    let bad: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Bad(_)))
+        .collect();
+    assert!(bad.is_empty(), "the display understood everything: {bad:?}");
+}
+
+#[test]
+fn flushes_reach_the_display_pixel_for_pixel() {
+    let backend = Backend::start(&["--display", "64x32"]);
+    let (mut dev, display) = Device::connect_with_display(
+        &backend.socket,
+        DisplayConfig {
+            modes: vec![(200, 100)],
+            edid: true,
+        },
+    );
+
+    // The guest sees the display's mode, not --display's.
+    let (len, resp) = dev.control(&ctrl_hdr(CMD_GET_DISPLAY_INFO, 0, 0), 408);
+    assert_eq!(len, 408);
+    assert_eq!(parse_hdr(&resp).0, RESP_OK_DISPLAY_INFO);
+    let word = |o: usize| u32::from_le_bytes(resp[o..o + 4].try_into().unwrap());
+    assert_eq!(
+        (word(32), word(36), word(40)),
+        (200, 100, 1),
+        "w, h, enabled"
+    );
+    let events = display.wait_events(3);
+    assert_eq!(
+        events[..3],
+        [
+            Event::GetProtocolFeatures,
+            Event::SetProtocolFeatures(1),
+            Event::GetDisplayInfo
+        ],
+        "the handshake (EDID acked) comes before the first request"
+    );
+
+    // And the display's EDID.
+    let (len, resp) = dev.control(&cmd(CMD_GET_EDID, &[0, 0]), 1056);
+    assert_eq!(len, 1056);
+    assert_eq!(parse_hdr(&resp).0, RESP_OK_EDID);
+    let size = u32::from_le_bytes(resp[24..28].try_into().unwrap()) as usize;
+    assert_eq!(&resp[32..32 + size], &display_edid(0)[..]);
+
+    // A 64x32 R8G8B8A8 resource, of which (8,4)+32x16 is shown.
+    let pixels = bytes(64 * 32 * 4, 1);
+    resource(&mut dev, 1, R8G8B8A8, (64, 32), &pixels, 0x40_0000);
+    assert_eq!(
+        dev.answer(&cmd(CMD_SET_SCANOUT, &[8, 4, 32, 16, 0, 1])),
+        RESP_OK_NODATA
+    );
+    display.wait_for(WAIT, |e| {
+        e.contains(&Event::Scanout {
+            scanout: 0,
+            width: 32,
+            height: 16,
+        })
+    });
+
+    // Flushing resource rectangle (10,6)+8x4 updates scanout (2,2)+8x4.
+    assert_eq!(
+        dev.answer(&cmd(CMD_RESOURCE_FLUSH, &[10, 6, 8, 4, 1, 0])),
+        RESP_OK_NODATA
+    );
+    let events = display.wait_for(WAIT, |e| update_count(e) == 1);
+    assert_eq!(
+        events.last(),
+        Some(&Event::Update {
+            scanout: 0,
+            x: 2,
+            y: 2,
+            width: 8,
+            height: 4
+        })
+    );
+    let shown = display.surface(0).expect("scanout 0 shows a surface");
+    assert_eq!(
+        crop(&shown.pixels, 32, (2, 2, 8, 4)),
+        as_display(R8G8B8A8, &crop(&pixels, 64, (10, 6, 8, 4)))
+    );
+
+    // A whole-resource flush updates exactly what the scanout shows.
+    assert_eq!(
+        dev.answer(&cmd(CMD_RESOURCE_FLUSH, &[0, 0, 64, 32, 1, 0])),
+        RESP_OK_NODATA
+    );
+    display.wait_for(WAIT, |e| update_count(e) == 2);
+    let shown = display.surface(0).unwrap();
+    assert_eq!((shown.width, shown.height), (32, 16));
+    assert_eq!(
+        shown.pixels,
+        as_display(R8G8B8A8, &crop(&pixels, 64, (8, 4, 32, 16)))
+    );
+
+    // DETACH_BACKING: transfers stop, the host copy stays flushable.
+    assert_eq!(
+        dev.answer(&cmd(CMD_RESOURCE_DETACH_BACKING, &[1, 0])),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        dev.answer(&cmd(CMD_TRANSFER_TO_HOST_2D, &[0, 0, 64, 32, 0, 0, 1, 0])),
+        RESP_ERR_UNSPEC
+    );
+    assert_eq!(
+        dev.answer(&cmd(CMD_RESOURCE_FLUSH, &[0, 0, 64, 32, 1, 0])),
+        RESP_OK_NODATA
+    );
+    let events = display.wait_for(WAIT, |e| update_count(e) == 3);
+    no_bad_events(&events);
+}
+
+#[test]
+fn two_scanouts_and_the_cursor() {
+    let backend = Backend::start(&["--display", "32x16", "--display", "16x16"]);
+    let (mut dev, display) = Device::connect_with_display(
+        &backend.socket,
+        DisplayConfig {
+            // Output 1 is off at the display: the device still drives it.
+            modes: vec![(32, 16), (0, 0)],
+            edid: true,
+        },
+    );
+    let first = bytes(32 * 16 * 4, 2);
+    let second = bytes(16 * 16 * 4, 3);
+    resource(&mut dev, 1, B8G8R8X8, (32, 16), &first, 0x40_0000);
+    resource(&mut dev, 2, A8B8G8R8, (16, 16), &second, 0x50_0000);
+    for (scanout, id, w, h) in [(0, 1, 32, 16), (1, 2, 16, 16)] {
+        assert_eq!(
+            dev.answer(&cmd(CMD_SET_SCANOUT, &[0, 0, w, h, scanout, id])),
+            RESP_OK_NODATA
+        );
+        assert_eq!(
+            dev.answer(&cmd(CMD_RESOURCE_FLUSH, &[0, 0, w, h, id, 0])),
+            RESP_OK_NODATA
+        );
+    }
+    display.wait_for(WAIT, |e| update_count(e) == 2);
+    assert_eq!(display.surface(0).unwrap().pixels, first);
+    assert_eq!(
+        display.surface(1).unwrap().pixels,
+        as_display(A8B8G8R8, &second)
+    );
+
+    // The cursor: a 64x64 image on scanout 1, moved, then hidden.
+    let image = bytes(64 * 64 * 4, 4);
+    resource(&mut dev, 3, B8G8R8A8, (64, 64), &image, 0x60_0000);
+    // virtio_gpu_update_cursor: scanout, x, y, padding, resource, hot x, y.
+    dev.cursor(&cmd(CMD_UPDATE_CURSOR, &[1, 5, 6, 0, 3, 7, 8, 0]));
+    dev.cursor(&cmd(CMD_MOVE_CURSOR, &[1, 9, 10, 0, 3, 0, 0, 0]));
+    dev.cursor(&cmd(CMD_UPDATE_CURSOR, &[1, 0, 0, 0, 0, 0, 0, 0]));
+    // A cursor on a scanout the device lacks reaches nothing.
+    dev.cursor(&cmd(CMD_MOVE_CURSOR, &[2, 1, 1, 0, 3, 0, 0, 0]));
+    let events = display.wait_for(WAIT, |e| {
+        e.iter().any(|e| matches!(e, Event::CursorHide { .. }))
+    });
+    let cursor: Vec<&Event> = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::CursorUpdate { .. } | Event::CursorPos { .. } | Event::CursorHide { .. }
+            )
+        })
+        .collect();
+    assert_eq!(
+        cursor,
+        [
+            &Event::CursorUpdate {
+                pos: (1, 5, 6),
+                hot: (7, 8),
+                image: image.clone()
+            },
+            &Event::CursorPos {
+                scanout: 1,
+                x: 9,
+                y: 10
+            },
+            &Event::CursorHide { scanout: 1 },
+        ]
+    );
+    assert!(backend
+        .log
+        .wait_for(&["cursor on scanout 2"], WAIT)
+        .is_some());
+
+    // EDID: the display's for the output it has enabled; for the one it
+    // has not, the device's own (QEMU never answers GET_EDID for an output
+    // it lacks, and a disabled one may be that).
+    for (scanout, from_display) in [(0u32, true), (1, false)] {
+        let (len, resp) = dev.control(&cmd(CMD_GET_EDID, &[scanout, 0]), 1056);
+        assert_eq!((len, parse_hdr(&resp).0), (1056, RESP_OK_EDID));
+        let size = u32::from_le_bytes(resp[24..28].try_into().unwrap()) as usize;
+        assert_eq!(
+            resp[32..32 + size] == display_edid(scanout)[..],
+            from_display,
+            "scanout {scanout}"
+        );
+    }
+    let events = display.events();
+    assert!(events.contains(&Event::GetEdid(0)));
+    assert!(!events.contains(&Event::GetEdid(1)));
+    no_bad_events(&events);
+}
+
+#[test]
+fn scanouts_go_dark_and_a_new_display_socket_starts_over() {
+    let backend = Backend::start(&["--display", "16x8"]);
+    let config = DisplayConfig {
+        modes: vec![(16, 8)],
+        edid: false,
+    };
+    let (mut dev, first) = Device::connect_with_display(&backend.socket, config.clone());
+    let pixels = bytes(16 * 8 * 4, 5);
+    resource(&mut dev, 1, B8G8R8A8, (16, 8), &pixels, 0x40_0000);
+    let show = cmd(CMD_SET_SCANOUT, &[0, 0, 16, 8, 0, 1]);
+    let off = Event::Scanout {
+        scanout: 0,
+        width: 0,
+        height: 0,
+    };
+    let on = Event::Scanout {
+        scanout: 0,
+        width: 16,
+        height: 8,
+    };
+    assert_eq!(dev.answer(&show), RESP_OK_NODATA);
+    // Resource 0 disables the scanout; showing it again re-enables it.
+    assert_eq!(
+        dev.answer(&cmd(CMD_SET_SCANOUT, &[0, 0, 0, 0, 0, 0])),
+        RESP_OK_NODATA
+    );
+    assert_eq!(dev.answer(&show), RESP_OK_NODATA);
+    // Releasing the shown resource disables its scanout too.
+    assert_eq!(
+        dev.answer(&cmd(CMD_RESOURCE_UNREF, &[1, 0])),
+        RESP_OK_NODATA
+    );
+    let events = first.wait_events(4);
+    assert_eq!(events, [on.clone(), off.clone(), on.clone(), off.clone()]);
+
+    // A display without EDID: the device makes its own (a real EDID
+    // header), and never asks this display for one.
+    let (len, resp) = dev.control(&cmd(CMD_GET_EDID, &[0, 0]), 1056);
+    assert_eq!((len, parse_hdr(&resp).0), (1056, RESP_OK_EDID));
+    assert_eq!(&resp[32..40], &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0]);
+    let events = first.wait_events(6);
+    assert_eq!(
+        events[4..],
+        [Event::GetProtocolFeatures, Event::SetProtocolFeatures(0)]
+    );
+    assert!(!events.iter().any(|e| matches!(e, Event::GetEdid(_))));
+
+    // QEMU sends a new display socket on every DRIVER_OK. The new display
+    // has no surfaces: the next flush first says the scanout's size.
+    resource(&mut dev, 2, B8G8R8A8, (16, 8), &pixels, 0x40_0000);
+    assert_eq!(
+        dev.answer(&cmd(CMD_SET_SCANOUT, &[0, 0, 16, 8, 0, 2])),
+        RESP_OK_NODATA
+    );
+    let second = dev.set_display(config);
+    assert_eq!(
+        dev.answer(&cmd(CMD_RESOURCE_FLUSH, &[0, 0, 16, 8, 2, 0])),
+        RESP_OK_NODATA
+    );
+    let events = second.wait_events(2);
+    assert_eq!(events[0], on);
+    assert!(matches!(events[1], Event::Update { .. }));
+    assert_eq!(second.surface(0).unwrap().pixels, pixels);
+    first.wait_for(WAIT, |e| e.last() == Some(&Event::Closed));
+    no_bad_events(&second.events());
+}
