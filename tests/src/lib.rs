@@ -190,16 +190,7 @@ impl Backend {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // The backend dies with the thread that started it, even where Drop
-        // never runs (a benchmark built with panic = "abort" that panics).
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the child
-        // before exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        dies_with_parent(&mut cmd);
         let mut child = cmd.spawn().expect("start gpu-airlock");
         let log = Log::default();
         let stderr = child.stderr.take().unwrap();
@@ -302,6 +293,20 @@ pub fn process_alive(pid: u32) -> bool {
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
+    }
+}
+
+/// Makes a process started with `cmd` die with the thread that starts it,
+/// even where Drop never runs (a benchmark built with panic = "abort"
+/// that panics, a test killed by a timeout).
+pub fn dies_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe; nothing else runs in the child
+    // before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        })
     }
 }
 
@@ -527,6 +532,12 @@ impl Device {
             None,
         )
         .expect("send VHOST_USER_GPU_SET_SOCKET");
+        // SET_SOCKET has no reply; a request that has one shows the device
+        // has taken it (requests are handled in order), as QEMU's own
+        // SET_FEATURES and vring set-up that follow it do.
+        self.frontend
+            .get_features()
+            .expect("GET_FEATURES after SET_SOCKET");
         DisplayPeer::serve(ours, config)
     }
 

@@ -348,3 +348,38 @@ fn scanouts_go_dark_and_a_new_display_socket_starts_over() {
     first.wait_for(WAIT, |e| e.last() == Some(&Event::Closed));
     no_bad_events(&second.events());
 }
+
+/// A full-HD frame through the jailed back-end: the broker's display
+/// thread grows its buffer from 4 to 8 MiB, which glibc does with mremap.
+#[test]
+fn a_full_hd_frame_flushes_inside_the_jail() {
+    let backend = Backend::start(&["--display", "1920x1080", "--seccomp", "trap"]);
+    let (mut dev, display) = Device::connect_with_display(
+        &backend.socket,
+        DisplayConfig {
+            modes: vec![(1920, 1080)],
+            edid: true,
+        },
+    );
+    let pixels = bytes(1920 * 1080 * 4, 6);
+    resource(&mut dev, 1, B8G8R8X8, (1920, 1080), &pixels, 0x40_0000);
+    // Half first, then full: the buffer grows (realloc) between them.
+    for (i, rect) in [[0, 0, 1920, 540], [0, 0, 1920, 1080]].iter().enumerate() {
+        if i == 0 {
+            assert_eq!(
+                dev.answer(&cmd(CMD_SET_SCANOUT, &[0, 0, 1920, 1080, 0, 1])),
+                RESP_OK_NODATA
+            );
+        }
+        let mut body = rect.to_vec();
+        body.extend_from_slice(&[1, 0]);
+        assert_eq!(dev.answer(&cmd(CMD_RESOURCE_FLUSH, &body)), RESP_OK_NODATA);
+        display.wait_for(WAIT, |e| update_count(e) == i + 1);
+    }
+    assert_eq!(display.surface(0).unwrap().pixels, pixels);
+    assert!(
+        !backend.log.lines().iter().any(|l| l.contains("seccomp")),
+        "{:#?}",
+        backend.log.lines()
+    );
+}

@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use harness::{Backend, TempDir};
+use harness::{dies_with_parent, Backend, TempDir};
 
 /// The display QEMU offers the guest (`xres`, `yres`): deliberately not
 /// gpu-airlock's `--display`, to show whose answer the guest gets.
@@ -101,7 +101,7 @@ impl Guest {
         let pattern_file = dir.0.join("pattern.raw");
         std::fs::write(&pattern_file, pattern()).unwrap();
         let qmp_path = dir.0.join("qmp.sock");
-        let mut qemu = Command::new("qemu-system-x86_64")
+        let mut qemu = dies_with_parent(&mut Command::new("qemu-system-x86_64"))
             .args(["-accel", "tcg", "-machine", "q35,memory-backend=mem"])
             .args(["-m", "512", "-object"])
             .arg("memory-backend-memfd,id=mem,size=512M,share=on")
@@ -375,7 +375,7 @@ fn control_the_same_guest_draws_through_qemus_own_backend() {
     }
     let dir = TempDir::new("reference");
     let socket = dir.0.join("gpu.sock");
-    let mut reference = Command::new(REFERENCE_BACKEND)
+    let mut reference = dies_with_parent(&mut Command::new(REFERENCE_BACKEND))
         .arg(format!("--socket-path={}", socket.display()))
         .stdin(Stdio::null())
         .spawn()
