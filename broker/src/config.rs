@@ -20,6 +20,8 @@ unsafe impl ByteValued for VirtioGpuConfig {}
 pub struct DeviceConfig {
     pub scanouts: Vec<ScanoutSize>,
     pub max_resource_memory: u64,
+    /// Bytes in the host-visible region (`--shm-size`).
+    pub shm_size: u64,
     pub jail: JailConfig,
 }
 
@@ -38,6 +40,29 @@ impl DeviceConfig {
             ..VirtioGpuConfig::default()
         }
     }
+}
+
+/// Parses `--shm-size`: bytes with an optional K, M or G suffix (binary),
+/// a whole number of 4 KiB pages, at least one and at most 1 TiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size such as 8G, 512M or 1048576"))?;
+    let bytes = n
+        .checked_mul(1 << shift)
+        .filter(|b| (4096..=1 << 40).contains(b))
+        .ok_or(format!("'{s}': the size must be 4K to 1024G"))?;
+    if !bytes.is_multiple_of(4096) {
+        return Err(format!("'{s}' is not a whole number of 4 KiB pages"));
+    }
+    Ok(bytes)
 }
 
 /// Parses `--display WIDTHxHEIGHT`.
@@ -84,6 +109,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parses_shm_sizes() {
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("512m"), Ok(512 << 20));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        for bad in [
+            "",
+            "G",
+            "1.5G",
+            "-1G",
+            "4097",
+            "2K",
+            "2048G",
+            "99999999999999999999G",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn parses_sizes() {
         assert_eq!(
             parse_scanout("1920x1080"),
@@ -111,6 +156,7 @@ mod tests {
         let c = DeviceConfig {
             scanouts: vec![parse_scanout("640x480").unwrap(); 3],
             max_resource_memory: 1 << 28,
+            shm_size: 1 << 33,
             jail: JailConfig {
                 sandbox: ipc::SandboxMode::Namespace,
                 seccomp: ipc::SeccompMode::Kill,

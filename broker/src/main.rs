@@ -7,6 +7,7 @@
 
 mod config;
 mod display;
+mod mapper;
 mod session;
 mod workers;
 
@@ -22,7 +23,7 @@ use std::time::Duration;
 use clap::Parser;
 use ipc::{
     BrokerToGpu, BrokerToRender, Channel, DisplayToGpu, GpuToBroker, GpuToDisplay, JailConfig,
-    RenderToBroker, Role, SandboxMode, ScanoutSize, SeccompMode,
+    MapAnswer, MapRequest, RenderToBroker, Role, SandboxMode, ScanoutSize, SeccompMode,
 };
 use log::{error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -83,6 +84,12 @@ struct Args {
     #[arg(long, value_name = "MIB", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     max_resource_memory: u64,
+
+    /// Size of the host-visible shared memory region (shmid 1) that blob
+    /// resources are mapped into, with a K, M or G suffix (like crosvm's
+    /// default, 8G). Offered to front-ends that negotiate SHMEM.
+    #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = config::parse_size)]
+    shm_size: u64,
 
     /// Directory holding gpu-airlock-gpu-worker and
     /// gpu-airlock-render-worker; default: the directory of this binary.
@@ -148,6 +155,7 @@ fn run(args: Args) -> Result<(), String> {
     let config = DeviceConfig {
         scanouts,
         max_resource_memory: args.max_resource_memory << 20,
+        shm_size: args.shm_size,
         jail,
     };
 
@@ -189,7 +197,8 @@ fn run(args: Args) -> Result<(), String> {
     };
     let mut workers = [gpu, render];
     let gpu_ch: Arc<Channel<BrokerToGpu, GpuToBroker>> = Arc::new(Channel::new(gpu_broker_end));
-    let render_ch: Channel<BrokerToRender, RenderToBroker> = Channel::new(render_broker_end);
+    let render_ch: Arc<Channel<BrokerToRender, RenderToBroker>> =
+        Arc::new(Channel::new(render_broker_end));
 
     let internal = match start_workers(&gpu_ch, &render_ch, &config, socket_dir.as_ref()) {
         Ok(addr) => addr,
@@ -207,7 +216,19 @@ fn run(args: Args) -> Result<(), String> {
     let current: CurrentConnection = Arc::new(Mutex::new(None));
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (display_tx, display_rx) = std::sync::mpsc::channel::<DisplayWork>();
+    let (mapper_tx, mapper_rx) = std::sync::mpsc::channel::<MapWork>();
     let display_started = started_tx.clone();
+    let mapper_started = started_tx.clone();
+    thread::Builder::new()
+        .name("mapper".into())
+        .spawn(move || {
+            let _ = mapper_started.send(());
+            // One connection's map channel at a time, in order.
+            for (channel, region) in mapper_rx {
+                mapper::serve(channel, region);
+            }
+        })
+        .map_err(|e| format!("cannot start the mapper thread: {e}"))?;
     let (scanout_count, max_bytes) = (config.scanouts.len(), config.max_resource_memory);
     thread::Builder::new()
         .name("display".into())
@@ -224,7 +245,9 @@ fn run(args: Args) -> Result<(), String> {
         config: config.clone(),
         current: current.clone(),
         gpu: gpu_ch.clone(),
+        render: render_ch.clone(),
         display: display_tx,
+        mapper: mapper_tx,
     };
     thread::Builder::new()
         .name("vhost-user".into())
@@ -235,7 +258,7 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot start the front-end thread: {e}"))?;
     // The filter below covers every thread at once (TSYNC); let both
     // finish starting (signal stack, name) first.
-    for _ in 0..2 {
+    for _ in 0..3 {
         started_rx
             .recv()
             .map_err(|_| "a broker thread did not start".to_string())?;
@@ -394,9 +417,13 @@ type DisplayWork = (
     Arc<display::DisplaySocket>,
 );
 
-/// How long gpu-worker waits for the display thread's answer before it
-/// gives up on display output for the connection.
-const DISPLAY_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// One front-end connection's map work: the broker's end of render-worker's
+/// map channel and the region its session fills in.
+type MapWork = (Channel<MapAnswer, MapRequest>, Arc<mapper::HostVisible>);
+
+/// How long a worker waits for an answer on a per-connection channel
+/// before it gives up on that peer for the connection.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the front-end thread needs to serve connections.
 struct FrontendService {
@@ -404,7 +431,17 @@ struct FrontendService {
     config: DeviceConfig,
     current: CurrentConnection,
     gpu: Arc<Channel<BrokerToGpu, GpuToBroker>>,
+    render: Arc<Channel<BrokerToRender, RenderToBroker>>,
     display: std::sync::mpsc::Sender<DisplayWork>,
+    mapper: std::sync::mpsc::Sender<MapWork>,
+}
+
+/// A connection's relay to gpu-worker and what its session shares with the
+/// display and mapper threads.
+struct Relay {
+    stream: UnixStream,
+    display: Arc<display::DisplaySocket>,
+    region: Arc<mapper::HostVisible>,
 }
 
 impl FrontendService {
@@ -429,28 +466,57 @@ impl FrontendService {
         }
     }
 
-    /// Gives gpu-worker the connection's display channel, then connects to
-    /// it: gpu-worker takes channels and connections in the same order.
-    fn open_relay(&self) -> Result<(UnixStream, Arc<display::DisplaySocket>), String> {
-        let (ours, theirs) = ipc::socketpair().map_err(|e| e.to_string())?;
-        let timeout = nix::sys::time::TimeVal::new(DISPLAY_ANSWER_TIMEOUT.as_secs() as i64, 0);
-        nix::sys::socket::setsockopt(&theirs, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
-            .map_err(|e| format!("cannot set the display channel's timeout: {e}"))?;
+    /// Gives both workers the connection's channels, then connects to
+    /// gpu-worker: each worker takes channels and connections in the same
+    /// order.
+    fn open_relay(&self) -> Result<Relay, String> {
+        let pair = |what: &str| {
+            ipc::socketpair().map_err(|e| format!("cannot make the {what} channel: {e}"))
+        };
+        let (display_ours, display_gpu) = pair("display")?;
+        let (map_ours, map_render) = pair("map")?;
+        let (link_gpu, link_render) = pair("render link")?;
+        // The receive timeouts of the ends that wait for answers.
+        let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as i64, 0);
+        for (fd, what) in [
+            (&display_gpu, "display"),
+            (&link_gpu, "render link"),
+            (&map_render, "map"),
+        ] {
+            nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+                .map_err(|e| format!("cannot set the {what} channel's timeout: {e}"))?;
+        }
+        self.render
+            .send(
+                &BrokerToRender::Connection,
+                &[map_render.as_fd(), link_render.as_fd()],
+            )
+            .map_err(|e| format!("render-worker: {e}"))?;
         self.gpu
-            .send(&BrokerToGpu::DisplayChannel, &[theirs.as_fd()])
+            .send(
+                &BrokerToGpu::Connection,
+                &[display_gpu.as_fd(), link_gpu.as_fd()],
+            )
             .map_err(|e| format!("gpu-worker: {e}"))?;
-        drop(theirs);
-        let socket = Arc::new(display::DisplaySocket::default());
+        let display = Arc::new(display::DisplaySocket::default());
         self.display
-            .send((Channel::new(ours), socket.clone()))
+            .send((Channel::new(display_ours), display.clone()))
             .map_err(|_| "the display thread is gone".to_string())?;
+        let region = Arc::new(mapper::HostVisible::new(self.config.shm_size));
+        self.mapper
+            .send((Channel::new(map_ours), region.clone()))
+            .map_err(|_| "the mapper thread is gone".to_string())?;
         let stream = UnixStream::connect_addr(&self.internal)
             .map_err(|e| format!("cannot reach gpu-worker: {e}"))?;
-        Ok((stream, socket))
+        Ok(Relay {
+            stream,
+            display,
+            region,
+        })
     }
 
     fn serve_one(&self, stream: UnixStream) -> Result<(), String> {
-        let (to_worker, socket) = match self.open_relay() {
+        let relay = match self.open_relay() {
             Ok(r) => r,
             Err(e) => {
                 // gpu-worker would be left with a channel and no
@@ -460,9 +526,10 @@ impl FrontendService {
             }
         };
         let session = Session::new(
-            Frontend::from_stream(to_worker, session::NUM_QUEUES),
+            Frontend::from_stream(relay.stream, session::NUM_QUEUES),
             self.config.clone(),
-            socket,
+            relay.display,
+            relay.region,
         )
         .map_err(|e| format!("gpu-worker refused the relay: {e}"))?;
         let mut handler = BackendReqHandler::from_stream(stream, Arc::new(Mutex::new(session)));

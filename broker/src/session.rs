@@ -29,6 +29,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::DeviceConfig;
 use crate::display::DisplaySocket;
+use crate::mapper::{HostVisible, SHMID_HOST_VISIBLE};
 
 /// Protocol features the broker offers the VMM (REPLY_ACK is added by the
 /// `vhost` crate, which implements it).
@@ -37,6 +38,7 @@ pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::BACKEND_REQ
         | VhostUserProtocolFeatures::BACKEND_SEND_FD
+        | VhostUserProtocolFeatures::SHMEM
 }
 
 /// controlq and cursorq.
@@ -48,9 +50,9 @@ pub struct Session {
     device_features: u64,
     config: DeviceConfig,
     acked_protocol_features: u64,
-    /// The VMM's channel for back-end requests (SHMEM_MAP arrives with blob
-    /// resources).
-    backend_req: Option<Backend>,
+    /// The host-visible region: its size, and the VMM's channel for
+    /// back-end requests once it arrives (the mapper thread uses it).
+    region: Arc<HostVisible>,
     /// QEMU's display socket, shared with the display thread.
     display: Arc<DisplaySocket>,
 }
@@ -71,6 +73,7 @@ impl Session {
         mut worker: Frontend,
         config: DeviceConfig,
         display: Arc<DisplaySocket>,
+        region: Arc<HostVisible>,
     ) -> vhost::Result<Self> {
         let device_features = worker.get_features()?;
         let offered = worker.get_protocol_features()?;
@@ -84,7 +87,7 @@ impl Session {
             device_features,
             config,
             acked_protocol_features: 0,
-            backend_req: None,
+            region,
             display,
         })
     }
@@ -266,8 +269,14 @@ impl VhostUserBackendReqHandlerMut for Session {
     }
 
     fn set_backend_req_fd(&mut self, backend: Backend) {
-        info!("front-end opened its back-end request channel");
-        self.backend_req = Some(backend);
+        let acked = VhostUserProtocolFeatures::from_bits_truncate(self.acked_protocol_features);
+        let shmem = acked.contains(VhostUserProtocolFeatures::SHMEM);
+        info!("front-end opened its back-end request channel (SHMEM {shmem})");
+        // With REPLY_ACK, SHMEM_MAP waits for the front-end's answer, so a
+        // refused map reaches the guest as an error.
+        backend.set_reply_ack_flag(acked.contains(VhostUserProtocolFeatures::REPLY_ACK));
+        backend.set_shmem_flag(shmem);
+        self.region.set_channel(backend, shmem);
     }
 
     fn set_gpu_socket(&mut self, display: GpuBackend) -> Result<()> {
@@ -324,7 +333,10 @@ impl VhostUserBackendReqHandlerMut for Session {
     }
 
     fn get_shmem_config(&mut self) -> Result<VhostUserShMemConfig> {
-        Err(Error::InvalidOperation("SHMEM is not offered yet"))
+        // Indexed by shmid: only shmid 1, the host-visible region.
+        let mut sizes = [0u64; 2];
+        sizes[usize::from(SHMID_HOST_VISIBLE)] = self.region.size;
+        Ok(VhostUserShMemConfig::new(sizes.len() as u32, &sizes))
     }
 
     fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> Result<()> {

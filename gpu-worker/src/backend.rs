@@ -19,6 +19,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::device::RenderLink;
 use crate::device::{GpuDevice, QueueKind};
 use crate::display::DisplayLink;
 use crate::guest_warn;
@@ -60,10 +61,11 @@ impl GpuBackend {
         scanouts: Vec<ScanoutSize>,
         max_resource_memory: u64,
         display: DisplayLink,
+        render: RenderLink,
     ) -> io::Result<Self> {
         let (exit_consumer, exit_notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
         Ok(GpuBackend {
-            device: GpuDevice::new(scanouts, max_resource_memory, display),
+            device: GpuDevice::new(scanouts, max_resource_memory, display, render),
             mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
             event_idx: AtomicBool::new(false),
             exit_consumer,

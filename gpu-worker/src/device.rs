@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::ops::Deref;
 use std::sync::Mutex;
 
-use ipc::{DisplayToGpu, GpuToDisplay, PixelRect, ScanoutSize};
+use ipc::{DisplayToGpu, GpuToDisplay, PixelRect, RenderAnswer, RenderCommand, ScanoutSize};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap, Le32};
@@ -20,6 +20,7 @@ use vm_memory::{ByteValued, GuestMemoryMmap, Le32};
 use crate::display::DisplayLink;
 use crate::edid;
 use crate::guest_warn;
+use crate::link::Link;
 use crate::protocol::*;
 use crate::ratelimit::LogLimiter;
 use crate::resources::{Refusal, Resources, MAX_BACKING_ENTRIES};
@@ -59,12 +60,18 @@ impl std::fmt::Display for ChainError {
     }
 }
 
+/// The link to render-worker for one connection.
+pub type RenderLink = Link<RenderCommand, RenderAnswer>;
+
 /// The device state gpu-worker keeps for one front-end connection.
 #[derive(Debug)]
 pub struct GpuDevice {
     scanouts: Vec<ScanoutSize>,
     resources: Mutex<Resources>,
     display: DisplayLink,
+    /// render-worker, which serves what needs rutabaga.
+    #[allow(dead_code)]
+    render: RenderLink,
     /// The mode sizes last reported to the guest: the display's once it
     /// gave any, else `--display`'s. A generated EDID matches them.
     reported: Mutex<Vec<ScanoutSize>>,
@@ -72,8 +79,14 @@ pub struct GpuDevice {
 }
 
 impl GpuDevice {
-    pub fn new(scanouts: Vec<ScanoutSize>, max_resource_memory: u64, display: DisplayLink) -> Self {
+    pub fn new(
+        scanouts: Vec<ScanoutSize>,
+        max_resource_memory: u64,
+        display: DisplayLink,
+        render: RenderLink,
+    ) -> Self {
         GpuDevice {
+            render,
             resources: Mutex::new(Resources::new(&scanouts, max_resource_memory)),
             reported: Mutex::new(scanouts.clone()),
             scanouts,
@@ -533,6 +546,7 @@ mod tests {
             ],
             1 << 28,
             DisplayLink::none(),
+            Link::none("render-worker"),
         )
     }
 

@@ -9,59 +9,43 @@
 //! as it does for a front-end that never sent a display socket.
 
 use std::os::fd::BorrowedFd;
-use std::sync::Mutex;
 
-use ipc::{Channel, DisplayToGpu, GpuToDisplay};
-use log::warn;
+use ipc::{DisplayToGpu, GpuToDisplay};
 
 use crate::guest_warn;
+use crate::link::Link;
 use crate::ratelimit::LogLimiter;
 
-type DisplayChannel = Channel<GpuToDisplay, DisplayToGpu>;
-
-#[derive(Debug, Default)]
+/// The display channel: a [`Link`] to the broker's display thread.
+#[derive(Debug)]
 pub struct DisplayLink {
-    channel: Mutex<Option<DisplayChannel>>,
+    link: Link<GpuToDisplay, DisplayToGpu>,
     log: LogLimiter,
 }
 
 impl DisplayLink {
     /// A link with no display behind it: every request answers `None`.
     pub fn none() -> Self {
-        DisplayLink::default()
+        DisplayLink {
+            link: Link::none("the display"),
+            log: LogLimiter::default(),
+        }
     }
 
-    pub fn new(channel: DisplayChannel) -> Self {
+    pub fn new(channel: ipc::Channel<GpuToDisplay, DisplayToGpu>) -> Self {
         DisplayLink {
-            channel: Mutex::new(Some(channel)),
+            link: Link::new("the display", channel),
             log: LogLimiter::default(),
         }
     }
 
     pub fn is_connected(&self) -> bool {
-        self.lock().is_some()
+        self.link.is_connected()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<DisplayChannel>> {
-        self.channel.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Sends one request and waits for its answer. `None` when there is no
-    /// display (never was, or the channel failed and was dropped).
+    /// Sends one request and waits for its answer; `None` without a display.
     pub fn request(&self, msg: &GpuToDisplay, fds: &[BorrowedFd<'_>]) -> Option<DisplayToGpu> {
-        let mut slot = self.lock();
-        let channel = slot.as_ref()?;
-        let result = channel.send(msg, fds).and_then(|()| channel.recv());
-        match result {
-            Ok((answer, _)) => Some(answer),
-            Err(e) => {
-                warn!(
-                    "gpu-worker: display channel failed ({e}); continuing without display output"
-                );
-                *slot = None;
-                None
-            }
-        }
+        self.link.request(msg, fds)
     }
 
     /// Sends a request whose only answer is done or refused, and logs a
@@ -74,8 +58,7 @@ impl DisplayLink {
                 false
             }
             Some(other) => {
-                warn!("gpu-worker: unexpected display answer {other:?}; dropping the channel");
-                *self.lock() = None;
+                self.link.fail(&format!("answered {other:?}"));
                 false
             }
             None => false,

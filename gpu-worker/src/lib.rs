@@ -10,6 +10,7 @@ pub mod backend;
 pub mod device;
 pub mod display;
 pub mod edid;
+pub mod link;
 pub mod protocol;
 pub mod ratelimit;
 pub mod resources;

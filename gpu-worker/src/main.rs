@@ -9,6 +9,7 @@ use std::thread;
 
 use gpu_worker::backend::GpuBackend;
 use gpu_worker::display::DisplayLink;
+use gpu_worker::link::Link;
 use ipc::{BrokerToGpu, Channel, GpuConfig, GpuToBroker, GpuToRender, RenderToGpu, Role};
 use log::{error, info, warn};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
@@ -47,8 +48,9 @@ fn run() -> Result<(), String> {
     }
 
     let mut config: Option<GpuConfig> = None;
-    // Display channels go to the vhost-user thread in the order they came.
-    let (display_tx, display_rx): (Sender<OwnedFd>, Receiver<OwnedFd>) = channel();
+    // Each connection's channels go to the vhost-user thread in the order
+    // they came.
+    let (display_tx, display_rx): (Sender<Vec<OwnedFd>>, Receiver<Vec<OwnedFd>>) = channel();
     let mut display_rx = Some(display_rx);
     loop {
         let (msg, mut fds) = match broker.recv() {
@@ -86,10 +88,10 @@ fn run() -> Result<(), String> {
                     .spawn(move || serve(listener, config, display_rx))
                     .map_err(|e| format!("cannot start the vhost-user thread: {e}"))?;
             }
-            BrokerToGpu::DisplayChannel => {
-                let fd = fds.pop().ok_or("display channel message without its fd")?;
+            BrokerToGpu::Connection => {
+                // The channel checked the count: display, render link.
                 display_tx
-                    .send(fd)
+                    .send(fds)
                     .map_err(|_| "the vhost-user thread is gone".to_string())?;
             }
             BrokerToGpu::Ping { nonce } => broker
@@ -100,15 +102,19 @@ fn run() -> Result<(), String> {
 }
 
 /// Serves one broker connection at a time, each with fresh device state.
-/// The broker sends each connection's display channel before it connects,
-/// so the next channel belongs to the next connection.
-fn serve(mut listener: Listener, config: GpuConfig, displays: Receiver<OwnedFd>) {
+/// The broker sends each connection's channels before it connects, so the
+/// next channels belong to the next connection.
+fn serve(mut listener: Listener, config: GpuConfig, connections: Receiver<Vec<OwnedFd>>) {
     loop {
-        let Ok(display) = displays.recv() else {
+        let Ok(mut fds) = connections.recv() else {
             // The main thread ended: so does the process.
             return;
         };
-        let result = serve_one(&mut listener, &config, display);
+        let (Some(render), Some(display)) = (fds.pop(), fds.pop()) else {
+            error!("gpu-worker: a connection came without its channels");
+            std::process::exit(1);
+        };
+        let result = serve_one(&mut listener, &config, display, render);
         if let Err(e) = result {
             // The listener itself failing leaves nothing to serve: end the
             // process, and the broker reports it.
@@ -118,12 +124,18 @@ fn serve(mut listener: Listener, config: GpuConfig, displays: Receiver<OwnedFd>)
     }
 }
 
-fn serve_one(listener: &mut Listener, config: &GpuConfig, display: OwnedFd) -> Result<(), String> {
+fn serve_one(
+    listener: &mut Listener,
+    config: &GpuConfig,
+    display: OwnedFd,
+    render: OwnedFd,
+) -> Result<(), String> {
     let backend = Arc::new(
         GpuBackend::new(
             config.scanouts.clone(),
             config.max_resource_memory,
             DisplayLink::new(Channel::new(display)),
+            Link::new("render-worker", Channel::new(render)),
         )
         .map_err(|e| e.to_string())?,
     );

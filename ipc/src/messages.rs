@@ -7,9 +7,13 @@
 //! - broker ⇄ gpu-worker: [`BrokerToGpu`] / [`GpuToBroker`]
 //! - broker ⇄ render-worker: [`BrokerToRender`] / [`RenderToBroker`]
 //! - gpu-worker ⇄ render-worker: [`GpuToRender`] / [`RenderToGpu`]
-//! - gpu-worker ⇄ broker's display thread, one per front-end connection
-//!   (sent to gpu-worker with [`BrokerToGpu::DisplayChannel`]):
-//!   [`GpuToDisplay`] / [`DisplayToGpu`]
+//!
+//! And, made anew for every front-end connection and handed over with
+//! [`BrokerToGpu::Connection`] and [`BrokerToRender::Connection`], so that
+//! nothing of one connection's device reaches the next:
+//! - gpu-worker ⇄ broker's display thread: [`GpuToDisplay`] / [`DisplayToGpu`]
+//! - render-worker ⇄ broker's mapper thread: [`MapRequest`] / [`MapAnswer`]
+//! - gpu-worker ⇄ render-worker: [`RenderCommand`] / [`RenderAnswer`]
 
 use serde::{Deserialize, Serialize};
 
@@ -106,11 +110,12 @@ pub enum BrokerToGpu {
     VhostUserListener,
     /// Liveness and readiness probe; answered with [`GpuToBroker::Pong`].
     Ping { nonce: u64 },
-    /// The display channel for the front-end connection the broker is
-    /// about to relay (1 fd, `SOCK_SEQPACKET`, a receive timeout already
-    /// set). gpu-worker sends [`GpuToDisplay`] requests on it and gets one
-    /// [`DisplayToGpu`] answer for each.
-    DisplayChannel,
+    /// The channels for the front-end connection the broker is about to
+    /// relay (2 fds, `SOCK_SEQPACKET`, receive timeouts already set): the
+    /// display channel ([`GpuToDisplay`] requests, one [`DisplayToGpu`]
+    /// answer each), then the link to render-worker ([`RenderCommand`],
+    /// one [`RenderAnswer`] each).
+    Connection,
 }
 
 /// gpu-worker → broker.
@@ -127,6 +132,49 @@ pub enum BrokerToRender {
     Ping {
         nonce: u64,
     },
+    /// A new front-end connection (2 fds): the map channel to the broker
+    /// ([`MapRequest`], one [`MapAnswer`] each), then the link from
+    /// gpu-worker. render-worker drops all device state of the previous
+    /// connection.
+    Connection,
+}
+
+/// render-worker → the broker's mapper thread: put a blob's memory into the
+/// guest's host-visible region, or take it out. The broker checks each
+/// request against the region and its live mappings before the VMM sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapRequest {
+    /// Map `size` bytes of the blob's memory (1 fd) at `shm_offset` of the
+    /// host-visible region (shmid 1).
+    Map {
+        resource_id: u32,
+        shm_offset: u64,
+        size: u64,
+        writable: bool,
+    },
+    /// Unmap the blob's one mapping.
+    Unmap { resource_id: u32 },
+}
+
+/// The broker's mapper thread → render-worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapAnswer {
+    Done,
+    /// Refused; the reason goes to the guest-facing log.
+    Refused(String),
+}
+
+/// gpu-worker → render-worker, per connection: the commands gpu-worker has
+/// decoded and checked that rutabaga serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenderCommand {
+    Ping { nonce: u64 },
+}
+
+/// render-worker → gpu-worker: one answer per command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenderAnswer {
+    Pong { nonce: u64 },
 }
 
 /// render-worker → broker.
@@ -249,7 +297,26 @@ impl Message for BrokerToGpu {
     fn fd_count(&self) -> usize {
         match self {
             BrokerToGpu::Configure(_) | BrokerToGpu::Ping { .. } => 0,
-            BrokerToGpu::VhostUserListener | BrokerToGpu::DisplayChannel => 1,
+            BrokerToGpu::VhostUserListener => 1,
+            BrokerToGpu::Connection => 2,
+        }
+    }
+}
+
+impl Message for BrokerToRender {
+    fn fd_count(&self) -> usize {
+        match self {
+            BrokerToRender::Configure(_) | BrokerToRender::Ping { .. } => 0,
+            BrokerToRender::Connection => 2,
+        }
+    }
+}
+
+impl Message for MapRequest {
+    fn fd_count(&self) -> usize {
+        match self {
+            MapRequest::Map { .. } => 1,
+            MapRequest::Unmap { .. } => 0,
         }
     }
 }
@@ -274,8 +341,10 @@ macro_rules! fdless {
 }
 fdless!(
     GpuToBroker,
-    BrokerToRender,
     RenderToBroker,
+    MapAnswer,
+    RenderCommand,
+    RenderAnswer,
     GpuToRender,
     RenderToGpu,
     DisplayToGpu

@@ -3,10 +3,16 @@
 //! GPU and Wayland descriptor; today it completes its handshakes and answers
 //! liveness probes until the broker goes away.
 
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::thread;
 
-use ipc::{BrokerToRender, Channel, GpuToRender, RenderToBroker, RenderToGpu, Role};
-use log::{error, info};
+use ipc::{
+    BrokerToRender, Channel, GpuToRender, MapAnswer, MapRequest, RenderAnswer, RenderCommand,
+    RenderToBroker, RenderToGpu, Role,
+};
+use log::{error, info, warn};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -37,16 +43,28 @@ fn run() -> Result<(), String> {
         Err(e) => return Err(format!("gpu-worker: {e}")),
     }
 
-    let mut jailed = false;
+    let mut connections: Option<Sender<Vec<OwnedFd>>> = None;
     loop {
         match broker.recv() {
             Ok((BrokerToRender::Configure(jail), _)) => {
-                if jailed {
+                if connections.is_some() {
                     return Err("the broker sent a second configuration".into());
                 }
                 policies::enter(policies::Profile::RenderWorker, &jail)
                     .map_err(|e| format!("cannot enter the jail: {e}"))?;
-                jailed = true;
+                let (tx, rx) = channel();
+                thread::Builder::new()
+                    .name("connection".into())
+                    .spawn(move || serve(rx))
+                    .map_err(|e| format!("cannot start the connection thread: {e}"))?;
+                connections = Some(tx);
+            }
+            Ok((BrokerToRender::Connection, fds)) => {
+                let tx = connections
+                    .as_ref()
+                    .ok_or("the broker sent a connection before the configuration")?;
+                tx.send(fds)
+                    .map_err(|_| "the connection thread is gone".to_string())?;
             }
             Ok((BrokerToRender::Ping { nonce }, _)) => broker
                 .send(&RenderToBroker::Pong { nonce }, &[])
@@ -57,5 +75,37 @@ fn run() -> Result<(), String> {
             }
             Err(e) => return Err(format!("message from the broker: {e}")),
         }
+    }
+}
+
+/// Serves one front-end connection at a time, each with fresh state: the
+/// broker sends each connection's channels (map channel, gpu-worker link)
+/// before gpu-worker can use them.
+fn serve(connections: Receiver<Vec<OwnedFd>>) {
+    for mut fds in connections {
+        let (Some(link), Some(map)) = (fds.pop(), fds.pop()) else {
+            error!("render-worker: a connection came without its channels");
+            std::process::exit(1);
+        };
+        let gpu: Channel<RenderAnswer, RenderCommand> = Channel::new(link);
+        let _map: Channel<MapRequest, MapAnswer> = Channel::new(map);
+        loop {
+            let command = match gpu.recv() {
+                Ok((c, _)) => c,
+                Err(ipc::Error::Closed) => break,
+                Err(e) => {
+                    warn!("render-worker: link from gpu-worker: {e}; dropping the connection");
+                    break;
+                }
+            };
+            let answer = match command {
+                RenderCommand::Ping { nonce } => RenderAnswer::Pong { nonce },
+            };
+            if let Err(e) = gpu.send(&answer, &[]) {
+                warn!("render-worker: link to gpu-worker: {e}; dropping the connection");
+                break;
+            }
+        }
+        info!("render-worker: connection ended; its state is dropped");
     }
 }

@@ -30,6 +30,7 @@ pub use display::{DisplayConfig, DisplayPeer};
 pub use gpu_wire::*;
 
 pub mod display;
+pub mod shmem;
 
 /// Guest-side constants and layouts the tests build requests from.
 pub mod gpu_wire {
@@ -449,6 +450,8 @@ pub struct Device {
     pub controlq: DriverQueue,
     pub cursorq: DriverQueue,
     pub negotiated: Negotiated,
+    /// The host-visible region, when the back-end offered SHMEM.
+    pub shmem: Option<Arc<shmem::HostVisibleRegion>>,
 }
 
 impl Device {
@@ -476,9 +479,28 @@ impl Device {
         let proto = offered_proto
             & (VhostUserProtocolFeatures::CONFIG
                 | VhostUserProtocolFeatures::MQ
-                | VhostUserProtocolFeatures::REPLY_ACK);
+                | VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::BACKEND_REQ
+                | VhostUserProtocolFeatures::BACKEND_SEND_FD
+                | VhostUserProtocolFeatures::SHMEM);
         frontend.set_protocol_features(proto).unwrap();
         frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        // As crosvm's front-end: learn the region's size, reserve it, and
+        // serve the back-end's map requests into it.
+        let shmem = proto.contains(VhostUserProtocolFeatures::SHMEM).then(|| {
+            let config = frontend.get_shmem_config().expect("GET_SHMEM_CONFIG");
+            let size = config.memory_sizes[1];
+            assert!(config.nregions >= 2 && size > 0, "shmid 1 has a size");
+            let region = shmem::HostVisibleRegion::reserve(size);
+            let (mut handler, fd) = shmem::serve(region.clone());
+            // SAFETY: `fd` is the handler's own socket, open while it lives.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            frontend
+                .set_backend_request_fd(&borrowed)
+                .expect("SET_BACKEND_REQ_FD");
+            thread::spawn(move || while handler.handle_request().is_ok() {});
+            region
+        });
 
         let mem = guest_memory_of(mem_size);
         let regions: Vec<VhostUserMemoryRegionInfo> = mem
@@ -502,6 +524,7 @@ impl Device {
                 features,
                 protocol_features: proto,
             },
+            shmem,
         }
     }
 

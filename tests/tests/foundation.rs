@@ -40,10 +40,13 @@ fn handshake_negotiates_features_and_config() {
         VhostUserProtocolFeatures::REPLY_ACK,
         VhostUserProtocolFeatures::BACKEND_REQ,
         VhostUserProtocolFeatures::BACKEND_SEND_FD,
+        VhostUserProtocolFeatures::SHMEM,
     ] {
         assert!(proto.contains(f), "{f:?} offered");
     }
-    assert!(!proto.contains(VhostUserProtocolFeatures::SHMEM));
+    // The host-visible region (shmid 1): --shm-size, 8 GiB by default.
+    let region = dev.shmem.as_ref().expect("the harness negotiated SHMEM");
+    assert_eq!(region.size(), 8 << 30);
     assert_eq!(dev.frontend.get_queue_num().unwrap(), 2);
 
     let (_, config) = dev

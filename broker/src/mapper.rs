@@ -1,0 +1,286 @@
+//! The broker's mapper thread: the only code that asks the VMM to map
+//! anything into the guest (`VHOST_USER_BACKEND_SHMEM_MAP` / `_UNMAP` on
+//! the back-end request channel).
+//!
+//! render-worker, which holds the blobs, asks over a per-connection map
+//! channel ([`ipc::MapRequest`]). Before the VMM sees a request the broker
+//! checks it against the host-visible region (`--shm-size`) and every live
+//! mapping: page-aligned offset and length, no wrap, inside the region, no
+//! overlap, one mapping per resource, and a descriptor that is a regular
+//! file holding at least that many bytes. A compromised render-worker can
+//! map its own memory into the guest's region, which is its job, and
+//! nothing else: not outside the region, not over another mapping.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use ipc::{Channel, MapAnswer, MapRequest};
+use log::{info, warn};
+use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
+use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
+
+/// `VIRTIO_GPU_SHM_ID_HOST_VISIBLE`.
+pub const SHMID_HOST_VISIBLE: u8 = 1;
+/// Mappings are made in pages.
+pub const PAGE: u64 = 4096;
+
+/// The host-visible region as one front-end connection set it up: its size
+/// and, once the front-end sent it, the back-end request channel.
+pub struct HostVisible {
+    pub size: u64,
+    channel: Mutex<Option<(Backend, bool)>>,
+}
+
+impl HostVisible {
+    pub fn new(size: u64) -> Self {
+        HostVisible {
+            size,
+            channel: Mutex::new(None),
+        }
+    }
+
+    /// The front-end's back-end request channel, and whether it negotiated
+    /// SHMEM.
+    pub fn set_channel(&self, backend: Backend, shmem: bool) {
+        *self.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some((backend, shmem));
+    }
+
+    fn channel(&self) -> Result<Backend, String> {
+        match &*self.channel.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => Err("the front-end sent no back-end request channel".into()),
+            Some((_, false)) => Err(
+                "the front-end did not negotiate SHMEM (QEMU 10 does not): blobs cannot be \
+                 mapped into the guest"
+                    .into(),
+            ),
+            Some((backend, true)) => Ok(backend.clone()),
+        }
+    }
+}
+
+type MapChannel = Channel<MapAnswer, MapRequest>;
+
+/// Serves one connection's map channel until render-worker closes it.
+pub fn serve(channel: MapChannel, region: Arc<HostVisible>) {
+    let mut mapper = Mapper::new(region.size);
+    loop {
+        let (request, mut fds) = match channel.recv() {
+            Ok(m) => m,
+            Err(ipc::Error::Closed) => return,
+            Err(e) => {
+                warn!("map channel from render-worker: {e}; closing it");
+                return;
+            }
+        };
+        let answer = match mapper.handle(&region, request, fds.pop()) {
+            Ok(()) => MapAnswer::Done,
+            Err(why) => {
+                warn!("refused a map request from render-worker: {why}");
+                MapAnswer::Refused(why)
+            }
+        };
+        if let Err(e) = channel.send(&answer, &[]) {
+            warn!("map channel to render-worker: {e}; closing it");
+            return;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mapping {
+    len: u64,
+    resource_id: u32,
+}
+
+/// The live mappings of one connection's host-visible region.
+#[derive(Debug)]
+pub struct Mapper {
+    size: u64,
+    /// By offset in the region.
+    mappings: BTreeMap<u64, Mapping>,
+    /// Resource → its mapping's offset.
+    by_resource: BTreeMap<u32, u64>,
+}
+
+impl Mapper {
+    pub fn new(size: u64) -> Self {
+        Mapper {
+            size,
+            mappings: BTreeMap::new(),
+            by_resource: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `resource_id` may be mapped at `offset` for `len` bytes from
+    /// a descriptor holding `fd_len` bytes.
+    pub fn check(
+        &self,
+        resource_id: u32,
+        offset: u64,
+        len: u64,
+        fd_len: u64,
+    ) -> Result<(), String> {
+        if len == 0 {
+            return Err(format!("resource {resource_id}: a mapping of 0 bytes"));
+        }
+        if !offset.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
+            return Err(format!(
+                "resource {resource_id}: offset {offset:#x} or length {len:#x} is not a multiple of {PAGE}"
+            ));
+        }
+        let Some(end) = offset.checked_add(len) else {
+            return Err(format!(
+                "resource {resource_id}: offset {offset:#x} + length {len:#x} wraps"
+            ));
+        };
+        if end > self.size {
+            return Err(format!(
+                "resource {resource_id}: {offset:#x}..{end:#x} is past the {:#x}-byte region",
+                self.size
+            ));
+        }
+        if self.by_resource.contains_key(&resource_id) {
+            return Err(format!("resource {resource_id} is already mapped"));
+        }
+        // The mapping that starts last before `end` is the only one that
+        // can overlap (mappings never overlap each other).
+        if let Some((&start, m)) = self.mappings.range(..end).next_back() {
+            if start + m.len > offset {
+                return Err(format!(
+                    "resource {resource_id}: {offset:#x}..{end:#x} overlaps resource {}'s \
+                     mapping at {start:#x}..{:#x}",
+                    m.resource_id,
+                    start + m.len
+                ));
+            }
+        }
+        if fd_len < len {
+            return Err(format!(
+                "resource {resource_id}: its memory holds {fd_len} bytes, not {len}"
+            ));
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, resource_id: u32, offset: u64, len: u64) {
+        self.mappings.insert(offset, Mapping { len, resource_id });
+        self.by_resource.insert(resource_id, offset);
+    }
+
+    /// Forgets `resource_id`'s mapping; returns where it was.
+    fn forget(&mut self, resource_id: u32) -> Option<(u64, u64)> {
+        let offset = self.by_resource.remove(&resource_id)?;
+        let m = self.mappings.remove(&offset)?;
+        Some((offset, m.len))
+    }
+
+    fn handle(
+        &mut self,
+        region: &HostVisible,
+        request: MapRequest,
+        fd: Option<OwnedFd>,
+    ) -> Result<(), String> {
+        match request {
+            MapRequest::Map {
+                resource_id,
+                shm_offset,
+                size,
+                writable,
+            } => {
+                let fd = fd.ok_or("a map request without its descriptor")?;
+                let st = nix::sys::stat::fstat(&fd).map_err(|e| format!("fstat: {e}"))?;
+                if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+                    return Err(format!(
+                        "resource {resource_id}: its descriptor is not mappable memory"
+                    ));
+                }
+                self.check(resource_id, shm_offset, size, st.st_size.max(0) as u64)?;
+                let backend = region.channel()?;
+                let mut flags = VhostUserMMapFlags::empty();
+                if writable {
+                    flags |= VhostUserMMapFlags::WRITABLE;
+                }
+                let msg = VhostUserMMap {
+                    shmid: SHMID_HOST_VISIBLE,
+                    fd_offset: 0,
+                    shm_offset,
+                    len: size,
+                    flags: flags.bits(),
+                    ..Default::default()
+                };
+                backend
+                    .shmem_map(&msg, &fd)
+                    .map_err(|e| format!("the front-end refused SHMEM_MAP: {e}"))?;
+                info!("mapped resource {resource_id} at {shm_offset:#x} ({size} bytes)");
+                self.record(resource_id, shm_offset, size);
+                Ok(())
+            }
+            MapRequest::Unmap { resource_id } => {
+                let (offset, len) = self
+                    .forget(resource_id)
+                    .ok_or(format!("resource {resource_id} is not mapped"))?;
+                let backend = region.channel()?;
+                let msg = VhostUserMMap {
+                    shmid: SHMID_HOST_VISIBLE,
+                    shm_offset: offset,
+                    len,
+                    ..Default::default()
+                };
+                backend
+                    .shmem_unmap(&msg)
+                    .map_err(|e| format!("the front-end refused SHMEM_UNMAP: {e}"))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn map_requests_are_checked_against_the_region_and_each_other() {
+        let mut m = Mapper::new(16 * MIB);
+        assert!(m.check(1, 0, 0, MIB).unwrap_err().contains("0 bytes"));
+        assert!(m.check(1, 100, PAGE, MIB).unwrap_err().contains("multiple"));
+        assert!(m.check(1, 0, 100, MIB).unwrap_err().contains("multiple"));
+        assert!(m
+            .check(1, u64::MAX - PAGE + 1, 2 * PAGE, MIB)
+            .unwrap_err()
+            .contains("wraps"));
+        assert!(m
+            .check(1, 16 * MIB, PAGE, MIB)
+            .unwrap_err()
+            .contains("past"));
+        assert!(m.check(1, 0, 2 * MIB, MIB).unwrap_err().contains("holds"));
+        m.check(1, MIB, MIB, MIB).unwrap();
+        m.record(1, MIB, MIB);
+        assert!(m
+            .check(1, 4 * MIB, PAGE, MIB)
+            .unwrap_err()
+            .contains("already"));
+        for (offset, len) in [
+            (MIB, PAGE),
+            (0, MIB + PAGE),
+            (2 * MIB - PAGE, PAGE),
+            (0, 4 * MIB),
+        ] {
+            assert!(
+                m.check(2, offset, len, 4 * MIB)
+                    .unwrap_err()
+                    .contains("overlaps"),
+                "{offset:#x}+{len:#x}"
+            );
+        }
+        // Touching is not overlapping.
+        m.check(2, 0, MIB, MIB).unwrap();
+        m.check(2, 2 * MIB, MIB, MIB).unwrap();
+        assert_eq!(m.forget(1), Some((MIB, MIB)));
+        assert_eq!(m.forget(1), None);
+        m.check(2, MIB, MIB, MIB).unwrap();
+    }
+}

@@ -1,0 +1,80 @@
+//! A request/answer channel from gpu-worker to another process, for one
+//! front-end connection: the broker's display thread, or render-worker.
+//!
+//! Each request waits for its answer, with the receive timeout the broker
+//! set on the channel. A channel that fails once (timeout, closed, a
+//! malformed answer) is dropped: a late answer would otherwise pair with
+//! the next request. The device then carries on without that peer.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Mutex;
+
+use ipc::{Channel, Message};
+use log::warn;
+
+pub struct Link<Tx: Message, Rx: Message> {
+    /// Who is at the other end, for log lines.
+    peer: &'static str,
+    channel: Mutex<Option<Channel<Tx, Rx>>>,
+}
+
+impl<Tx: Message, Rx: Message> std::fmt::Debug for Link<Tx, Rx> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Link({}, connected: {})", self.peer, self.is_connected())
+    }
+}
+
+impl<Tx: Message, Rx: Message> Link<Tx, Rx> {
+    /// A link with nothing behind it: every request answers `None`.
+    pub fn none(peer: &'static str) -> Self {
+        Link {
+            peer,
+            channel: Mutex::new(None),
+        }
+    }
+
+    pub fn new(peer: &'static str, channel: Channel<Tx, Rx>) -> Self {
+        Link {
+            peer,
+            channel: Mutex::new(Some(channel)),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Channel<Tx, Rx>>> {
+        self.channel.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends one request and waits for its answer and the descriptors that
+    /// came with it. `None` when there is no peer (never was, or the
+    /// channel failed and was dropped).
+    pub fn request_with_fds(&self, msg: &Tx, fds: &[BorrowedFd<'_>]) -> Option<(Rx, Vec<OwnedFd>)> {
+        let mut slot = self.lock();
+        let channel = slot.as_ref()?;
+        match channel.send(msg, fds).and_then(|()| channel.recv()) {
+            Ok(answer) => Some(answer),
+            Err(e) => {
+                warn!(
+                    "gpu-worker: the channel to {} failed ({e}); continuing without it",
+                    self.peer
+                );
+                *slot = None;
+                None
+            }
+        }
+    }
+
+    /// As [`Link::request_with_fds`], for answers that carry no descriptor.
+    pub fn request(&self, msg: &Tx, fds: &[BorrowedFd<'_>]) -> Option<Rx> {
+        self.request_with_fds(msg, fds).map(|(answer, _)| answer)
+    }
+
+    /// Drops the channel after an answer that makes no sense.
+    pub fn fail(&self, why: &str) {
+        warn!("gpu-worker: {} {why}; dropping the channel", self.peer);
+        *self.lock() = None;
+    }
+}

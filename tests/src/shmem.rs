@@ -1,0 +1,256 @@
+//! The front-end's host-visible shared memory region, as a VMM keeps it:
+//! a reserved stretch of address space the size GET_SHMEM_CONFIG gave, into
+//! which each VHOST_USER_BACKEND_SHMEM_MAP really maps the descriptor it
+//! carries (`MAP_FIXED`), and each SHMEM_UNMAP puts the reservation back.
+//! A test reads and writes the region as the guest would see it.
+//!
+//! The requests arrive on the back-end request channel, served with the
+//! `vhost` crate's `FrontendReqHandler` on a thread of its own.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+use nix::sys::mman::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
+use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
+use vhost::vhost_user::{FrontendReqHandler, HandlerResult, VhostUserFrontendReqHandler};
+
+/// One SHMEM_MAP or SHMEM_UNMAP as the front-end received it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShmemEvent {
+    Map {
+        offset: u64,
+        len: u64,
+        writable: bool,
+    },
+    Unmap {
+        offset: u64,
+        len: u64,
+    },
+    Refused {
+        offset: u64,
+        len: u64,
+    },
+}
+
+pub struct HostVisibleRegion {
+    base: NonNull<std::ffi::c_void>,
+    size: u64,
+    state: Mutex<(BTreeMap<u64, u64>, Vec<ShmemEvent>)>,
+}
+
+// SAFETY: the reservation is only ever changed under `state`'s lock, and
+// reads and writes of it go through the checked methods below.
+unsafe impl Send for HostVisibleRegion {}
+// SAFETY: as above.
+unsafe impl Sync for HostVisibleRegion {}
+
+fn reserve_flags() -> MapFlags {
+    MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS | MapFlags::MAP_NORESERVE
+}
+
+impl HostVisibleRegion {
+    /// Reserves `size` bytes of address space, inaccessible until mapped.
+    pub fn reserve(size: u64) -> Arc<HostVisibleRegion> {
+        let len = NonZeroUsize::new(size as usize).expect("a non-empty region");
+        // SAFETY: a fresh anonymous PROT_NONE mapping, placed by the kernel.
+        let base = unsafe { mmap_anonymous(None, len, ProtFlags::PROT_NONE, reserve_flags()) }
+            .expect("reserve the host-visible region");
+        Arc::new(HostVisibleRegion {
+            base,
+            size,
+            state: Mutex::new((BTreeMap::new(), Vec::new())),
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn events(&self) -> Vec<ShmemEvent> {
+        self.state.lock().unwrap().1.clone()
+    }
+
+    /// The address of `offset` in this process.
+    pub fn address(&self, offset: u64) -> usize {
+        self.base.as_ptr() as usize + offset as usize
+    }
+
+    /// Whether `offset..offset+len` lies inside one live mapping.
+    fn mapped(&self, offset: u64, len: u64) -> bool {
+        let state = self.state.lock().unwrap();
+        state
+            .0
+            .range(..=offset)
+            .next_back()
+            .is_some_and(|(start, mlen)| offset + len <= start + mlen)
+    }
+
+    /// Reads what the guest would see at `offset`; None where nothing is
+    /// mapped (reading there would fault).
+    pub fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        if !self.mapped(offset, len as u64) {
+            return None;
+        }
+        let mut out = vec![0u8; len];
+        // SAFETY: the range lies inside a live mapping (checked above) of
+        // this reservation, which lives as long as self.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.address(offset) as *const u8, out.as_mut_ptr(), len)
+        };
+        Some(out)
+    }
+
+    /// Writes as the guest would; false where nothing is mapped.
+    pub fn write(&self, offset: u64, data: &[u8]) -> bool {
+        if !self.mapped(offset, data.len() as u64) {
+            return false;
+        }
+        // SAFETY: as in read; every map this harness makes of a writable
+        // request is PROT_WRITE, and tests write only where they asked for it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.address(offset) as *mut u8,
+                data.len(),
+            )
+        };
+        true
+    }
+
+    /// What /proc/self/maps says is at `offset`: the mapped file's name, or
+    /// "" for the anonymous reservation.
+    pub fn backing_name(&self, offset: u64) -> String {
+        let at = self.address(offset);
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let range = fields.next().unwrap_or("");
+            let (lo, hi) = range.split_once('-').unwrap_or(("0", "0"));
+            let (lo, hi) = (
+                usize::from_str_radix(lo, 16).unwrap_or(0),
+                usize::from_str_radix(hi, 16).unwrap_or(0),
+            );
+            if (lo..hi).contains(&at) {
+                return fields.nth(4).unwrap_or("").to_string();
+            }
+        }
+        panic!("offset {offset:#x} is not in /proc/self/maps at all");
+    }
+
+    fn map(&self, req: &VhostUserMMap, fd: BorrowedFd<'_>) -> Result<(), String> {
+        let (shmid, offset, len, fd_offset, flags) =
+            (req.shmid, req.shm_offset, req.len, req.fd_offset, req.flags);
+        if shmid != 1 {
+            return Err(format!("shmid {shmid}: only 1 exists"));
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= self.size && len > 0)
+            .ok_or(format!("{offset:#x}+{len:#x} is not inside the region"))?;
+        let mut state = self.state.lock().unwrap();
+        if state
+            .0
+            .range(..end)
+            .next_back()
+            .is_some_and(|(s, l)| s + l > offset)
+        {
+            return Err(format!("{offset:#x}..{end:#x} overlaps a mapping"));
+        }
+        let writable = flags & VhostUserMMapFlags::WRITABLE.bits() != 0;
+        let mut prot = ProtFlags::PROT_READ;
+        if writable {
+            prot |= ProtFlags::PROT_WRITE;
+        }
+        let at = NonZeroUsize::new(self.address(offset)).unwrap();
+        // SAFETY: MAP_FIXED over part of our own reservation (checked to be
+        // inside it and over no other mapping), which nothing else uses.
+        unsafe {
+            mmap(
+                Some(at),
+                NonZeroUsize::new(len as usize).unwrap(),
+                prot,
+                MapFlags::MAP_SHARED | MapFlags::MAP_FIXED,
+                fd,
+                fd_offset as i64,
+            )
+        }
+        .map_err(|e| format!("mmap: {e}"))?;
+        state.0.insert(offset, len);
+        state.1.push(ShmemEvent::Map {
+            offset,
+            len,
+            writable,
+        });
+        Ok(())
+    }
+
+    fn unmap(&self, req: &VhostUserMMap) -> Result<(), String> {
+        let (offset, len) = (req.shm_offset, req.len);
+        let mut state = self.state.lock().unwrap();
+        if state.0.get(&offset) != Some(&len) {
+            return Err(format!("{offset:#x}+{len:#x} is not one earlier mapping"));
+        }
+        let at = NonZeroUsize::new(self.address(offset)).unwrap();
+        // SAFETY: puts the reservation back over a mapping this region made.
+        unsafe {
+            mmap_anonymous(
+                Some(at),
+                NonZeroUsize::new(len as usize).unwrap(),
+                ProtFlags::PROT_NONE,
+                reserve_flags() | MapFlags::MAP_FIXED,
+            )
+        }
+        .map_err(|e| format!("mmap: {e}"))?;
+        state.0.remove(&offset);
+        state.1.push(ShmemEvent::Unmap { offset, len });
+        Ok(())
+    }
+
+    fn refuse(&self, req: &VhostUserMMap, why: String) -> std::io::Error {
+        let (offset, len) = (req.shm_offset, req.len);
+        self.state
+            .lock()
+            .unwrap()
+            .1
+            .push(ShmemEvent::Refused { offset, len });
+        std::io::Error::other(why)
+    }
+}
+
+impl Drop for HostVisibleRegion {
+    fn drop(&mut self) {
+        // SAFETY: the whole reservation, made in reserve(); nothing uses it
+        // after the last reference.
+        let _ = unsafe { munmap(self.base, self.size as usize) };
+    }
+}
+
+/// The handler the back-end request thread runs.
+pub struct Shmem(pub Arc<HostVisibleRegion>);
+
+impl VhostUserFrontendReqHandler for Shmem {
+    fn shmem_map(&self, req: &VhostUserMMap, fd: &dyn AsRawFd) -> HandlerResult<u64> {
+        // SAFETY: the descriptor came with the request and stays open for
+        // the duration of this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+        self.0.map(req, fd).map_err(|why| self.0.refuse(req, why))?;
+        Ok(0)
+    }
+
+    fn shmem_unmap(&self, req: &VhostUserMMap) -> HandlerResult<u64> {
+        self.0.unmap(req).map_err(|why| self.0.refuse(req, why))?;
+        Ok(0)
+    }
+}
+
+/// Starts serving back-end requests; returns the handler, whose
+/// `get_tx_raw_fd()` goes to the back-end with SET_BACKEND_REQ_FD.
+pub fn serve(region: Arc<HostVisibleRegion>) -> (FrontendReqHandler<Shmem>, std::os::fd::RawFd) {
+    let mut handler = FrontendReqHandler::new(Arc::new(Shmem(region))).expect("socket pair");
+    handler.set_reply_ack_flag(true);
+    let fd = handler.get_tx_raw_fd();
+    (handler, fd)
+}
