@@ -22,6 +22,8 @@ pub struct DeviceConfig {
     pub max_resource_memory: u64,
     /// Bytes in the host-visible region (`--shm-size`).
     pub shm_size: u64,
+    /// Capsets render-worker's rutabaga offers (it says so once jailed).
+    pub num_capsets: u32,
     pub jail: JailConfig,
 }
 
@@ -37,6 +39,7 @@ impl DeviceConfig {
     pub fn virtio_gpu_config(&self) -> VirtioGpuConfig {
         VirtioGpuConfig {
             num_scanouts: Le32::from(self.scanouts.len() as u32),
+            num_capsets: Le32::from(self.num_capsets),
             ..VirtioGpuConfig::default()
         }
     }
@@ -157,6 +160,7 @@ mod tests {
             scanouts: vec![parse_scanout("640x480").unwrap(); 3],
             max_resource_memory: 1 << 28,
             shm_size: 1 << 33,
+            num_capsets: 1,
             jail: JailConfig {
                 sandbox: ipc::SandboxMode::Namespace,
                 seccomp: ipc::SeccompMode::Kill,

@@ -152,10 +152,11 @@ fn run(args: Args) -> Result<(), String> {
         },
         seccomp: args.seccomp.into(),
     };
-    let config = DeviceConfig {
+    let mut config = DeviceConfig {
         scanouts,
         max_resource_memory: args.max_resource_memory << 20,
         shm_size: args.shm_size,
+        num_capsets: 0,
         jail,
     };
 
@@ -200,7 +201,7 @@ fn run(args: Args) -> Result<(), String> {
     let render_ch: Arc<Channel<BrokerToRender, RenderToBroker>> =
         Arc::new(Channel::new(render_broker_end));
 
-    let internal = match start_workers(&gpu_ch, &render_ch, &config, socket_dir.as_ref()) {
+    let internal = match start_workers(&gpu_ch, &render_ch, &mut config, socket_dir.as_ref()) {
         Ok(addr) => addr,
         Err(e) => {
             for w in &mut workers {
@@ -336,7 +337,7 @@ fn listener_from_fd(fd: RawFd) -> Result<Listener, String> {
 fn start_workers(
     gpu: &Channel<BrokerToGpu, GpuToBroker>,
     render: &Channel<BrokerToRender, RenderToBroker>,
-    config: &DeviceConfig,
+    config: &mut DeviceConfig,
     socket_dir: Option<&OwnedFd>,
 ) -> Result<SocketAddr, String> {
     gpu.handshake(Role::Broker, Role::GpuWorker)
@@ -377,6 +378,12 @@ fn start_workers(
     render
         .set_recv_timeout(timeout)
         .map_err(|e| e.to_string())?;
+    match render.recv() {
+        Ok((RenderToBroker::Ready { num_capsets }, _)) if num_capsets <= 64 => {
+            config.num_capsets = num_capsets;
+        }
+        other => return Err(format!("render-worker did not start rutabaga: {other:?}")),
+    }
     render
         .send(&BrokerToRender::Ping { nonce: 1 }, &[])
         .map_err(|e| format!("render-worker: {e}"))?;

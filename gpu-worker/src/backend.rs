@@ -23,7 +23,7 @@ use crate::device::RenderLink;
 use crate::device::{GpuDevice, QueueKind};
 use crate::display::DisplayLink;
 use crate::guest_warn;
-use crate::protocol::F_EDID;
+use crate::protocol::{F_CONTEXT_INIT, F_EDID, F_RESOURCE_BLOB, F_RESOURCE_UUID};
 use crate::ratelimit::LogLimiter;
 
 /// controlq and cursorq.
@@ -40,6 +40,9 @@ pub fn device_features() -> u64 {
         | 1 << VIRTIO_RING_F_INDIRECT_DESC
         | 1 << VIRTIO_RING_F_EVENT_IDX
         | 1 << F_EDID
+        | 1 << F_RESOURCE_UUID
+        | 1 << F_RESOURCE_BLOB
+        | 1 << F_CONTEXT_INIT
         | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
 }
 
@@ -151,6 +154,7 @@ impl VhostUserBackend for GpuBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        self.device.share_memory(&mem.memory());
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = mem;
         Ok(())
     }

@@ -17,6 +17,8 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap, Le32};
 
+mod blob;
+
 use crate::display::DisplayLink;
 use crate::edid;
 use crate::guest_warn;
@@ -70,8 +72,9 @@ pub struct GpuDevice {
     resources: Mutex<Resources>,
     display: DisplayLink,
     /// render-worker, which serves what needs rutabaga.
-    #[allow(dead_code)]
     render: RenderLink,
+    /// Which resource ids are blobs (held by render-worker).
+    blobs: blob::Blobs,
     /// The mode sizes last reported to the guest: the display's once it
     /// gave any, else `--display`'s. A generated EDID matches them.
     reported: Mutex<Vec<ScanoutSize>>,
@@ -87,6 +90,7 @@ impl GpuDevice {
     ) -> Self {
         GpuDevice {
             render,
+            blobs: blob::Blobs::default(),
             resources: Mutex::new(Resources::new(&scanouts, max_resource_memory)),
             reported: Mutex::new(scanouts.clone()),
             scanouts,
@@ -158,6 +162,39 @@ impl GpuDevice {
                 r.hdr = reply_hdr(RESP_OK_EDID, &hdr);
                 write_response(&mut writer, &*r)
             }
+            Response::CapsetInfo(mut r) => {
+                r.hdr = reply_hdr(RESP_OK_CAPSET_INFO, &hdr);
+                write_response(&mut writer, &*r)
+            }
+            Response::Capset(bytes) => {
+                let resp_hdr = reply_hdr(RESP_OK_CAPSET, &hdr);
+                if writer.available_bytes() >= std::mem::size_of::<CtrlHdr>() + bytes.len() {
+                    let ok = writer.write_all(resp_hdr.as_slice()).is_ok()
+                        && writer.write_all(&bytes).is_ok();
+                    if ok {
+                        u32::try_from(writer.bytes_written()).unwrap_or(u32::MAX)
+                    } else {
+                        0
+                    }
+                } else {
+                    write_response(&mut writer, &err_hdr(RESP_ERR_UNSPEC, Some(&hdr)))
+                }
+            }
+            Response::MapInfo(map_info) => {
+                let r = RespMapInfo {
+                    hdr: reply_hdr(RESP_OK_MAP_INFO, &hdr),
+                    map_info: Le32::from(map_info),
+                    padding: Le32::from(0),
+                };
+                write_response(&mut writer, &r)
+            }
+            Response::Uuid(uuid) => {
+                let r = RespResourceUuid {
+                    hdr: reply_hdr(RESP_OK_RESOURCE_UUID, &hdr),
+                    uuid,
+                };
+                write_response(&mut writer, &r)
+            }
             Response::Ok => write_response(&mut writer, &reply_hdr(RESP_OK_NODATA, &hdr)),
             Response::Error(code) => write_response(&mut writer, &err_hdr(code, Some(&hdr))),
         }
@@ -177,11 +214,41 @@ impl GpuDevice {
             }
             (QueueKind::Control, CMD_GET_EDID) => return self.get_edid(reader),
             (QueueKind::Control, CMD_RESOURCE_CREATE_2D) => {
-                body(reader).and_then(|c| self.resources().create_2d(&c))
+                body(reader).and_then(|c: ResourceCreate2d| {
+                    let id = c.resource_id.to_native();
+                    if self.blobs.contains(id) {
+                        return Err(Refusal {
+                            code: RESP_ERR_INVALID_RESOURCE_ID,
+                            why: format!("resource id {id} is a blob"),
+                        });
+                    }
+                    self.resources().create_2d(&c)
+                })
             }
-            (QueueKind::Control, CMD_RESOURCE_UNREF) => {
-                body::<ResourceId>(reader).and_then(|b| self.unref(b.resource_id.into()))
-            }
+            (QueueKind::Control, CMD_RESOURCE_UNREF) => body::<ResourceId>(reader).and_then(|b| {
+                let id = b.resource_id.to_native();
+                self.unref_blob(id).unwrap_or_else(|| self.unref(id))
+            }),
+            (
+                QueueKind::Control,
+                CMD_GET_CAPSET_INFO
+                | CMD_GET_CAPSET
+                | CMD_RESOURCE_CREATE_BLOB
+                | CMD_CTX_CREATE
+                | CMD_CTX_DESTROY
+                | CMD_CTX_ATTACH_RESOURCE
+                | CMD_CTX_DETACH_RESOURCE
+                | CMD_SUBMIT_3D
+                | CMD_RESOURCE_MAP_BLOB
+                | CMD_RESOURCE_UNMAP_BLOB
+                | CMD_RESOURCE_ASSIGN_UUID,
+            ) => match self
+                .blob_command(mem, hdr, reader, cmd)
+                .and_then(|r| self.context_fence(hdr).map(|()| r))
+            {
+                Ok(r) => return r,
+                Err(r) => Err(r),
+            },
             (QueueKind::Control, CMD_RESOURCE_ATTACH_BACKING) => self.attach_backing(mem, reader),
             (QueueKind::Control, CMD_RESOURCE_DETACH_BACKING) => body::<ResourceId>(reader)
                 .and_then(|b| self.resources().detach_backing(b.resource_id.into())),
@@ -195,15 +262,15 @@ impl GpuDevice {
             (QueueKind::Cursor, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR) => {
                 body(reader).and_then(|c| self.cursor(&c, cmd == CMD_MOVE_CURSOR))
             }
-            // The spec's blob and 3D commands, which render-worker will serve.
+            // The spec's commands that need a 3D renderer (none is built
+            // here) or scanout of blobs (not built yet).
             (
                 QueueKind::Control,
-                CMD_RESOURCE_ASSIGN_UUID..=CMD_SET_SCANOUT_BLOB
-                | CMD_CTX_CREATE..=CMD_RESOURCE_UNMAP_BLOB,
+                CMD_SET_SCANOUT_BLOB | CMD_RESOURCE_CREATE_3D..=CMD_TRANSFER_FROM_HOST_3D,
             ) => {
                 guest_warn!(
                     self.log,
-                    "{queue:?} queue: command {cmd:#x} is not implemented yet; answering ERR_UNSPEC"
+                    "{queue:?} queue: command {cmd:#x} is not implemented; answering ERR_UNSPEC"
                 );
                 return Response::Error(RESP_ERR_UNSPEC);
             }
@@ -427,6 +494,10 @@ enum Response {
     Ok,
     Display(Box<RespDisplayInfo>),
     Edid(Box<RespEdid>),
+    CapsetInfo(Box<RespCapsetInfo>),
+    Capset(Vec<u8>),
+    MapInfo(u32),
+    Uuid([u8; 16]),
     Error(u32),
 }
 
@@ -669,7 +740,7 @@ mod tests {
     #[test]
     fn unknown_and_unimplemented_commands_get_err_unspec() {
         let m = mem();
-        for cmd in [0xdead, 0x0200, 0] {
+        for cmd in [0xdead, CMD_RESOURCE_CREATE_3D, CMD_SET_SCANOUT_BLOB, 0] {
             let len = request(&m, cmd, 0, &[]);
             let n = run(
                 &m,

@@ -23,12 +23,30 @@ pub const CMD_RESOURCE_ASSIGN_UUID: u32 =
 pub const CMD_SET_SCANOUT_BLOB: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_SET_SCANOUT_BLOB;
 pub const CMD_CTX_CREATE: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_CREATE;
 pub const CMD_RESOURCE_UNMAP_BLOB: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB;
+pub const CMD_GET_CAPSET_INFO: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_GET_CAPSET_INFO;
+pub const CMD_GET_CAPSET: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_GET_CAPSET;
+pub const CMD_RESOURCE_CREATE_BLOB: u32 =
+    b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB;
+pub const CMD_CTX_DESTROY: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_DESTROY;
+pub const CMD_CTX_ATTACH_RESOURCE: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE;
+pub const CMD_CTX_DETACH_RESOURCE: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_DETACH_RESOURCE;
+pub const CMD_SUBMIT_3D: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_SUBMIT_3D;
+pub const CMD_RESOURCE_CREATE_3D: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_CREATE_3D;
+pub const CMD_TRANSFER_FROM_HOST_3D: u32 =
+    b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_TRANSFER_FROM_HOST_3D;
+pub const CMD_RESOURCE_MAP_BLOB: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB;
 pub const CMD_UPDATE_CURSOR: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_UPDATE_CURSOR;
 pub const CMD_MOVE_CURSOR: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_MOVE_CURSOR;
 
 pub const RESP_OK_NODATA: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_NODATA;
 pub const RESP_OK_DISPLAY_INFO: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_DISPLAY_INFO;
 pub const RESP_OK_EDID: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_EDID;
+pub const RESP_OK_CAPSET_INFO: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_CAPSET_INFO;
+pub const RESP_OK_CAPSET: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_CAPSET;
+pub const RESP_OK_RESOURCE_UUID: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_RESOURCE_UUID;
+pub const RESP_OK_MAP_INFO: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_MAP_INFO;
+pub const RESP_ERR_INVALID_CONTEXT_ID: u32 =
+    b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID;
 pub const RESP_ERR_UNSPEC: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_UNSPEC;
 pub const RESP_ERR_OUT_OF_MEMORY: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
 pub const RESP_ERR_INVALID_RESOURCE_ID: u32 =
@@ -57,6 +75,19 @@ pub const BYTES_PER_PIXEL: u32 = 4;
 
 /// Virtio feature bit: the device answers GET_EDID.
 pub const F_EDID: u32 = b::VIRTIO_GPU_F_EDID;
+/// Virtio feature bits of the blob path.
+pub const F_RESOURCE_UUID: u32 = b::VIRTIO_GPU_F_RESOURCE_UUID;
+pub const F_RESOURCE_BLOB: u32 = b::VIRTIO_GPU_F_RESOURCE_BLOB;
+pub const F_CONTEXT_INIT: u32 = b::VIRTIO_GPU_F_CONTEXT_INIT;
+
+pub const CONTEXT_INIT_CAPSET_ID_MASK: u32 = b::VIRTIO_GPU_CONTEXT_INIT_CAPSET_ID_MASK;
+pub const BLOB_MEM_GUEST: u32 = b::VIRTIO_GPU_BLOB_MEM_GUEST;
+pub const BLOB_MEM_HOST3D: u32 = b::VIRTIO_GPU_BLOB_MEM_HOST3D;
+pub const BLOB_MEM_HOST3D_GUEST: u32 = b::VIRTIO_GPU_BLOB_MEM_HOST3D_GUEST;
+pub const BLOB_FLAG_USE_MAPPABLE: u32 = b::VIRTIO_GPU_BLOB_FLAG_USE_MAPPABLE;
+pub const BLOB_FLAGS_ALL: u32 = b::VIRTIO_GPU_BLOB_FLAG_USE_MAPPABLE
+    | b::VIRTIO_GPU_BLOB_FLAG_USE_SHAREABLE
+    | b::VIRTIO_GPU_BLOB_FLAG_USE_CROSS_DEVICE;
 
 /// `struct virtio_gpu_ctrl_hdr`: opens every request and every response.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -238,6 +269,126 @@ pub struct UpdateCursor {
 // SAFETY: eight Le32, no padding, every bit pattern valid.
 unsafe impl ByteValued for UpdateCursor {}
 
+/// `struct virtio_gpu_ctx_create` after its header.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct CtxCreate {
+    pub nlen: Le32,
+    pub context_init: Le32,
+    pub debug_name: [u8; 64],
+}
+impl Default for CtxCreate {
+    fn default() -> Self {
+        CtxCreate {
+            nlen: Le32::default(),
+            context_init: Le32::default(),
+            debug_name: [0; 64],
+        }
+    }
+}
+// SAFETY: two Le32 and bytes, no padding, every bit pattern valid.
+unsafe impl ByteValued for CtxCreate {}
+
+/// `struct virtio_gpu_ctx_resource` (attach, detach) after its header.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct CtxResource {
+    pub resource_id: Le32,
+    pub padding: Le32,
+}
+// SAFETY: two Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for CtxResource {}
+
+/// `struct virtio_gpu_cmd_submit` after its header; `size` bytes follow.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct CmdSubmit {
+    pub size: Le32,
+    pub padding: Le32,
+}
+// SAFETY: two Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for CmdSubmit {}
+
+/// `struct virtio_gpu_get_capset_info` after its header.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GetCapsetInfo {
+    pub capset_index: Le32,
+    pub padding: Le32,
+}
+// SAFETY: two Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for GetCapsetInfo {}
+
+/// `struct virtio_gpu_resp_capset_info`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RespCapsetInfo {
+    pub hdr: CtrlHdr,
+    pub capset_id: Le32,
+    pub capset_max_version: Le32,
+    pub capset_max_size: Le32,
+    pub padding: Le32,
+}
+// SAFETY: a header and four Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for RespCapsetInfo {}
+
+/// `struct virtio_gpu_get_capset` after its header.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GetCapset {
+    pub capset_id: Le32,
+    pub capset_version: Le32,
+}
+// SAFETY: two Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for GetCapset {}
+
+/// `struct virtio_gpu_resource_create_blob` after its header;
+/// `nr_entries` memory entries follow.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ResourceCreateBlob {
+    pub resource_id: Le32,
+    pub blob_mem: Le32,
+    pub blob_flags: Le32,
+    pub nr_entries: Le32,
+    pub blob_id: Le64,
+    pub size: Le64,
+}
+// SAFETY: four Le32 and two Le64, no padding, every bit pattern valid.
+unsafe impl ByteValued for ResourceCreateBlob {}
+
+/// `struct virtio_gpu_resource_map_blob` after its header.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ResourceMapBlob {
+    pub resource_id: Le32,
+    pub padding: Le32,
+    pub offset: Le64,
+}
+// SAFETY: two Le32 and an Le64, no padding, every bit pattern valid.
+unsafe impl ByteValued for ResourceMapBlob {}
+
+/// `struct virtio_gpu_resp_map_info`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RespMapInfo {
+    pub hdr: CtrlHdr,
+    pub map_info: Le32,
+    pub padding: Le32,
+}
+// SAFETY: a header and two Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for RespMapInfo {}
+
+/// `struct virtio_gpu_resp_resource_uuid`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RespResourceUuid {
+    pub hdr: CtrlHdr,
+    pub uuid: [u8; 16],
+}
+// SAFETY: a header and bytes, no padding, every bit pattern valid.
+unsafe impl ByteValued for RespResourceUuid {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +397,17 @@ mod tests {
     #[test]
     fn layouts_match_the_spec() {
         assert_eq!(size_of::<CtrlHdr>(), 24);
+        // The blob path (spec 5.7.6.8: sizes with the header).
+        assert_eq!(size_of::<CtxCreate>(), 96 - 24);
+        assert_eq!(size_of::<CtxResource>(), 32 - 24);
+        assert_eq!(size_of::<CmdSubmit>(), 32 - 24);
+        assert_eq!(size_of::<GetCapsetInfo>(), 32 - 24);
+        assert_eq!(size_of::<RespCapsetInfo>(), 40);
+        assert_eq!(size_of::<GetCapset>(), 32 - 24);
+        assert_eq!(size_of::<ResourceCreateBlob>(), 56 - 24);
+        assert_eq!(size_of::<ResourceMapBlob>(), 40 - 24);
+        assert_eq!(size_of::<RespMapInfo>(), 32);
+        assert_eq!(size_of::<RespResourceUuid>(), 40);
         assert_eq!(size_of::<Rect>(), 16);
         assert_eq!(size_of::<RespDisplayInfo>(), 24 + 16 * 24);
         assert_eq!(size_of::<CmdGetEdid>(), 32);

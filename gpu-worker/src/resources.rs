@@ -234,6 +234,32 @@ impl Resources {
         self.used_bytes
     }
 
+    /// Whether a 2D resource `id` exists.
+    pub fn exists(&self, id: u32) -> bool {
+        self.resources.contains_key(&id)
+    }
+
+    /// Counts `bytes` of host memory held elsewhere (a host blob in
+    /// render-worker) against `--max-resource-memory`.
+    pub fn reserve(&mut self, bytes: u64) -> Result<(), Refusal> {
+        let total = self.used_bytes.saturating_add(bytes);
+        if total > self.max_bytes {
+            return refuse(
+                RESP_ERR_OUT_OF_MEMORY,
+                format!(
+                    "{bytes} more bytes; {} of {} are in use (--max-resource-memory)",
+                    self.used_bytes, self.max_bytes
+                ),
+            );
+        }
+        self.used_bytes = total;
+        Ok(())
+    }
+
+    pub fn release(&mut self, bytes: u64) {
+        self.used_bytes = self.used_bytes.saturating_sub(bytes);
+    }
+
     fn get(&self, id: u32) -> Result<&Resource2d, Refusal> {
         match self.resources.get(&id) {
             Some(r) => Ok(r),

@@ -164,23 +164,128 @@ pub enum MapAnswer {
     Refused(String),
 }
 
+/// Most guest memory regions a front-end may give (vhost-user's limit).
+pub const MAX_MEMORY_REGIONS: usize = 8;
+/// Most bytes of one SUBMIT_3D that cross to render-worker (the frame
+/// limit, less room for the rest of the message).
+pub const MAX_SUBMIT_BYTES: usize = 60 * 1024;
+/// Most guest memory entries one blob may have that cross to render-worker.
+pub const MAX_BLOB_ENTRIES: usize = 2048;
+
+/// One region of guest memory: its descriptor travels with
+/// [`RenderCommand::Memory`], in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryRegion {
+    pub guest_addr: u64,
+    pub size: u64,
+    /// Where the region starts in its descriptor.
+    pub file_offset: u64,
+}
+
 /// gpu-worker → render-worker, per connection: the commands gpu-worker has
-/// decoded and checked that rutabaga serves.
+/// decoded and checked that rutabaga serves. Every guest address has been
+/// checked against guest memory; render-worker checks again against its
+/// own mapping.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RenderCommand {
-    Ping { nonce: u64 },
+    Ping {
+        nonce: u64,
+    },
+    /// The guest's memory (one fd per region), replacing any earlier map.
+    Memory(Vec<MemoryRegion>),
+    GetCapsetInfo {
+        index: u32,
+    },
+    GetCapset {
+        id: u32,
+        version: u32,
+    },
+    CtxCreate {
+        ctx_id: u32,
+        context_init: u32,
+        name: String,
+    },
+    CtxDestroy {
+        ctx_id: u32,
+    },
+    CtxAttach {
+        ctx_id: u32,
+        resource_id: u32,
+    },
+    CtxDetach {
+        ctx_id: u32,
+        resource_id: u32,
+    },
+    Submit {
+        ctx_id: u32,
+        commands: Vec<u8>,
+    },
+    /// A fence on a context's ring (`ring` with VIRTIO_GPU_FLAG_INFO_RING_IDX).
+    Fence {
+        ctx_id: u32,
+        ring: Option<u8>,
+        fence_id: u64,
+    },
+    CreateBlob {
+        ctx_id: u32,
+        resource_id: u32,
+        blob_mem: u32,
+        blob_flags: u32,
+        blob_id: u64,
+        size: u64,
+        /// Guest ranges (address, length) backing a guest-memory blob.
+        entries: Vec<(u64, u32)>,
+    },
+    Unref {
+        resource_id: u32,
+    },
+    /// Map the blob at `offset` of the host-visible region.
+    MapBlob {
+        resource_id: u32,
+        offset: u64,
+    },
+    UnmapBlob {
+        resource_id: u32,
+    },
 }
 
 /// render-worker → gpu-worker: one answer per command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RenderAnswer {
-    Pong { nonce: u64 },
+    Pong {
+        nonce: u64,
+    },
+    Done,
+    /// Refused, with the virtio-gpu response code for the guest and why.
+    Refused {
+        code: u32,
+        why: String,
+    },
+    CapsetInfo {
+        id: u32,
+        max_version: u32,
+        max_size: u32,
+    },
+    Capset(Vec<u8>),
+    /// The blob is mapped; the spec's `map_info` (cache type).
+    Mapped {
+        map_info: u32,
+    },
+    /// The fence signalled.
+    Signalled,
 }
 
 /// render-worker → broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RenderToBroker {
-    Pong { nonce: u64 },
+    Pong {
+        nonce: u64,
+    },
+    /// Sent once, after the jail and a first rutabaga built inside it: how
+    /// many capsets the device offers (`virtio_gpu_config.num_capsets`).
+    Ready {
+        num_capsets: u32,
+    },
 }
 
 /// gpu-worker → render-worker.
@@ -312,6 +417,15 @@ impl Message for BrokerToRender {
     }
 }
 
+impl Message for RenderCommand {
+    fn fd_count(&self) -> usize {
+        match self {
+            RenderCommand::Memory(regions) => regions.len(),
+            _ => 0,
+        }
+    }
+}
+
 impl Message for MapRequest {
     fn fd_count(&self) -> usize {
         match self {
@@ -343,7 +457,6 @@ fdless!(
     GpuToBroker,
     RenderToBroker,
     MapAnswer,
-    RenderCommand,
     RenderAnswer,
     GpuToRender,
     RenderToGpu,

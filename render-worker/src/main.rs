@@ -3,14 +3,16 @@
 //! GPU and Wayland descriptor; today it completes its handshakes and answers
 //! liveness probes until the broker goes away.
 
+mod device;
+
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread;
 
 use ipc::{
-    BrokerToRender, Channel, GpuToRender, MapAnswer, MapRequest, RenderAnswer, RenderCommand,
-    RenderToBroker, RenderToGpu, Role,
+    BrokerToRender, Channel, GpuToRender, RenderAnswer, RenderCommand, RenderToBroker, RenderToGpu,
+    Role,
 };
 use log::{error, info, warn};
 
@@ -52,6 +54,18 @@ fn run() -> Result<(), String> {
                 }
                 policies::enter(policies::Profile::RenderWorker, &jail)
                     .map_err(|e| format!("cannot enter the jail: {e}"))?;
+                // A first rutabaga inside the jail: it must work there, and
+                // it says how many capsets the device has.
+                let probe = device::build_rutabaga(Default::default())?;
+                broker
+                    .send(
+                        &RenderToBroker::Ready {
+                            num_capsets: probe.get_num_capsets(),
+                        },
+                        &[],
+                    )
+                    .map_err(|e| format!("telling the broker: {e}"))?;
+                drop(probe);
                 let (tx, rx) = channel();
                 thread::Builder::new()
                     .name("connection".into())
@@ -88,24 +102,29 @@ fn serve(connections: Receiver<Vec<OwnedFd>>) {
             std::process::exit(1);
         };
         let gpu: Channel<RenderAnswer, RenderCommand> = Channel::new(link);
-        let _map: Channel<MapRequest, MapAnswer> = Channel::new(map);
+        let mut device = match device::RenderDevice::new(Channel::new(map)) {
+            Ok(d) => d,
+            Err(e) => {
+                error!("render-worker: {e}; exiting");
+                std::process::exit(1);
+            }
+        };
         loop {
-            let command = match gpu.recv() {
-                Ok((c, _)) => c,
+            let (command, fds) = match gpu.recv() {
+                Ok(c) => c,
                 Err(ipc::Error::Closed) => break,
                 Err(e) => {
                     warn!("render-worker: link from gpu-worker: {e}; dropping the connection");
                     break;
                 }
             };
-            let answer = match command {
-                RenderCommand::Ping { nonce } => RenderAnswer::Pong { nonce },
-            };
+            let answer = device.handle(command, fds);
             if let Err(e) = gpu.send(&answer, &[]) {
                 warn!("render-worker: link to gpu-worker: {e}; dropping the connection");
                 break;
             }
         }
+        drop(device);
         info!("render-worker: connection ended; its state is dropped");
     }
 }

@@ -162,8 +162,8 @@ fn unknown_command_gets_err_unspec_and_fence_is_honoured() {
     assert_eq!(len, 24);
     assert_eq!(parse_hdr(&resp), (RESP_ERR_UNSPEC, FLAG_FENCE, 0xfeed));
 
-    // CTX_CREATE: a 3D command, not implemented yet.
-    let (_, resp) = dev.control(&ctrl_hdr(0x0200, 0, 0), 64);
+    // RESOURCE_CREATE_3D: a 3D command, with no 3D renderer built.
+    let (_, resp) = dev.control(&ctrl_hdr(0x0204, 0, 0), 64);
     assert_eq!(parse_hdr(&resp), (RESP_ERR_UNSPEC, 0, 0));
     // A 2D command too short for its body is a parameter error.
     let (_, resp) = dev.control(&ctrl_hdr(CMD_RESOURCE_CREATE_2D, 0, 0), 64);

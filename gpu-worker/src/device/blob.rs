@@ -1,0 +1,455 @@
+//! Contexts, capsets and blob resources: decoded and checked here, served
+//! by rutabaga in render-worker.
+//!
+//! Resource ids are one namespace across 2D resources (kept here) and
+//! blobs (kept by render-worker); gpu-worker remembers which ids are blobs
+//! so every command reaches the process that holds the resource.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Mutex;
+
+use ipc::{
+    MemoryRegion, RenderAnswer, RenderCommand, MAX_BLOB_ENTRIES, MAX_MEMORY_REGIONS,
+    MAX_SUBMIT_BYTES,
+};
+use log::warn;
+use virtio_queue::Reader;
+use vm_memory::{
+    GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, Permissions,
+};
+
+use super::{body, GpuDevice, Response};
+use crate::protocol::*;
+use crate::resources::Refusal;
+
+/// What gpu-worker knows of a blob render-worker holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Blob {
+    /// Host memory it takes (HOST3D blobs), counted in
+    /// `--max-resource-memory`.
+    host_bytes: u64,
+}
+
+/// The blob registry and resource UUIDs of one connection.
+#[derive(Debug, Default)]
+pub struct Blobs {
+    blobs: Mutex<HashMap<u32, Blob>>,
+    uuids: Mutex<HashMap<u32, [u8; 16]>>,
+}
+
+impl Blobs {
+    pub fn contains(&self, id: u32) -> bool {
+        self.blobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&id)
+    }
+}
+
+fn refuse<T>(code: u32, why: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal {
+        code,
+        why: why.into(),
+    })
+}
+
+/// The error codes render-worker may give the guest; anything else (it is
+/// less trusted than this process's own checks) becomes ERR_UNSPEC.
+fn sanitize(code: u32) -> u32 {
+    match code {
+        RESP_ERR_OUT_OF_MEMORY
+        | RESP_ERR_INVALID_RESOURCE_ID
+        | RESP_ERR_INVALID_CONTEXT_ID
+        | RESP_ERR_INVALID_PARAMETER => code,
+        _ => RESP_ERR_UNSPEC,
+    }
+}
+
+impl GpuDevice {
+    /// One request to render-worker; its refusal becomes the guest's.
+    fn render(
+        &self,
+        command: &RenderCommand,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<RenderAnswer, Refusal> {
+        match self.render.request(command, fds) {
+            None => refuse(RESP_ERR_UNSPEC, "render-worker is not reachable"),
+            Some(RenderAnswer::Refused { code, why }) => refuse(sanitize(code), why),
+            Some(answer) => Ok(answer),
+        }
+    }
+
+    fn render_done(&self, command: &RenderCommand) -> Result<(), Refusal> {
+        match self.render(command, &[])? {
+            RenderAnswer::Done => Ok(()),
+            other => {
+                self.render
+                    .fail(&format!("answered {other:?} to {command:?}"));
+                refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn")
+            }
+        }
+    }
+
+    /// Gives render-worker the guest memory map (guest-memory blobs and
+    /// cross-domain rings live in it).
+    pub fn share_memory(&self, mem: &GuestMemoryMmap) {
+        let mut regions = Vec::new();
+        let mut fds = Vec::new();
+        for region in GuestMemoryBackend::iter(mem) {
+            let Some(file) = region.file_offset() else {
+                warn!("gpu-worker: a guest memory region has no descriptor; render-worker cannot map it");
+                return;
+            };
+            regions.push(MemoryRegion {
+                guest_addr: region.start_addr().0,
+                size: region.len(),
+                file_offset: file.start(),
+            });
+            fds.push(file.file().as_fd());
+        }
+        if regions.is_empty() || regions.len() > MAX_MEMORY_REGIONS {
+            return;
+        }
+        if let Err(r) = self
+            .render(&RenderCommand::Memory(regions), &fds)
+            .and_then(|a| match a {
+                RenderAnswer::Done => Ok(()),
+                other => refuse(RESP_ERR_UNSPEC, format!("answered {other:?}")),
+            })
+        {
+            warn!(
+                "gpu-worker: render-worker did not take guest memory: {}",
+                r.why
+            );
+        }
+    }
+
+    pub(super) fn blob_command(
+        &self,
+        mem: &GuestMemoryMmap,
+        hdr: &CtrlHdr,
+        reader: &mut Reader<'_>,
+        cmd: u32,
+    ) -> Result<Response, Refusal> {
+        let ctx_id = hdr.ctx_id.to_native();
+        let needs_ctx = |ctx_id: u32| {
+            if ctx_id == 0 {
+                refuse(RESP_ERR_INVALID_CONTEXT_ID, "context id 0")
+            } else {
+                Ok(ctx_id)
+            }
+        };
+        match cmd {
+            CMD_GET_CAPSET_INFO => {
+                let b: GetCapsetInfo = body(reader)?;
+                let index = b.capset_index.to_native();
+                match self.render(&RenderCommand::GetCapsetInfo { index }, &[])? {
+                    RenderAnswer::CapsetInfo {
+                        id,
+                        max_version,
+                        max_size,
+                    } => Ok(Response::CapsetInfo(Box::new(RespCapsetInfo {
+                        capset_id: id.into(),
+                        capset_max_version: max_version.into(),
+                        capset_max_size: max_size.into(),
+                        ..RespCapsetInfo::default()
+                    }))),
+                    _ => refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn"),
+                }
+            }
+            CMD_GET_CAPSET => {
+                let b: GetCapset = body(reader)?;
+                let (id, version) = (b.capset_id.to_native(), b.capset_version.to_native());
+                match self.render(&RenderCommand::GetCapset { id, version }, &[])? {
+                    RenderAnswer::Capset(bytes) => Ok(Response::Capset(bytes)),
+                    _ => refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn"),
+                }
+            }
+            CMD_CTX_CREATE => {
+                let ctx_id = needs_ctx(ctx_id)?;
+                let b: CtxCreate = body(reader)?;
+                let nlen = (b.nlen.to_native() as usize).min(b.debug_name.len());
+                let name = String::from_utf8_lossy(&b.debug_name[..nlen]).into_owned();
+                self.render_done(&RenderCommand::CtxCreate {
+                    ctx_id,
+                    context_init: b.context_init.to_native(),
+                    name,
+                })?;
+                Ok(Response::Ok)
+            }
+            CMD_CTX_DESTROY => {
+                let ctx_id = needs_ctx(ctx_id)?;
+                self.render_done(&RenderCommand::CtxDestroy { ctx_id })?;
+                Ok(Response::Ok)
+            }
+            CMD_CTX_ATTACH_RESOURCE | CMD_CTX_DETACH_RESOURCE => {
+                let ctx_id = needs_ctx(ctx_id)?;
+                let b: CtxResource = body(reader)?;
+                let resource_id = b.resource_id.to_native();
+                if !self.blobs.contains(resource_id) {
+                    return refuse(
+                        RESP_ERR_INVALID_RESOURCE_ID,
+                        format!("resource {resource_id} is not a blob"),
+                    );
+                }
+                let command = if cmd == CMD_CTX_ATTACH_RESOURCE {
+                    RenderCommand::CtxAttach {
+                        ctx_id,
+                        resource_id,
+                    }
+                } else {
+                    RenderCommand::CtxDetach {
+                        ctx_id,
+                        resource_id,
+                    }
+                };
+                self.render_done(&command)?;
+                Ok(Response::Ok)
+            }
+            CMD_SUBMIT_3D => {
+                let ctx_id = needs_ctx(ctx_id)?;
+                let b: CmdSubmit = body(reader)?;
+                let size = b.size.to_native() as usize;
+                if size > reader.available_bytes() {
+                    return refuse(
+                        RESP_ERR_INVALID_PARAMETER,
+                        format!(
+                            "SUBMIT_3D of {size} bytes, {} follow",
+                            reader.available_bytes()
+                        ),
+                    );
+                }
+                if size > MAX_SUBMIT_BYTES {
+                    return refuse(
+                        RESP_ERR_INVALID_PARAMETER,
+                        format!("SUBMIT_3D of {size} bytes (at most {MAX_SUBMIT_BYTES})"),
+                    );
+                }
+                let mut commands = vec![0u8; size];
+                std::io::Read::read_exact(reader, &mut commands).map_err(|_| Refusal {
+                    code: RESP_ERR_INVALID_PARAMETER,
+                    why: "SUBMIT_3D commands could not be read".into(),
+                })?;
+                self.render_done(&RenderCommand::Submit { ctx_id, commands })?;
+                Ok(Response::Ok)
+            }
+            CMD_RESOURCE_CREATE_BLOB => self.create_blob(mem, ctx_id, reader),
+            CMD_RESOURCE_MAP_BLOB => {
+                let b: ResourceMapBlob = body(reader)?;
+                let resource_id = b.resource_id.to_native();
+                if !self.blobs.contains(resource_id) {
+                    return refuse(
+                        RESP_ERR_INVALID_RESOURCE_ID,
+                        format!("resource {resource_id} is not a blob"),
+                    );
+                }
+                let offset = b.offset.to_native();
+                match self.render(
+                    &RenderCommand::MapBlob {
+                        resource_id,
+                        offset,
+                    },
+                    &[],
+                )? {
+                    RenderAnswer::Mapped { map_info } => Ok(Response::MapInfo(map_info)),
+                    _ => refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn"),
+                }
+            }
+            CMD_RESOURCE_UNMAP_BLOB => {
+                let b: ResourceId = body(reader)?;
+                let resource_id = b.resource_id.to_native();
+                if !self.blobs.contains(resource_id) {
+                    return refuse(
+                        RESP_ERR_INVALID_RESOURCE_ID,
+                        format!("resource {resource_id} is not a blob"),
+                    );
+                }
+                self.render_done(&RenderCommand::UnmapBlob { resource_id })?;
+                Ok(Response::Ok)
+            }
+            CMD_RESOURCE_ASSIGN_UUID => {
+                let b: ResourceId = body(reader)?;
+                let id = b.resource_id.to_native();
+                if !self.blobs.contains(id) && !self.resources().exists(id) {
+                    return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no resource {id}"));
+                }
+                let mut uuids = self.blobs.uuids.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(u) = uuids.get(&id) {
+                    return Ok(Response::Uuid(*u));
+                }
+                let uuid = random_uuid().ok_or(Refusal {
+                    code: RESP_ERR_UNSPEC,
+                    why: "no randomness for a UUID".into(),
+                })?;
+                uuids.insert(id, uuid);
+                Ok(Response::Uuid(uuid))
+            }
+            _ => refuse(RESP_ERR_UNSPEC, format!("command {cmd:#x} is not served")),
+        }
+    }
+
+    fn create_blob(
+        &self,
+        mem: &GuestMemoryMmap,
+        ctx_id: u32,
+        reader: &mut Reader<'_>,
+    ) -> Result<Response, Refusal> {
+        let b: ResourceCreateBlob = body(reader)?;
+        let (id, blob_mem, flags, n, size) = (
+            b.resource_id.to_native(),
+            b.blob_mem.to_native(),
+            b.blob_flags.to_native(),
+            b.nr_entries.to_native() as usize,
+            b.size.to_native(),
+        );
+        if id == 0 || self.blobs.contains(id) || self.resources().exists(id) {
+            return refuse(
+                RESP_ERR_INVALID_RESOURCE_ID,
+                format!("resource id {id} is 0 or already in use"),
+            );
+        }
+        if size == 0 {
+            return refuse(RESP_ERR_INVALID_PARAMETER, format!("blob {id} of 0 bytes"));
+        }
+        if flags & !BLOB_FLAGS_ALL != 0 {
+            return refuse(RESP_ERR_INVALID_PARAMETER, format!("blob flags {flags:#x}"));
+        }
+        let guest_backed = match blob_mem {
+            BLOB_MEM_GUEST | BLOB_MEM_HOST3D_GUEST => true,
+            BLOB_MEM_HOST3D => false,
+            _ => return refuse(RESP_ERR_INVALID_PARAMETER, format!("blob_mem {blob_mem}")),
+        };
+        if blob_mem != BLOB_MEM_GUEST && ctx_id == 0 {
+            return refuse(
+                RESP_ERR_INVALID_CONTEXT_ID,
+                format!("host blob {id} needs a context"),
+            );
+        }
+        let mut entries = Vec::new();
+        if guest_backed {
+            if n == 0 || n > MAX_BLOB_ENTRIES {
+                return refuse(
+                    RESP_ERR_INVALID_PARAMETER,
+                    format!("{n} memory entries (1 to {MAX_BLOB_ENTRIES})"),
+                );
+            }
+            if reader.available_bytes() < n * std::mem::size_of::<MemEntry>() {
+                return refuse(
+                    RESP_ERR_INVALID_PARAMETER,
+                    format!(
+                        "{n} entries announced, {} bytes follow",
+                        reader.available_bytes()
+                    ),
+                );
+            }
+            let mut total = 0u64;
+            for i in 0..n {
+                let e: MemEntry = body(reader)?;
+                let (addr, len) = (e.addr.to_native(), e.length.to_native());
+                if len == 0
+                    || !GuestMemory::check_range(
+                        mem,
+                        GuestAddress(addr),
+                        len as usize,
+                        Permissions::ReadWrite,
+                    )
+                {
+                    return refuse(
+                        RESP_ERR_INVALID_PARAMETER,
+                        format!("entry {i} ({addr:#x}, {len} bytes) is not inside guest memory"),
+                    );
+                }
+                total += u64::from(len);
+                entries.push((addr, len));
+            }
+            if total < size {
+                return refuse(
+                    RESP_ERR_INVALID_PARAMETER,
+                    format!("blob {id} of {size} bytes backed by {total}"),
+                );
+            }
+        } else if n != 0 {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!("host blob {id} with {n} guest memory entries"),
+            );
+        }
+        let host_bytes = if guest_backed { 0 } else { size };
+        self.resources().reserve(host_bytes)?;
+        let created = self.render_done(&RenderCommand::CreateBlob {
+            ctx_id,
+            resource_id: id,
+            blob_mem,
+            blob_flags: flags,
+            blob_id: b.blob_id.to_native(),
+            size,
+            entries,
+        });
+        if let Err(r) = created {
+            self.resources().release(host_bytes);
+            return Err(r);
+        }
+        self.blobs
+            .blobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Blob { host_bytes });
+        Ok(Response::Ok)
+    }
+
+    /// Releases a blob (RESOURCE_UNREF); false if `id` is not one.
+    pub(super) fn unref_blob(&self, id: u32) -> Option<Result<(), Refusal>> {
+        let blob = self
+            .blobs
+            .blobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)?;
+        self.blobs
+            .uuids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.resources().release(blob.host_bytes);
+        Some(self.render_done(&RenderCommand::Unref { resource_id: id }))
+    }
+
+    /// A fence on a context (or a context's ring): render-worker's rutabaga
+    /// signals it. Fences of context 0 are signalled by the response itself.
+    pub(super) fn context_fence(&self, hdr: &CtrlHdr) -> Result<(), Refusal> {
+        let flags = hdr.flags.to_native();
+        let ctx_id = hdr.ctx_id.to_native();
+        if flags & FLAG_FENCE == 0 || ctx_id == 0 {
+            return Ok(());
+        }
+        let ring = (flags & FLAG_INFO_RING_IDX != 0).then_some(hdr.ring_idx);
+        if ring.is_some_and(|r| r > 63) {
+            return refuse(RESP_ERR_INVALID_PARAMETER, format!("ring index {ring:?}"));
+        }
+        match self.render(
+            &RenderCommand::Fence {
+                ctx_id,
+                ring,
+                fence_id: hdr.fence_id.to_native(),
+            },
+            &[],
+        )? {
+            RenderAnswer::Signalled => Ok(()),
+            _ => refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn"),
+        }
+    }
+}
+
+/// A version-4 UUID from getrandom(2).
+fn random_uuid() -> Option<[u8; 16]> {
+    let mut uuid = [0u8; 16];
+    // SAFETY: the kernel writes at most uuid.len() bytes into the buffer.
+    let n = unsafe { nix::libc::getrandom(uuid.as_mut_ptr().cast(), uuid.len(), 0) };
+    if usize::try_from(n).ok() != Some(uuid.len()) {
+        return None;
+    }
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    Some(uuid)
+}

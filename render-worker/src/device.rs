@@ -1,0 +1,394 @@
+//! One front-end connection's rendering state: rutabaga (cross-domain, and
+//! virgl or gfxstream where built), the guest memory that guest-memory
+//! blobs live in, and the blobs themselves.
+//!
+//! Every command arrives decoded and checked by gpu-worker; what this file
+//! checks again is what it alone can: guest ranges against its own mapping
+//! of guest memory, and everything rutabaga refuses.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use ipc::{Channel, MapAnswer, MapRequest, MemoryRegion, RenderAnswer, RenderCommand};
+use log::warn;
+use rutabaga_gfx::{
+    ResourceCreateBlob, Rutabaga, RutabagaBuilder, RutabagaError, RutabagaFence,
+    RutabagaFenceHandler, RutabagaHandle, RutabagaIovec, RUTABAGA_BLOB_FLAG_USE_MAPPABLE,
+    RUTABAGA_CAPSET_CROSS_DOMAIN, RUTABAGA_FLAG_FENCE, RUTABAGA_FLAG_INFO_RING_IDX,
+    RUTABAGA_MAP_CACHE_MASK,
+};
+use virtio_bindings::virtio_gpu as b;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+const ERR_UNSPEC: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_UNSPEC;
+const ERR_OUT_OF_MEMORY: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
+const ERR_INVALID_RESOURCE_ID: u32 =
+    b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID;
+const ERR_INVALID_CONTEXT_ID: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID;
+const ERR_INVALID_PARAMETER: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+
+/// The capsets this build serves: cross-domain always; virgl and gfxstream
+/// only where their cargo features (and libraries) are.
+pub fn capset_mask() -> u64 {
+    1 << RUTABAGA_CAPSET_CROSS_DOMAIN
+}
+
+/// Builds rutabaga; fences it signals land in `signalled`.
+pub fn build_rutabaga(signalled: Arc<Mutex<Vec<RutabagaFence>>>) -> Result<Rutabaga, String> {
+    let handler = RutabagaFenceHandler::new(move |fence| {
+        signalled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(fence);
+    });
+    RutabagaBuilder::new(capset_mask(), handler)
+        .build()
+        .map_err(|e| format!("rutabaga: {e}"))
+}
+
+fn refused(code: u32, why: impl Into<String>) -> RenderAnswer {
+    RenderAnswer::Refused {
+        code,
+        why: why.into(),
+    }
+}
+
+/// The guest's response code for what rutabaga refused.
+fn code_of(e: &RutabagaError) -> u32 {
+    match e {
+        RutabagaError::InvalidContextId => ERR_INVALID_CONTEXT_ID,
+        RutabagaError::InvalidResourceId => ERR_INVALID_RESOURCE_ID,
+        RutabagaError::InvalidCapset
+        | RutabagaError::InvalidIovec
+        | RutabagaError::InvalidCommandSize(_)
+        | RutabagaError::InvalidCommandBuffer => ERR_INVALID_PARAMETER,
+        _ => ERR_UNSPEC,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Blob {
+    size: u64,
+    flags: u32,
+    /// The offset it is mapped at in the host-visible region.
+    mapped: Option<u64>,
+}
+
+pub struct RenderDevice {
+    rutabaga: Rutabaga,
+    signalled: Arc<Mutex<Vec<RutabagaFence>>>,
+    /// Every guest memory map of this connection: rutabaga keeps raw
+    /// pointers into them, so none is unmapped before the connection ends.
+    memory: Vec<GuestMemoryMmap>,
+    map: Channel<MapRequest, MapAnswer>,
+    blobs: BTreeMap<u32, Blob>,
+}
+
+impl RenderDevice {
+    pub fn new(map: Channel<MapRequest, MapAnswer>) -> Result<Self, String> {
+        let signalled = Arc::new(Mutex::new(Vec::new()));
+        Ok(RenderDevice {
+            rutabaga: build_rutabaga(signalled.clone())?,
+            signalled,
+            memory: Vec::new(),
+            map,
+            blobs: BTreeMap::new(),
+        })
+    }
+
+    pub fn handle(&mut self, command: RenderCommand, fds: Vec<OwnedFd>) -> RenderAnswer {
+        let result = match command {
+            RenderCommand::Ping { nonce } => return RenderAnswer::Pong { nonce },
+            RenderCommand::Memory(regions) => return self.set_memory(regions, fds),
+            RenderCommand::GetCapsetInfo { index } => {
+                return match self.rutabaga.get_capset_info(index) {
+                    Ok((id, max_version, max_size)) => RenderAnswer::CapsetInfo {
+                        id,
+                        max_version,
+                        max_size,
+                    },
+                    Err(e) => refused(ERR_INVALID_PARAMETER, format!("capset index {index}: {e}")),
+                }
+            }
+            RenderCommand::GetCapset { id, version } => {
+                return match self.rutabaga.get_capset(id, version) {
+                    Ok(bytes) => RenderAnswer::Capset(bytes),
+                    Err(e) => refused(ERR_INVALID_PARAMETER, format!("capset {id}: {e}")),
+                }
+            }
+            RenderCommand::CtxCreate {
+                ctx_id,
+                context_init,
+                name,
+            } => self.rutabaga.create_context(
+                ctx_id,
+                context_init,
+                Some(&name).filter(|n| !n.is_empty()).map(String::as_str),
+            ),
+            RenderCommand::CtxDestroy { ctx_id } => self.rutabaga.destroy_context(ctx_id),
+            RenderCommand::CtxAttach {
+                ctx_id,
+                resource_id,
+            } => self.rutabaga.context_attach_resource(ctx_id, resource_id),
+            RenderCommand::CtxDetach {
+                ctx_id,
+                resource_id,
+            } => self.rutabaga.context_detach_resource(ctx_id, resource_id),
+            RenderCommand::Submit {
+                ctx_id,
+                mut commands,
+            } => self.rutabaga.submit_command(ctx_id, &mut commands, &[]),
+            RenderCommand::Fence {
+                ctx_id,
+                ring,
+                fence_id,
+            } => return self.fence(ctx_id, ring, fence_id),
+            RenderCommand::CreateBlob {
+                ctx_id,
+                resource_id,
+                blob_mem,
+                blob_flags,
+                blob_id,
+                size,
+                entries,
+            } => {
+                return self.create_blob(
+                    ctx_id,
+                    resource_id,
+                    ResourceCreateBlob {
+                        blob_mem,
+                        blob_flags,
+                        blob_id,
+                        size,
+                    },
+                    &entries,
+                )
+            }
+            RenderCommand::Unref { resource_id } => return self.unref(resource_id),
+            RenderCommand::MapBlob {
+                resource_id,
+                offset,
+            } => return self.map_blob(resource_id, offset),
+            RenderCommand::UnmapBlob { resource_id } => return self.unmap_blob(resource_id),
+        };
+        match result {
+            Ok(()) => RenderAnswer::Done,
+            Err(e) => refused(code_of(&e), e.to_string()),
+        }
+    }
+
+    fn set_memory(&mut self, regions: Vec<MemoryRegion>, fds: Vec<OwnedFd>) -> RenderAnswer {
+        if regions.len() != fds.len() {
+            return refused(ERR_UNSPEC, "memory regions without their descriptors");
+        }
+        let ranges: Vec<_> = regions
+            .iter()
+            .zip(fds)
+            .map(|(r, fd)| {
+                (
+                    GuestAddress(r.guest_addr),
+                    r.size as usize,
+                    Some(FileOffset::new(File::from(fd), r.file_offset)),
+                )
+            })
+            .collect();
+        match GuestMemoryMmap::from_ranges_with_files(&ranges) {
+            Ok(mem) => {
+                self.memory.push(mem);
+                RenderAnswer::Done
+            }
+            Err(e) => refused(ERR_UNSPEC, format!("cannot map guest memory: {e}")),
+        }
+    }
+
+    /// Host addresses of guest ranges, each inside one region of the
+    /// current guest memory map.
+    fn iovecs(&self, entries: &[(u64, u32)]) -> Result<Vec<RutabagaIovec>, String> {
+        let mem = self
+            .memory
+            .last()
+            .ok_or("no guest memory was given for a guest-memory blob")?;
+        entries
+            .iter()
+            .map(|&(addr, len)| {
+                let slice = mem
+                    .get_slice(GuestAddress(addr), len as usize)
+                    .map_err(|e| format!("guest range {addr:#x}+{len}: {e}"))?;
+                Ok(RutabagaIovec {
+                    base: slice.ptr_guard_mut().as_ptr().cast(),
+                    len: len as usize,
+                })
+            })
+            .collect()
+    }
+
+    fn create_blob(
+        &mut self,
+        ctx_id: u32,
+        resource_id: u32,
+        blob: ResourceCreateBlob,
+        entries: &[(u64, u32)],
+    ) -> RenderAnswer {
+        let iovecs = if entries.is_empty() {
+            None
+        } else {
+            match self.iovecs(entries) {
+                Ok(v) => Some(v),
+                Err(why) => return refused(ERR_INVALID_PARAMETER, why),
+            }
+        };
+        if let Err(e) = self
+            .rutabaga
+            .resource_create_blob(ctx_id, resource_id, blob, iovecs, None)
+        {
+            return refused(code_of(&e), format!("blob {resource_id}: {e}"));
+        }
+        self.blobs.insert(
+            resource_id,
+            Blob {
+                size: blob.size,
+                flags: blob.blob_flags,
+                mapped: None,
+            },
+        );
+        RenderAnswer::Done
+    }
+
+    fn unref(&mut self, resource_id: u32) -> RenderAnswer {
+        // A mapped blob leaves the guest's region before it goes.
+        if self
+            .blobs
+            .get(&resource_id)
+            .is_some_and(|b| b.mapped.is_some())
+        {
+            if let RenderAnswer::Refused { why, .. } = self.unmap_blob(resource_id) {
+                warn!("render-worker: unmapping blob {resource_id} before its unref: {why}");
+            }
+        }
+        self.blobs.remove(&resource_id);
+        match self.rutabaga.unref_resource(resource_id) {
+            Ok(()) => RenderAnswer::Done,
+            Err(e) => refused(code_of(&e), format!("unref {resource_id}: {e}")),
+        }
+    }
+
+    fn map_request(&self, request: &MapRequest, fd: Option<&OwnedFd>) -> Result<(), String> {
+        let fds: Vec<_> = fd.map(|f| f.as_fd()).into_iter().collect();
+        match self.map.send(request, &fds).and_then(|()| self.map.recv()) {
+            Ok((MapAnswer::Done, _)) => Ok(()),
+            Ok((MapAnswer::Refused(why), _)) => Err(format!("the broker refused: {why}")),
+            Err(e) => Err(format!("map channel: {e}")),
+        }
+    }
+
+    fn map_blob(&mut self, resource_id: u32, offset: u64) -> RenderAnswer {
+        let Some(blob) = self.blobs.get(&resource_id).copied() else {
+            return refused(ERR_INVALID_RESOURCE_ID, format!("no blob {resource_id}"));
+        };
+        if blob.flags & RUTABAGA_BLOB_FLAG_USE_MAPPABLE == 0 {
+            return refused(
+                ERR_INVALID_PARAMETER,
+                format!("blob {resource_id} was not created mappable"),
+            );
+        }
+        if blob.mapped.is_some() {
+            return refused(
+                ERR_INVALID_PARAMETER,
+                format!("blob {resource_id} is already mapped"),
+            );
+        }
+        let map_info = match self.rutabaga.map_info(resource_id) {
+            Ok(i) => i & RUTABAGA_MAP_CACHE_MASK,
+            Err(e) => return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {e}")),
+        };
+        let fd: OwnedFd = match self.rutabaga.export_blob(resource_id) {
+            Ok(RutabagaHandle::MagmaGpuHandle(h)) => match h.os_handle.as_fd().try_clone_to_owned()
+            {
+                Ok(fd) => fd,
+                Err(e) => return refused(ERR_OUT_OF_MEMORY, format!("blob {resource_id}: {e}")),
+            },
+            Ok(_) => {
+                return refused(
+                    ERR_INVALID_PARAMETER,
+                    format!("blob {resource_id} has no single descriptor to map"),
+                )
+            }
+            Err(e) => {
+                return refused(
+                    ERR_INVALID_PARAMETER,
+                    format!("blob {resource_id} cannot be exported: {e}"),
+                )
+            }
+        };
+        let request = MapRequest::Map {
+            resource_id,
+            shm_offset: offset,
+            size: blob.size,
+            writable: true,
+        };
+        if let Err(why) = self.map_request(&request, Some(&fd)) {
+            return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {why}"));
+        }
+        if let Some(b) = self.blobs.get_mut(&resource_id) {
+            b.mapped = Some(offset);
+        }
+        RenderAnswer::Mapped { map_info }
+    }
+
+    fn unmap_blob(&mut self, resource_id: u32) -> RenderAnswer {
+        let Some(blob) = self.blobs.get(&resource_id).copied() else {
+            return refused(ERR_INVALID_RESOURCE_ID, format!("no blob {resource_id}"));
+        };
+        if blob.mapped.is_none() {
+            return refused(
+                ERR_INVALID_PARAMETER,
+                format!("blob {resource_id} is not mapped"),
+            );
+        }
+        if let Err(why) = self.map_request(&MapRequest::Unmap { resource_id }, None) {
+            return refused(ERR_UNSPEC, format!("blob {resource_id}: {why}"));
+        }
+        if let Some(b) = self.blobs.get_mut(&resource_id) {
+            b.mapped = None;
+        }
+        RenderAnswer::Done
+    }
+
+    /// Creates a fence and says whether it signalled. Fences that signal
+    /// later (a cross-domain channel ring waiting for the compositor) are
+    /// not delivered yet: refused rather than left hanging.
+    fn fence(&mut self, ctx_id: u32, ring: Option<u8>, fence_id: u64) -> RenderAnswer {
+        let mut flags = RUTABAGA_FLAG_FENCE;
+        if ring.is_some() {
+            flags |= RUTABAGA_FLAG_INFO_RING_IDX;
+        }
+        let fence = RutabagaFence {
+            flags,
+            fence_id,
+            ctx_id,
+            ring_idx: ring.unwrap_or(0),
+        };
+        if let Err(e) = self.rutabaga.create_fence(fence) {
+            return refused(code_of(&e), format!("fence {fence_id}: {e}"));
+        }
+        let mut signalled = self.signalled.lock().unwrap_or_else(|e| e.into_inner());
+        let at = signalled
+            .iter()
+            .position(|f| f.fence_id == fence_id && f.ctx_id == ctx_id);
+        match at {
+            Some(i) => {
+                signalled.remove(i);
+                RenderAnswer::Signalled
+            }
+            None => refused(
+                ERR_UNSPEC,
+                format!(
+                    "fence {fence_id} on context {ctx_id} ring {ring:?} did not signal at once; \
+                     fences that signal later are not delivered yet"
+                ),
+            ),
+        }
+    }
+}
