@@ -470,6 +470,16 @@ impl Device {
 
     /// As [`Device::connect`], with `mem_size` bytes of guest memory.
     pub fn connect_with_memory(socket: &Path, mem_size: usize) -> Device {
+        Device::connect_as(socket, mem_size, true)
+    }
+
+    /// As [`Device::connect`], as QEMU 10 does: the back-end request
+    /// channel, but no SHMEM (no host-visible region to map blobs into).
+    pub fn connect_without_shmem(socket: &Path) -> Device {
+        Device::connect_as(socket, GUEST_MEM_SIZE, false)
+    }
+
+    fn connect_as(socket: &Path, mem_size: usize, want_shmem: bool) -> Device {
         let stream = UnixStream::connect(socket).expect("connect to gpu-airlock");
         let raw = stream.try_clone().unwrap();
         let mut frontend = Frontend::from_stream(stream, 2);
@@ -483,13 +493,15 @@ impl Device {
                 | F_PROTOCOL_FEATURES);
         frontend.set_features(features).unwrap();
         let offered_proto = frontend.get_protocol_features().unwrap();
-        let proto = offered_proto
-            & (VhostUserProtocolFeatures::CONFIG
-                | VhostUserProtocolFeatures::MQ
-                | VhostUserProtocolFeatures::REPLY_ACK
-                | VhostUserProtocolFeatures::BACKEND_REQ
-                | VhostUserProtocolFeatures::BACKEND_SEND_FD
-                | VhostUserProtocolFeatures::SHMEM);
+        let mut wanted = VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::BACKEND_SEND_FD;
+        if want_shmem {
+            wanted |= VhostUserProtocolFeatures::SHMEM;
+        }
+        let proto = offered_proto & wanted;
         frontend.set_protocol_features(proto).unwrap();
         frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         // As crosvm's front-end: learn the region's size, reserve it, and
@@ -498,16 +510,17 @@ impl Device {
             let config = frontend.get_shmem_config().expect("GET_SHMEM_CONFIG");
             let size = config.memory_sizes[1];
             assert!(config.nregions >= 2 && size > 0, "shmid 1 has a size");
-            let region = shmem::HostVisibleRegion::reserve(size);
-            let (mut handler, fd) = shmem::serve(region.clone());
+            shmem::HostVisibleRegion::reserve(size)
+        });
+        if proto.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+            let (mut handler, fd) = shmem::serve(shmem.clone());
             // SAFETY: `fd` is the handler's own socket, open while it lives.
             let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
             frontend
                 .set_backend_request_fd(&borrowed)
                 .expect("SET_BACKEND_REQ_FD");
             thread::spawn(move || while handler.handle_request().is_ok() {});
-            region
-        });
+        }
 
         let mem = guest_memory_of(mem_size);
         let regions: Vec<VhostUserMemoryRegionInfo> = mem

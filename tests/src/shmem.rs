@@ -228,27 +228,38 @@ impl Drop for HostVisibleRegion {
     }
 }
 
-/// The handler the back-end request thread runs.
-pub struct Shmem(pub Arc<HostVisibleRegion>);
+/// The handler the back-end request thread runs; with no region (SHMEM
+/// not negotiated, as with QEMU 10) it refuses every map request.
+pub struct Shmem(pub Option<Arc<HostVisibleRegion>>);
 
 impl VhostUserFrontendReqHandler for Shmem {
     fn shmem_map(&self, req: &VhostUserMMap, fd: &dyn AsRawFd) -> HandlerResult<u64> {
+        let region = self
+            .0
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("SHMEM was not negotiated"))?;
         // SAFETY: the descriptor came with the request and stays open for
         // the duration of this call.
         let fd = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
-        self.0.map(req, fd).map_err(|why| self.0.refuse(req, why))?;
+        region.map(req, fd).map_err(|why| region.refuse(req, why))?;
         Ok(0)
     }
 
     fn shmem_unmap(&self, req: &VhostUserMMap) -> HandlerResult<u64> {
-        self.0.unmap(req).map_err(|why| self.0.refuse(req, why))?;
+        let region = self
+            .0
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("SHMEM was not negotiated"))?;
+        region.unmap(req).map_err(|why| region.refuse(req, why))?;
         Ok(0)
     }
 }
 
 /// Starts serving back-end requests; returns the handler, whose
 /// `get_tx_raw_fd()` goes to the back-end with SET_BACKEND_REQ_FD.
-pub fn serve(region: Arc<HostVisibleRegion>) -> (FrontendReqHandler<Shmem>, std::os::fd::RawFd) {
+pub fn serve(
+    region: Option<Arc<HostVisibleRegion>>,
+) -> (FrontendReqHandler<Shmem>, std::os::fd::RawFd) {
     let mut handler = FrontendReqHandler::new(Arc::new(Shmem(region))).expect("socket pair");
     handler.set_reply_ack_flag(true);
     let fd = handler.get_tx_raw_fd();

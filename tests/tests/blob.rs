@@ -496,3 +496,42 @@ fn bad_blob_and_context_requests_get_the_spec_codes() {
         RESP_OK_NODATA
     );
 }
+
+/// QEMU 10 negotiates the back-end request channel but not SHMEM: a map
+/// request gets an error response and a log line saying why, and the rest
+/// of the device (contexts, blobs, 2D) works on.
+#[test]
+fn without_shmem_a_map_is_refused_and_nothing_else_breaks() {
+    let backend = Backend::start(&[]);
+    let mut dev = Device::connect_without_shmem(&backend.socket);
+    assert!(dev.shmem.is_none());
+    let (blob_id, size, _) = image_requirements(&mut dev, 64, 64);
+    assert_eq!(
+        code(
+            &mut dev,
+            &create_blob(
+                CTX,
+                11,
+                BLOB_MEM_HOST3D,
+                BLOB_FLAG_MAPPABLE | BLOB_FLAG_SHAREABLE,
+                u64::from(blob_id),
+                size,
+                &[]
+            )
+        ),
+        RESP_OK_NODATA
+    );
+    assert_eq!(code(&mut dev, &map_blob(11, 0)), RESP_ERR_INVALID_PARAMETER);
+    assert!(backend
+        .log
+        .wait_for(&["did not negotiate SHMEM"], Duration::from_secs(5))
+        .is_some());
+    assert_eq!(
+        code(&mut dev, &cmd(CMD_RESOURCE_UNREF, &[11, 0])),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        code(&mut dev, &cmd(CMD_RESOURCE_CREATE_2D, &[12, 1, 16, 16])),
+        RESP_OK_NODATA
+    );
+}

@@ -1,0 +1,60 @@
+//! A compromised render-worker sends the broker forged map requests
+//! straight down its ipc channel (tests/src/bin/hostile-render-worker.rs,
+//! started in render-worker's place with `--worker-dir`). The broker maps
+//! what is the render-worker's own to map — its memory, into a free part
+//! of the region — and refuses everything else before the front-end hears
+//! of it.
+
+use std::os::unix::fs::symlink;
+use std::time::Duration;
+
+use harness::shmem::ShmemEvent;
+use harness::*;
+
+#[test]
+fn forged_map_requests_from_a_compromised_render_worker_are_refused() {
+    let dir = TempDir::new("hostile-workers");
+    symlink(
+        binary("gpu-airlock-gpu-worker"),
+        dir.0.join("gpu-airlock-gpu-worker"),
+    )
+    .unwrap();
+    symlink(
+        binary("hostile-render-worker"),
+        dir.0.join("gpu-airlock-render-worker"),
+    )
+    .unwrap();
+    let worker_dir = dir.0.display().to_string();
+    let backend = Backend::start(&["--worker-dir", &worker_dir]);
+    let dev = Device::connect(&backend.socket);
+    let region = dev.shmem.clone().expect("SHMEM negotiated");
+    assert!(
+        backend
+            .log
+            .wait_for(&["HOSTILE: done"], Duration::from_secs(10))
+            .is_some(),
+        "{:#?}",
+        backend.log.lines()
+    );
+    let answers: Vec<String> = backend
+        .log
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("HOSTILE: ") && !l.ends_with("done"))
+        .collect();
+    assert_eq!(answers.len(), 10, "{answers:#?}");
+    assert_eq!(answers[0], "HOSTILE: own memory at 0 -> Ok(Done)");
+    for a in &answers[1..] {
+        assert!(a.contains("-> Ok(Refused("), "refused: {a}");
+    }
+    // The front-end heard of the one request that was the worker's to make.
+    assert_eq!(
+        region.events(),
+        [ShmemEvent::Map {
+            offset: 0,
+            len: 4096,
+            writable: true
+        }]
+    );
+    assert!(region.backing_name(0).contains("hostile"));
+}
