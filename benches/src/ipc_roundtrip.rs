@@ -20,89 +20,10 @@
 //! Usage: ipc-roundtrip [ROUND_TRIPS]   (default 20000)
 
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::time::Instant;
 
-use gpu_airlock_benches::{ratio, summarize, us, EventfdPeer};
-use ipc::{Channel, Message};
+use gpu_airlock_benches::{ipc_round_trips, ratio, start_ipc_peer, summarize, us, EventfdPeer};
 use nix::sys::wait::waitpid;
-use nix::unistd::{fork, ForkResult};
-use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
-
-/// The bench's own vocabulary: a request that may carry a descriptor and
-/// its answer, shaped like the product's messages (an enum tag and a u64).
-#[derive(Debug, Serialize, Deserialize)]
-enum Request {
-    Ping { seq: u64 },
-    PingWithFd { seq: u64 },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-enum Reply {
-    Pong { seq: u64 },
-}
-
-impl Message for Request {
-    fn fd_count(&self) -> usize {
-        match self {
-            Request::Ping { .. } => 0,
-            Request::PingWithFd { .. } => 1,
-        }
-    }
-}
-
-impl Message for Reply {
-    fn fd_count(&self) -> usize {
-        0
-    }
-}
-
-/// A forked process that answers every request on its channel until the
-/// channel closes.
-fn start_ipc_peer() -> (Channel<Request, Reply>, nix::unistd::Pid) {
-    let (a, b) = ipc::socketpair().unwrap();
-    // SAFETY: called before the benchmark starts any thread; the child
-    // only receives and sends on its channel and leaves with _exit.
-    match unsafe { fork() }.expect("fork") {
-        ForkResult::Child => {
-            drop(a);
-            let ch: Channel<Reply, Request> = Channel::new(b);
-            while let Ok((req, fds)) = ch.recv() {
-                drop(fds);
-                let seq = match req {
-                    Request::Ping { seq } | Request::PingWithFd { seq } => seq,
-                };
-                if ch.send(&Reply::Pong { seq }, &[]).is_err() {
-                    break;
-                }
-            }
-            // SAFETY: leave the forked child at once.
-            unsafe { nix::libc::_exit(0) };
-        }
-        ForkResult::Parent { child } => {
-            drop(b);
-            (Channel::new(a), child)
-        }
-    }
-}
-
-fn ipc_round_trips(
-    ch: &Channel<Request, Reply>,
-    fd: Option<BorrowedFd<'_>>,
-    n: usize,
-    samples: &mut Vec<u64>,
-) {
-    for seq in 0..n as u64 {
-        let t = Instant::now();
-        match fd {
-            Some(fd) => ch.send(&Request::PingWithFd { seq }, &[fd]).unwrap(),
-            None => ch.send(&Request::Ping { seq }, &[]).unwrap(),
-        }
-        let (Reply::Pong { seq: got }, _) = ch.recv().unwrap();
-        assert_eq!(got, seq);
-        samples.push(t.elapsed().as_nanos() as u64);
-    }
-}
 
 fn main() {
     let n: usize = std::env::args()

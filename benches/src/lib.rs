@@ -1,7 +1,11 @@
 //! What the benchmarks share: the cheapest cross-process wake-up on this
 //! machine (the floor every round trip is compared with) and percentiles.
 
+use std::os::fd::BorrowedFd;
 use std::time::Instant;
+
+use ipc::{Channel, Message};
+use serde::{Deserialize, Serialize};
 
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
@@ -81,5 +85,80 @@ impl Drop for EventfdPeer {
     fn drop(&mut self) {
         let _ = self.to_child.write(STOP);
         let _ = waitpid(self.child, None);
+    }
+}
+
+/// The bench's own vocabulary: a request that may carry a descriptor and
+/// its answer, shaped like the product's messages (an enum tag and a u64).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Ping { seq: u64 },
+    PingWithFd { seq: u64 },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    Pong { seq: u64 },
+}
+
+impl Message for Request {
+    fn fd_count(&self) -> usize {
+        match self {
+            Request::Ping { .. } => 0,
+            Request::PingWithFd { .. } => 1,
+        }
+    }
+}
+
+impl Message for Reply {
+    fn fd_count(&self) -> usize {
+        0
+    }
+}
+
+/// A forked process that answers every request on its channel until the
+/// channel closes.
+pub fn start_ipc_peer() -> (Channel<Request, Reply>, nix::unistd::Pid) {
+    let (a, b) = ipc::socketpair().unwrap();
+    // SAFETY: called before the benchmark starts any thread; the child
+    // only receives and sends on its channel and leaves with _exit.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            drop(a);
+            let ch: Channel<Reply, Request> = Channel::new(b);
+            while let Ok((req, fds)) = ch.recv() {
+                drop(fds);
+                let seq = match req {
+                    Request::Ping { seq } | Request::PingWithFd { seq } => seq,
+                };
+                if ch.send(&Reply::Pong { seq }, &[]).is_err() {
+                    break;
+                }
+            }
+            // SAFETY: leave the forked child at once.
+            unsafe { nix::libc::_exit(0) };
+        }
+        ForkResult::Parent { child } => {
+            drop(b);
+            (Channel::new(a), child)
+        }
+    }
+}
+
+pub fn ipc_round_trips(
+    ch: &Channel<Request, Reply>,
+    fd: Option<BorrowedFd<'_>>,
+    n: usize,
+    samples: &mut Vec<u64>,
+) {
+    for seq in 0..n as u64 {
+        let t = Instant::now();
+        match fd {
+            Some(fd) => ch.send(&Request::PingWithFd { seq }, &[fd]).unwrap(),
+            None => ch.send(&Request::Ping { seq }, &[]).unwrap(),
+        }
+        let (Reply::Pong { seq: got }, _) = ch.recv().unwrap();
+        assert_eq!(got, seq);
+        samples.push(t.elapsed().as_nanos() as u64);
     }
 }

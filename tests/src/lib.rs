@@ -29,6 +29,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub use display::{DisplayConfig, DisplayPeer};
 pub use gpu_wire::*;
 
+pub mod blob_wire;
 pub mod display;
 pub mod shmem;
 
