@@ -32,7 +32,19 @@ const ERR_INVALID_PARAMETER: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_I
 /// The capsets this build serves: cross-domain always; virgl and gfxstream
 /// only where their cargo features (and libraries) are.
 pub fn capset_mask() -> u64 {
-    1 << RUTABAGA_CAPSET_CROSS_DOMAIN
+    #[allow(unused_mut)]
+    let mut mask = 1 << RUTABAGA_CAPSET_CROSS_DOMAIN;
+    #[cfg(feature = "virgl")]
+    {
+        mask |=
+            1 << rutabaga_gfx::RUTABAGA_CAPSET_VIRGL2 | 1 << rutabaga_gfx::RUTABAGA_CAPSET_VENUS;
+    }
+    #[cfg(feature = "gfxstream")]
+    {
+        mask |= 1 << rutabaga_gfx::RUTABAGA_CAPSET_GFXSTREAM_VULKAN
+            | 1 << rutabaga_gfx::RUTABAGA_CAPSET_GFXSTREAM_GLES;
+    }
+    mask
 }
 
 /// Builds rutabaga; fences it signals land in `signalled`.
