@@ -483,6 +483,7 @@ impl FrontendService {
         let (display_ours, display_gpu) = pair("display")?;
         let (map_ours, map_render) = pair("map")?;
         let (link_gpu, link_render) = pair("render link")?;
+        let (events_gpu, events_render) = pair("render events")?;
         // The receive timeouts of the ends that wait for answers.
         let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as i64, 0);
         for (fd, what) in [
@@ -496,13 +497,17 @@ impl FrontendService {
         self.render
             .send(
                 &BrokerToRender::Connection,
-                &[map_render.as_fd(), link_render.as_fd()],
+                &[
+                    map_render.as_fd(),
+                    link_render.as_fd(),
+                    events_render.as_fd(),
+                ],
             )
             .map_err(|e| format!("render-worker: {e}"))?;
         self.gpu
             .send(
                 &BrokerToGpu::Connection,
-                &[display_gpu.as_fd(), link_gpu.as_fd()],
+                &[display_gpu.as_fd(), link_gpu.as_fd(), events_gpu.as_fd()],
             )
             .map_err(|e| format!("gpu-worker: {e}"))?;
         let display = Arc::new(display::DisplaySocket::default());

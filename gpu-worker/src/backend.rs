@@ -2,10 +2,16 @@
 //! front-end connection, so nothing of one connection's device state
 //! (memory map, vrings, scanouts) survives into the next.
 
+use std::collections::VecDeque;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use ipc::{Channel, Nothing, RenderEvent};
+use log::warn;
+use vhost_user_backend::VringEpollHandler;
 
 use ipc::ScanoutSize;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -19,7 +25,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::device::RenderLink;
+use crate::device::{ContextFence, RenderLink};
 use crate::device::{GpuDevice, QueueKind};
 use crate::display::DisplayLink;
 use crate::guest_warn;
@@ -28,6 +34,9 @@ use crate::ratelimit::LogLimiter;
 
 /// controlq and cursorq.
 pub const NUM_QUEUES: usize = 2;
+/// The epoll event for render-worker's event channel (0..=NUM_QUEUES are
+/// vhost-user-backend's).
+pub const RENDER_EVENTS: u16 = NUM_QUEUES as u16 + 1;
 /// Largest queue a front-end may set up.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 const CONTROL_QUEUE: u16 = 0;
@@ -56,7 +65,22 @@ pub struct GpuBackend {
     /// them with `into_raw_fd()` and never closes them (0.24); closed when
     /// the backend is dropped (see `Drop`).
     handed_out: Mutex<Vec<RawFd>>,
+    /// render-worker's events (fences that signalled later).
+    events: Mutex<Option<Channel<Nothing, RenderEvent>>>,
+    /// The vring thread's epoll handler, to stop listening to a closed
+    /// event channel (weak: the handler holds this backend).
+    epoll: Mutex<Weak<VringEpollHandler<Arc<GpuBackend>>>>,
+    /// Control-queue chains whose used entries wait for a context fence, in
+    /// the order the guest sent them.
+    fenced: Mutex<VecDeque<FencedChain>>,
     log: LogLimiter,
+}
+
+#[derive(Debug)]
+struct FencedChain {
+    fence: ContextFence,
+    head: u16,
+    len: u32,
 }
 
 impl GpuBackend {
@@ -65,6 +89,7 @@ impl GpuBackend {
         max_resource_memory: u64,
         display: DisplayLink,
         render: RenderLink,
+        events: Option<Channel<Nothing, RenderEvent>>,
     ) -> io::Result<Self> {
         let (exit_consumer, exit_notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
         Ok(GpuBackend {
@@ -74,8 +99,106 @@ impl GpuBackend {
             exit_consumer,
             exit_notifier,
             handed_out: Mutex::new(Vec::new()),
+            events: Mutex::new(events),
+            epoll: Mutex::new(Weak::new()),
+            fenced: Mutex::new(VecDeque::new()),
             log: LogLimiter::default(),
         })
+    }
+
+    /// The event channel's descriptor, to register with the vring thread's
+    /// epoll (as [`RENDER_EVENTS`]).
+    pub fn events_fd(&self) -> Option<RawFd> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| c.as_fd().as_raw_fd())
+    }
+
+    pub fn set_epoll_handler(&self, handler: Weak<VringEpollHandler<Arc<GpuBackend>>>) {
+        *self.epoll.lock().unwrap_or_else(|e| e.into_inner()) = handler;
+    }
+
+    /// Returns to the used ring every fenced chain whose fence, and every
+    /// earlier fence on its ring, has signalled. True if any was returned.
+    fn complete_fenced(&self, vring: &VringRwLock) -> bool {
+        let mut fenced = self.fenced.lock().unwrap_or_else(|e| e.into_inner());
+        let mut done = false;
+        let mut i = 0;
+        while i < fenced.len() {
+            let f = fenced[i].fence;
+            let blocked = fenced.iter().take(i).any(|e| {
+                e.fence.ctx_id == f.ctx_id && e.fence.ring == f.ring && !e.fence.signalled
+            });
+            if f.signalled && !blocked {
+                let chain = fenced.remove(i).expect("index checked");
+                if let Err(e) = vring.add_used(chain.head, chain.len) {
+                    guest_warn!(self.log, "cannot return descriptor {}: {e}", chain.head);
+                }
+                done = true;
+            } else {
+                i += 1;
+            }
+        }
+        done
+    }
+
+    /// One event from render-worker.
+    fn render_event(&self, evset: EventSet, vrings: &[VringRwLock]) -> io::Result<()> {
+        let event = {
+            let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(channel) = events.as_ref() else {
+                return Ok(());
+            };
+            match channel.recv() {
+                Ok((event, _)) if evset.contains(EventSet::IN) => event,
+                result => {
+                    // Closed (render-worker is gone; the broker ends the
+                    // device) or broken: stop listening.
+                    if let Err(e) = result {
+                        warn!("gpu-worker: render-worker's event channel: {e}");
+                    }
+                    if let (Some(handler), Some(c)) = (
+                        self.epoll
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .upgrade(),
+                        events.as_ref(),
+                    ) {
+                        let _ = handler.unregister_listener(
+                            c.as_fd().as_raw_fd(),
+                            EventSet::IN,
+                            u64::from(RENDER_EVENTS),
+                        );
+                    }
+                    *events = None;
+                    return Ok(());
+                }
+            }
+        };
+        let RenderEvent::FenceSignalled {
+            ctx_id,
+            ring,
+            fence_id,
+        } = event;
+        // A fence signalling means every earlier one on its ring did.
+        for chain in self
+            .fenced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+        {
+            let f = &mut chain.fence;
+            if f.ctx_id == ctx_id && f.ring == ring && f.fence_id <= fence_id {
+                f.signalled = true;
+            }
+        }
+        let control = &vrings[usize::from(CONTROL_QUEUE)];
+        if self.complete_fenced(control) {
+            control.signal_used_queue()?;
+        }
+        Ok(())
     }
 
     /// Ends the vring worker thread once the connection is gone.
@@ -94,8 +217,22 @@ impl GpuBackend {
         };
         for chain in chains {
             let head = chain.head_index();
-            let len = self.device.process_chain(&mem, chain, kind);
-            if let Err(e) = vring.add_used(head, len) {
+            let done = self.device.process_chain_fenced(&mem, chain, kind);
+            if let Some(fence) = done.fence {
+                // Its used entry waits for the fence, and for every earlier
+                // fence on the same ring.
+                self.fenced
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(FencedChain {
+                        fence,
+                        head,
+                        len: done.len,
+                    });
+                self.complete_fenced(vring);
+                continue;
+            }
+            if let Err(e) = vring.add_used(head, done.len) {
                 guest_warn!(
                     self.log,
                     "{kind:?} queue: cannot return descriptor {head} to the used ring: {e}"
@@ -176,10 +313,13 @@ impl VhostUserBackend for GpuBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN {
+        if evset != EventSet::IN && device_event != RENDER_EVENTS {
             return Err(io::Error::other(format!(
                 "unexpected event set {evset:?} on queue {device_event}"
             )));
+        }
+        if device_event == RENDER_EVENTS {
+            return self.render_event(evset, vrings);
         }
         let kind = match device_event {
             CONTROL_QUEUE => QueueKind::Control,

@@ -62,6 +62,24 @@ impl std::fmt::Display for ChainError {
     }
 }
 
+/// A fence on a context's ring, as the guest asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextFence {
+    pub ctx_id: u32,
+    pub ring: Option<u8>,
+    pub fence_id: u64,
+    /// Whether it had signalled by the time the command was answered.
+    pub signalled: bool,
+}
+
+/// What processing a chain gave: the used entry's length, and the context
+/// fence the command carried, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    pub len: u32,
+    pub fence: Option<ContextFence>,
+}
+
 /// The link to render-worker for one connection.
 pub type RenderLink = Link<RenderCommand, RenderAnswer>;
 
@@ -115,6 +133,35 @@ impl GpuDevice {
     where
         T: Deref<Target = GuestMemoryMmap> + Clone,
     {
+        self.process_chain_fenced(mem, chain, queue).len
+    }
+
+    /// As [`GpuDevice::process_chain`], and says which context fence the
+    /// command carried: its used entry may have to wait for it.
+    pub fn process_chain_fenced<T>(
+        &self,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<T>,
+        queue: QueueKind,
+    ) -> Completion
+    where
+        T: Deref<Target = GuestMemoryMmap> + Clone,
+    {
+        let mut fence = None;
+        let len = self.process(mem, chain, queue, &mut fence);
+        Completion { len, fence }
+    }
+
+    fn process<T>(
+        &self,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<T>,
+        queue: QueueKind,
+        fence: &mut Option<ContextFence>,
+    ) -> u32
+    where
+        T: Deref<Target = GuestMemoryMmap> + Clone,
+    {
         let head = chain.head_index();
         if let Err(e) = validate_chain(chain.clone()) {
             guest_warn!(
@@ -153,7 +200,17 @@ impl GpuDevice {
             }
         };
 
-        match self.dispatch(mem, &hdr, &mut reader, queue) {
+        let response = match self.dispatch(mem, &hdr, &mut reader, queue) {
+            Response::Fenced(inner, f) => {
+                *fence = Some(f);
+                *inner
+            }
+            r => r,
+        };
+        match response {
+            Response::Fenced(..) => {
+                write_response(&mut writer, &err_hdr(RESP_ERR_UNSPEC, Some(&hdr)))
+            }
             Response::Display(mut r) => {
                 r.hdr = reply_hdr(RESP_OK_DISPLAY_INFO, &hdr);
                 write_response(&mut writer, &*r)
@@ -244,9 +301,10 @@ impl GpuDevice {
                 | CMD_RESOURCE_ASSIGN_UUID,
             ) => match self
                 .blob_command(mem, hdr, reader, cmd)
-                .and_then(|r| self.context_fence(hdr).map(|()| r))
+                .and_then(|r| self.context_fence(hdr).map(|f| (r, f)))
             {
-                Ok(r) => return r,
+                Ok((r, None)) => return r,
+                Ok((r, Some(f))) => return Response::Fenced(Box::new(r), f),
                 Err(r) => Err(r),
             },
             (QueueKind::Control, CMD_RESOURCE_ATTACH_BACKING) => self.attach_backing(mem, reader),
@@ -491,6 +549,9 @@ impl GpuDevice {
 }
 
 enum Response {
+    /// A response whose used entry waits for (or is ordered by) a context
+    /// fence.
+    Fenced(Box<Response>, ContextFence),
     Ok,
     Display(Box<RespDisplayInfo>),
     Edid(Box<RespEdid>),

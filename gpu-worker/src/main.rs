@@ -7,7 +7,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 
-use gpu_worker::backend::GpuBackend;
+use gpu_worker::backend::{GpuBackend, RENDER_EVENTS};
 use gpu_worker::display::DisplayLink;
 use gpu_worker::link::Link;
 use ipc::{BrokerToGpu, Channel, GpuConfig, GpuToBroker, GpuToRender, RenderToGpu, Role};
@@ -15,6 +15,7 @@ use log::{error, info, warn};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -110,11 +111,11 @@ fn serve(mut listener: Listener, config: GpuConfig, connections: Receiver<Vec<Ow
             // The main thread ended: so does the process.
             return;
         };
-        let (Some(render), Some(display)) = (fds.pop(), fds.pop()) else {
+        let (Some(events), Some(render), Some(display)) = (fds.pop(), fds.pop(), fds.pop()) else {
             error!("gpu-worker: a connection came without its channels");
             std::process::exit(1);
         };
-        let result = serve_one(&mut listener, &config, display, render);
+        let result = serve_one(&mut listener, &config, display, render, events);
         if let Err(e) = result {
             // The listener itself failing leaves nothing to serve: end the
             // process, and the broker reports it.
@@ -129,6 +130,7 @@ fn serve_one(
     config: &GpuConfig,
     display: OwnedFd,
     render: OwnedFd,
+    events: OwnedFd,
 ) -> Result<(), String> {
     let backend = Arc::new(
         GpuBackend::new(
@@ -136,6 +138,7 @@ fn serve_one(
             config.max_resource_memory,
             DisplayLink::new(Channel::new(display)),
             Link::new("render-worker", Channel::new(render)),
+            Some(Channel::new(events)),
         )
         .map_err(|e| e.to_string())?,
     );
@@ -146,6 +149,14 @@ fn serve_one(
     )
     .map_err(|e| e.to_string())?;
     daemon.start(listener).map_err(|e| e.to_string())?;
+    // render-worker's events (fences that signal later) wake the vring
+    // thread like a kick.
+    if let (Some(fd), Some(handler)) = (backend.events_fd(), daemon.get_epoll_handlers().first()) {
+        handler
+            .register_listener(fd, EventSet::IN, u64::from(RENDER_EVENTS))
+            .map_err(|e| format!("cannot listen to render-worker's events: {e}"))?;
+        backend.set_epoll_handler(Arc::downgrade(handler));
+    }
     info!("gpu-worker: front-end connected");
     match daemon.wait() {
         Ok(())

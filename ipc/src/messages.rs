@@ -111,10 +111,11 @@ pub enum BrokerToGpu {
     /// Liveness and readiness probe; answered with [`GpuToBroker::Pong`].
     Ping { nonce: u64 },
     /// The channels for the front-end connection the broker is about to
-    /// relay (2 fds, `SOCK_SEQPACKET`, receive timeouts already set): the
-    /// display channel ([`GpuToDisplay`] requests, one [`DisplayToGpu`]
-    /// answer each), then the link to render-worker ([`RenderCommand`],
-    /// one [`RenderAnswer`] each).
+    /// relay (3 fds, `SOCK_SEQPACKET`, receive timeouts already set where
+    /// answers are awaited): the display channel ([`GpuToDisplay`]
+    /// requests, one [`DisplayToGpu`] answer each), the link to
+    /// render-worker ([`RenderCommand`], one [`RenderAnswer`] each), and
+    /// render-worker's event channel ([`RenderEvent`]).
     Connection,
 }
 
@@ -132,10 +133,10 @@ pub enum BrokerToRender {
     Ping {
         nonce: u64,
     },
-    /// A new front-end connection (2 fds): the map channel to the broker
-    /// ([`MapRequest`], one [`MapAnswer`] each), then the link from
-    /// gpu-worker. render-worker drops all device state of the previous
-    /// connection.
+    /// A new front-end connection (3 fds): the map channel to the broker
+    /// ([`MapRequest`], one [`MapAnswer`] each), the link from gpu-worker,
+    /// and the event channel to gpu-worker ([`RenderEvent`]).
+    /// render-worker drops all device state of the previous connection.
     Connection,
 }
 
@@ -273,7 +274,26 @@ pub enum RenderAnswer {
     },
     /// The fence signalled.
     Signalled,
+    /// The fence will signal later: a [`RenderEvent::FenceSignalled`]
+    /// says when.
+    Pending,
 }
+
+/// render-worker → gpu-worker, unasked, on the per-connection event
+/// channel: what happened since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenderEvent {
+    /// A fence that was [`RenderAnswer::Pending`] signalled.
+    FenceSignalled {
+        ctx_id: u32,
+        ring: Option<u8>,
+        fence_id: u64,
+    },
+}
+
+/// The message type of a channel's direction that carries nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Nothing {}
 
 /// render-worker → broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,7 +423,7 @@ impl Message for BrokerToGpu {
         match self {
             BrokerToGpu::Configure(_) | BrokerToGpu::Ping { .. } => 0,
             BrokerToGpu::VhostUserListener => 1,
-            BrokerToGpu::Connection => 2,
+            BrokerToGpu::Connection => 3,
         }
     }
 }
@@ -412,7 +432,7 @@ impl Message for BrokerToRender {
     fn fd_count(&self) -> usize {
         match self {
             BrokerToRender::Configure(_) | BrokerToRender::Ping { .. } => 0,
-            BrokerToRender::Connection => 2,
+            BrokerToRender::Connection => 3,
         }
     }
 }
@@ -458,6 +478,8 @@ fdless!(
     RenderToBroker,
     MapAnswer,
     RenderAnswer,
+    RenderEvent,
+    Nothing,
     GpuToRender,
     RenderToGpu,
     DisplayToGpu

@@ -11,7 +11,9 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use ipc::{Channel, MapAnswer, MapRequest, MemoryRegion, RenderAnswer, RenderCommand};
+use ipc::{
+    Channel, MapAnswer, MapRequest, MemoryRegion, Nothing, RenderAnswer, RenderCommand, RenderEvent,
+};
 use log::warn;
 use rutabaga_gfx::{
     ResourceCreateBlob, Rutabaga, RutabagaBuilder, RutabagaError, RutabagaFence,
@@ -47,13 +49,43 @@ pub fn capset_mask() -> u64 {
     mask
 }
 
-/// Builds rutabaga; fences it signals land in `signalled`.
-pub fn build_rutabaga(signalled: Arc<Mutex<Vec<RutabagaFence>>>) -> Result<Rutabaga, String> {
+/// Where rutabaga's fence signals go. A fence gpu-worker was told is
+/// pending becomes an event on the event channel; any other (one that
+/// signals while its FENCE command is still being answered) is noted for
+/// that answer.
+#[derive(Default)]
+pub struct Fences {
+    signalled: Vec<(u32, Option<u8>, u64)>,
+    pending: Vec<(u32, Option<u8>, u64)>,
+    events: Option<Channel<RenderEvent, Nothing>>,
+}
+
+fn key(f: &RutabagaFence) -> (u32, Option<u8>, u64) {
+    let ring = (f.flags & RUTABAGA_FLAG_INFO_RING_IDX != 0).then_some(f.ring_idx);
+    (f.ctx_id, ring, f.fence_id)
+}
+
+/// Builds rutabaga; the fences it signals go through `fences`.
+pub fn build_rutabaga(fences: Arc<Mutex<Fences>>) -> Result<Rutabaga, String> {
     let handler = RutabagaFenceHandler::new(move |fence| {
-        signalled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(fence);
+        let k = key(&fence);
+        let mut f = fences.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = f.pending.iter().position(|p| *p == k) {
+            f.pending.remove(i);
+            let (ctx_id, ring, fence_id) = k;
+            let event = RenderEvent::FenceSignalled {
+                ctx_id,
+                ring,
+                fence_id,
+            };
+            if let Some(events) = &f.events {
+                if let Err(e) = events.send(&event, &[]) {
+                    warn!("render-worker: event channel: {e}");
+                }
+            }
+        } else {
+            f.signalled.push(k);
+        }
     });
     RutabagaBuilder::new(capset_mask(), handler)
         .build()
@@ -90,7 +122,7 @@ struct Blob {
 
 pub struct RenderDevice {
     rutabaga: Rutabaga,
-    signalled: Arc<Mutex<Vec<RutabagaFence>>>,
+    fences: Arc<Mutex<Fences>>,
     /// Every guest memory map of this connection: rutabaga keeps raw
     /// pointers into them, so none is unmapped before the connection ends.
     memory: Vec<GuestMemoryMmap>,
@@ -99,11 +131,17 @@ pub struct RenderDevice {
 }
 
 impl RenderDevice {
-    pub fn new(map: Channel<MapRequest, MapAnswer>) -> Result<Self, String> {
-        let signalled = Arc::new(Mutex::new(Vec::new()));
+    pub fn new(
+        map: Channel<MapRequest, MapAnswer>,
+        events: Channel<RenderEvent, Nothing>,
+    ) -> Result<Self, String> {
+        let fences = Arc::new(Mutex::new(Fences {
+            events: Some(events),
+            ..Fences::default()
+        }));
         Ok(RenderDevice {
-            rutabaga: build_rutabaga(signalled.clone())?,
-            signalled,
+            rutabaga: build_rutabaga(fences.clone())?,
+            fences,
             memory: Vec::new(),
             map,
             blobs: BTreeMap::new(),
@@ -368,9 +406,8 @@ impl RenderDevice {
         RenderAnswer::Done
     }
 
-    /// Creates a fence and says whether it signalled. Fences that signal
-    /// later (a cross-domain channel ring waiting for the compositor) are
-    /// not delivered yet: refused rather than left hanging.
+    /// Creates a fence: signalled at once, or pending until an event says
+    /// so (a cross-domain channel ring waits for the compositor).
     fn fence(&mut self, ctx_id: u32, ring: Option<u8>, fence_id: u64) -> RenderAnswer {
         let mut flags = RUTABAGA_FLAG_FENCE;
         if ring.is_some() {
@@ -382,25 +419,21 @@ impl RenderDevice {
             ctx_id,
             ring_idx: ring.unwrap_or(0),
         };
+        // Not under the lock: rutabaga may call the handler from here.
         if let Err(e) = self.rutabaga.create_fence(fence) {
             return refused(code_of(&e), format!("fence {fence_id}: {e}"));
         }
-        let mut signalled = self.signalled.lock().unwrap_or_else(|e| e.into_inner());
-        let at = signalled
-            .iter()
-            .position(|f| f.fence_id == fence_id && f.ctx_id == ctx_id);
-        match at {
+        let k = (ctx_id, ring, fence_id);
+        let mut f = self.fences.lock().unwrap_or_else(|e| e.into_inner());
+        match f.signalled.iter().position(|s| *s == k) {
             Some(i) => {
-                signalled.remove(i);
+                f.signalled.remove(i);
                 RenderAnswer::Signalled
             }
-            None => refused(
-                ERR_UNSPEC,
-                format!(
-                    "fence {fence_id} on context {ctx_id} ring {ring:?} did not signal at once; \
-                     fences that signal later are not delivered yet"
-                ),
-            ),
+            None => {
+                f.pending.push(k);
+                RenderAnswer::Pending
+            }
         }
     }
 }

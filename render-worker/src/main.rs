@@ -97,12 +97,12 @@ fn run() -> Result<(), String> {
 /// before gpu-worker can use them.
 fn serve(connections: Receiver<Vec<OwnedFd>>) {
     for mut fds in connections {
-        let (Some(link), Some(map)) = (fds.pop(), fds.pop()) else {
+        let (Some(events), Some(link), Some(map)) = (fds.pop(), fds.pop(), fds.pop()) else {
             error!("render-worker: a connection came without its channels");
             std::process::exit(1);
         };
         let gpu: Channel<RenderAnswer, RenderCommand> = Channel::new(link);
-        let mut device = match device::RenderDevice::new(Channel::new(map)) {
+        let mut device = match device::RenderDevice::new(Channel::new(map), Channel::new(events)) {
             Ok(d) => d,
             Err(e) => {
                 error!("render-worker: {e}; exiting");

@@ -383,3 +383,41 @@ fn without_shmem_a_map_is_refused_and_nothing_else_breaks() {
         RESP_OK_NODATA
     );
 }
+
+/// A fence on a cross-domain channel ring signals when the channel has
+/// something; with no channel (type 0) it never does. Its command's used
+/// entry waits for it — it is not returned early — while the device goes on
+/// answering everything else.
+#[test]
+fn a_fence_that_has_not_signalled_holds_its_command_back_and_only_it() {
+    let backend = Backend::start(&[]);
+    let mut dev = Device::connect(&backend.socket);
+    image_requirements(&mut dev, 16, 16);
+    // GET_IMAGE_REQUIREMENTS fenced on ring 1 (the channel ring), posted on
+    // descriptors 4 and 5 so the harness's usual descriptor 0 stays free.
+    let request = submit(
+        CTX,
+        &cross_domain(2, &[16, 16, XRGB8888, 0], &[]),
+        Some((9, Some(1))),
+    );
+    let (req, resp) = (DATA_BASE + 0x30_000, DATA_BASE + 0x31_000);
+    dev.mem.write_slice(&request, GuestAddress(req)).unwrap();
+    let descs = [
+        (req, request.len() as u32, VRING_DESC_F_NEXT, 5),
+        (resp, 64, VRING_DESC_F_WRITE, 0),
+    ];
+    let mem = dev.mem.clone();
+    dev.controlq.push_raw(&mem, 4, &descs, 4);
+    assert_eq!(
+        dev.controlq.wait_used(&mem, Duration::from_millis(500)),
+        None,
+        "the fenced command is held until its fence signals"
+    );
+    // Everything else is answered meanwhile.
+    let (len, resp) = dev.control(&ctrl_hdr(CMD_GET_DISPLAY_INFO, 0, 0), 1024);
+    assert_eq!((len, parse_hdr(&resp).0), (408, RESP_OK_DISPLAY_INFO));
+    assert_eq!(
+        code(&mut dev, &cmd(CMD_RESOURCE_CREATE_2D, &[40, 1, 8, 8])),
+        RESP_OK_NODATA
+    );
+}

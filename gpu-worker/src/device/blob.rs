@@ -19,7 +19,7 @@ use vm_memory::{
     GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, Permissions,
 };
 
-use super::{body, GpuDevice, Response};
+use super::{body, ContextFence, GpuDevice, Response};
 use crate::protocol::*;
 use crate::resources::Refusal;
 
@@ -416,28 +416,37 @@ impl GpuDevice {
     }
 
     /// A fence on a context (or a context's ring): render-worker's rutabaga
-    /// signals it. Fences of context 0 are signalled by the response itself.
-    pub(super) fn context_fence(&self, hdr: &CtrlHdr) -> Result<(), Refusal> {
+    /// signals it, at once or later. Fences of context 0 are signalled by
+    /// the response itself.
+    pub(super) fn context_fence(&self, hdr: &CtrlHdr) -> Result<Option<ContextFence>, Refusal> {
         let flags = hdr.flags.to_native();
         let ctx_id = hdr.ctx_id.to_native();
         if flags & FLAG_FENCE == 0 || ctx_id == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let ring = (flags & FLAG_INFO_RING_IDX != 0).then_some(hdr.ring_idx);
         if ring.is_some_and(|r| r > 63) {
             return refuse(RESP_ERR_INVALID_PARAMETER, format!("ring index {ring:?}"));
         }
-        match self.render(
+        let fence_id = hdr.fence_id.to_native();
+        let signalled = match self.render(
             &RenderCommand::Fence {
                 ctx_id,
                 ring,
-                fence_id: hdr.fence_id.to_native(),
+                fence_id,
             },
             &[],
         )? {
-            RenderAnswer::Signalled => Ok(()),
-            _ => refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn"),
-        }
+            RenderAnswer::Signalled => true,
+            RenderAnswer::Pending => false,
+            _ => return refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn"),
+        };
+        Ok(Some(ContextFence {
+            ctx_id,
+            ring,
+            fence_id,
+            signalled,
+        }))
     }
 }
 

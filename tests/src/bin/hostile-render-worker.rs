@@ -37,8 +37,13 @@ fn main() {
                 broker.send(&RenderToBroker::Pong { nonce }, &[]).unwrap()
             }
             Ok((BrokerToRender::Connection, mut fds)) => {
+                // map, link, events (kept open, never used).
+                let events = fds.pop().unwrap();
                 let (link, map) = (fds.pop().unwrap(), fds.pop().unwrap());
-                std::thread::spawn(move || attack(Channel::new(map), Channel::new(link)));
+                std::thread::spawn(move || {
+                    let _events = events;
+                    attack(Channel::new(map), Channel::new(link))
+                });
             }
             Err(_) => return,
         }
