@@ -316,16 +316,16 @@ impl GpuDevice {
             (QueueKind::Control, CMD_SET_SCANOUT) => {
                 body(reader).and_then(|s| self.set_scanout(&s))
             }
-            (QueueKind::Control, CMD_RESOURCE_FLUSH) => body(reader).and_then(|f| self.flush(&f)),
+            (QueueKind::Control, CMD_RESOURCE_FLUSH) => {
+                body(reader).and_then(|f| self.flush(mem, &f))
+            }
+            (QueueKind::Control, CMD_SET_SCANOUT_BLOB) => self.set_scanout_blob(reader),
             (QueueKind::Cursor, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR) => {
                 body(reader).and_then(|c| self.cursor(&c, cmd == CMD_MOVE_CURSOR))
             }
             // The spec's commands that need a 3D renderer (none is built
-            // here) or scanout of blobs (not built yet).
-            (
-                QueueKind::Control,
-                CMD_SET_SCANOUT_BLOB | CMD_RESOURCE_CREATE_3D..=CMD_TRANSFER_FROM_HOST_3D,
-            ) => {
+            // here).
+            (QueueKind::Control, CMD_RESOURCE_CREATE_3D..=CMD_TRANSFER_FROM_HOST_3D) => {
                 guest_warn!(
                     self.log,
                     "{queue:?} queue: command {cmd:#x} is not implemented; answering ERR_UNSPEC"
@@ -510,7 +510,17 @@ impl GpuDevice {
         Ok(())
     }
 
-    fn flush(&self, f: &ResourceFlush) -> Result<(), Refusal> {
+    fn flush(&self, mem: &GuestMemoryMmap, f: &ResourceFlush) -> Result<(), Refusal> {
+        let id = f.resource_id.to_native();
+        if self.blobs.contains(id) {
+            // A blob shown with SET_SCANOUT_BLOB: refresh the host copy
+            // from guest memory first. One never shown has nothing to flush.
+            let mut resources = self.resources();
+            if !resources.exists(id) {
+                return Ok(());
+            }
+            resources.refresh_blob_shadow(mem, id, &f.r)?;
+        }
         let parts = self.resources().flush(f)?;
         for (scanout, rect) in parts {
             self.display
@@ -801,7 +811,7 @@ mod tests {
     #[test]
     fn unknown_and_unimplemented_commands_get_err_unspec() {
         let m = mem();
-        for cmd in [0xdead, CMD_RESOURCE_CREATE_3D, CMD_SET_SCANOUT_BLOB, 0] {
+        for cmd in [0xdead, CMD_RESOURCE_CREATE_3D, CMD_TRANSFER_FROM_HOST_3D, 0] {
             let len = request(&m, cmd, 0, &[]);
             let n = run(
                 &m,

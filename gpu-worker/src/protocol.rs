@@ -379,6 +379,23 @@ pub struct RespMapInfo {
 // SAFETY: a header and two Le32, no padding, every bit pattern valid.
 unsafe impl ByteValued for RespMapInfo {}
 
+/// `struct virtio_gpu_set_scanout_blob` after its header.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SetScanoutBlob {
+    pub r: Rect,
+    pub scanout_id: Le32,
+    pub resource_id: Le32,
+    pub width: Le32,
+    pub height: Le32,
+    pub format: Le32,
+    pub padding: Le32,
+    pub strides: [Le32; 4],
+    pub offsets: [Le32; 4],
+}
+// SAFETY: a Rect and Le32s, no padding, every bit pattern valid.
+unsafe impl ByteValued for SetScanoutBlob {}
+
 /// `struct virtio_gpu_resp_resource_uuid`.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -408,6 +425,7 @@ mod tests {
         assert_eq!(size_of::<ResourceMapBlob>(), 40 - 24);
         assert_eq!(size_of::<RespMapInfo>(), 32);
         assert_eq!(size_of::<RespResourceUuid>(), 40);
+        assert_eq!(size_of::<SetScanoutBlob>(), 96 - 24);
         assert_eq!(size_of::<Rect>(), 16);
         assert_eq!(size_of::<RespDisplayInfo>(), 24 + 16 * 24);
         assert_eq!(size_of::<CmdGetEdid>(), 32);

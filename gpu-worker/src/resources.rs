@@ -118,6 +118,11 @@ struct Resource2d {
     data: Pixels,
     /// Whether the broker has been given `data`'s memfd.
     shared: bool,
+    /// For the shadow of a guest-memory blob shown with SET_SCANOUT_BLOB:
+    /// the blob's layout (offset of the first pixel, row stride) that
+    /// flushes copy from. A 2D resource's transfers give their own offset
+    /// and use the resource's stride.
+    blob_layout: Option<(u64, u32)>,
     /// Guest memory ranges, in order, that back the resource.
     backing: Backing,
 }
@@ -234,6 +239,75 @@ impl Resources {
         self.used_bytes
     }
 
+    /// Makes (or keeps, if its layout is unchanged) the host copy of a
+    /// guest-memory blob that SET_SCANOUT_BLOB shows: `width`×`height` in
+    /// `format`, rows `stride` apart from `offset` in the blob's `backing`.
+    /// Returns whether a previous copy, now replaced, had been shared.
+    #[allow(clippy::too_many_arguments)]
+    pub fn blob_shadow(
+        &mut self,
+        id: u32,
+        width: u32,
+        height: u32,
+        format: u32,
+        backing: &[(GuestAddress, u32)],
+        offset: u64,
+        stride: u32,
+    ) -> Result<bool, Refusal> {
+        if let Some(r) = self.resources.get(&id) {
+            if (r.width, r.height, r.format, r.blob_layout)
+                == (width, height, format, Some((offset, stride)))
+            {
+                return Ok(false);
+            }
+        }
+        let was_shared = match self.resources.contains_key(&id) {
+            true => self.unref(id)?,
+            false => false,
+        };
+        let create = ResourceCreate2d {
+            resource_id: id.into(),
+            format: format.into(),
+            width: width.into(),
+            height: height.into(),
+        };
+        self.create_2d(&create)?;
+        if let Some(r) = self.resources.get_mut(&id) {
+            r.backing = Backing::new(backing.to_vec());
+            r.blob_layout = Some((offset, stride));
+        }
+        Ok(was_shared)
+    }
+
+    /// Copies `rect` of a blob shadow from the blob's guest memory; no-op
+    /// for an id that has no shadow (a blob never shown).
+    pub fn refresh_blob_shadow(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        id: u32,
+        rect: &Rect,
+    ) -> Result<(), Refusal> {
+        let Some((offset, stride)) = self.resources.get(&id).and_then(|r| r.blob_layout) else {
+            return Ok(());
+        };
+        let (x, y) = (u64::from(rect.x.to_native()), u64::from(rect.y.to_native()));
+        let first = y
+            .checked_mul(u64::from(stride))
+            .and_then(|o| o.checked_add(x * u64::from(BYTES_PER_PIXEL)))
+            .and_then(|o| o.checked_add(offset))
+            .ok_or(Refusal {
+                code: RESP_ERR_INVALID_PARAMETER,
+                why: format!("flush rectangle {rect:?} overflows"),
+            })?;
+        let t = TransferToHost2d {
+            r: *rect,
+            offset: first.into(),
+            resource_id: id.into(),
+            padding: 0.into(),
+        };
+        self.transfer_to_host_2d(mem, &t)
+    }
+
     /// Whether a 2D resource `id` exists.
     pub fn exists(&self, id: u32) -> bool {
         self.resources.contains_key(&id)
@@ -336,6 +410,7 @@ impl Resources {
                 format,
                 data,
                 shared: false,
+                blob_layout: None,
                 backing: Backing::default(),
             },
         );
@@ -430,10 +505,11 @@ impl Resources {
         // Inside the resource (checked above), so none of these overflow.
         let row_bytes = (w * BYTES_PER_PIXEL) as usize;
         let stride = res.stride as usize;
+        let guest_stride = res.blob_layout.map_or(res.stride, |(_, s)| s);
         for row in 0..h as usize {
-            // The guest's layout: rows `stride` apart from `offset`.
+            // The guest's layout: rows `guest_stride` apart from `offset`.
             let src = (row as u64)
-                .checked_mul(stride as u64)
+                .checked_mul(u64::from(guest_stride))
                 .and_then(|o| o.checked_add(t.offset.to_native()));
             let dst = (y as usize + row) * stride + x as usize * BYTES_PER_PIXEL as usize;
             let ok = src.is_some_and(|src| {

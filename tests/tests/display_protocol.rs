@@ -383,3 +383,118 @@ fn a_full_hd_frame_flushes_inside_the_jail() {
         backend.log.lines()
     );
 }
+
+/// SET_SCANOUT_BLOB, as Linux uses it for dumb buffers when the device
+/// has blobs: a guest-memory blob, rows padded (stride 320 for 64 pixels)
+/// and starting 128 bytes in, scattered over two guest ranges. Each flush
+/// reads the guest's pages afresh.
+#[test]
+fn a_guest_memory_blob_is_shown_with_set_scanout_blob() {
+    let backend = Backend::start(&["--display", "64x32"]);
+    let (mut dev, display) = Device::connect_with_display(
+        &backend.socket,
+        DisplayConfig {
+            modes: vec![(64, 32)],
+            edid: true,
+        },
+    );
+    let (stride, offset, size) = (320u32, 128u32, 12288u32);
+    let ranges = [(0x40_0000u64, 8192u32), (0x60_0000, 4096)];
+    let write_blob = |dev: &mut Device, blob: &[u8]| {
+        dev.mem
+            .write_slice(&blob[..8192], GuestAddress(ranges[0].0))
+            .unwrap();
+        dev.mem
+            .write_slice(&blob[8192..], GuestAddress(ranges[1].0))
+            .unwrap();
+    };
+    // The 64x32 picture inside the blob's layout.
+    let picture = |blob: &[u8]| -> Vec<u8> {
+        let mut out = Vec::new();
+        for y in 0..32 {
+            let at = (offset + y * stride) as usize;
+            out.extend_from_slice(&blob[at..at + 256]);
+        }
+        out
+    };
+    let blob = bytes(size as usize, 7);
+    write_blob(&mut dev, &blob);
+    let mut create = cmd(
+        harness::CMD_RESOURCE_CREATE_BLOB,
+        &[5, 1 /* BLOB_MEM_GUEST */, 0, 2],
+    );
+    create.extend_from_slice(&0u64.to_le_bytes());
+    create.extend_from_slice(&u64::from(size).to_le_bytes());
+    for (addr, len) in ranges {
+        create.extend_from_slice(&addr.to_le_bytes());
+        create.extend_from_slice(&len.to_le_bytes());
+        create.extend_from_slice(&0u32.to_le_bytes());
+    }
+    assert_eq!(dev.answer(&create), RESP_OK_NODATA);
+    let scanout_blob = |id: u32, stride: u32, offset: u32| {
+        // rect, scanout, resource, width, height, format, padding,
+        // strides[4], offsets[4]
+        cmd(
+            harness::CMD_SET_SCANOUT_BLOB,
+            &[
+                0, 0, 64, 32, 0, id, 64, 32, B8G8R8X8, 0, stride, 0, 0, 0, offset, 0, 0, 0,
+            ],
+        )
+    };
+    assert_eq!(
+        dev.answer(&scanout_blob(5, 255, offset)),
+        RESP_ERR_INVALID_PARAMETER,
+        "stride shorter than a row"
+    );
+    assert_eq!(
+        dev.answer(&scanout_blob(5, stride, 4096)),
+        RESP_ERR_INVALID_PARAMETER,
+        "the picture runs past the blob"
+    );
+    assert_eq!(
+        dev.answer(&scanout_blob(6, stride, offset)),
+        RESP_ERR_INVALID_RESOURCE_ID
+    );
+    assert_eq!(dev.answer(&scanout_blob(5, stride, offset)), RESP_OK_NODATA);
+    assert_eq!(
+        dev.answer(&cmd(CMD_RESOURCE_FLUSH, &[0, 0, 64, 32, 5, 0])),
+        RESP_OK_NODATA
+    );
+    display.wait_for(WAIT, |e| update_count(e) == 1);
+    assert_eq!(display.surface(0).unwrap().pixels, picture(&blob));
+
+    // The guest draws into its pages (no transfer) and flushes a part.
+    let mut drawn = blob.clone();
+    drawn.copy_from_slice(&bytes(size as usize, 8));
+    write_blob(&mut dev, &drawn);
+    assert_eq!(
+        dev.answer(&cmd(CMD_RESOURCE_FLUSH, &[8, 8, 16, 4, 5, 0])),
+        RESP_OK_NODATA
+    );
+    display.wait_for(WAIT, |e| update_count(e) == 2);
+    let shown = display.surface(0).unwrap().pixels;
+    let (old, new) = (picture(&blob), picture(&drawn));
+    assert_eq!(
+        crop(&shown, 64, (8, 8, 16, 4)),
+        crop(&new, 64, (8, 8, 16, 4))
+    );
+    assert_eq!(
+        crop(&shown, 64, (0, 0, 64, 8)),
+        crop(&old, 64, (0, 0, 64, 8))
+    );
+
+    // Releasing the blob darkens its scanout.
+    assert_eq!(
+        dev.answer(&cmd(CMD_RESOURCE_UNREF, &[5, 0])),
+        RESP_OK_NODATA
+    );
+    display.wait_for(WAIT, |e| {
+        e.last()
+            == Some(&Event::Scanout {
+                scanout: 0,
+                width: 0,
+                height: 0,
+            })
+    });
+    no_bad_events(&display.events());
+}

@@ -29,12 +29,17 @@ pub struct Blob {
     /// Host memory it takes (HOST3D blobs), counted in
     /// `--max-resource-memory`.
     host_bytes: u64,
+    size: u64,
 }
+
+/// The guest memory behind each guest-memory blob, for SET_SCANOUT_BLOB.
+pub type GuestRanges = Vec<(GuestAddress, u32)>;
 
 /// The blob registry and resource UUIDs of one connection.
 #[derive(Debug, Default)]
 pub struct Blobs {
     blobs: Mutex<HashMap<u32, Blob>>,
+    guest: Mutex<HashMap<u32, GuestRanges>>,
     uuids: Mutex<HashMap<u32, [u8; 16]>>,
 }
 
@@ -326,7 +331,7 @@ impl GpuDevice {
                 format!("host blob {id} needs a context"),
             );
         }
-        let mut entries = Vec::new();
+        let mut entries: Vec<(u64, u32)> = Vec::new();
         if guest_backed {
             if n == 0 || n > MAX_BLOB_ENTRIES {
                 return refuse(
@@ -384,17 +389,25 @@ impl GpuDevice {
             blob_flags: flags,
             blob_id: b.blob_id.to_native(),
             size,
-            entries,
+            entries: entries.clone(),
         });
         if let Err(r) = created {
             self.resources().release(host_bytes);
             return Err(r);
         }
+        if guest_backed {
+            let ranges = entries.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
+            self.blobs
+                .guest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, ranges);
+        }
         self.blobs
             .blobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Blob { host_bytes });
+            .insert(id, Blob { host_bytes, size });
         Ok(Response::Ok)
     }
 
@@ -411,8 +424,106 @@ impl GpuDevice {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+        self.blobs
+            .guest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         self.resources().release(blob.host_bytes);
+        // Its scanout copy, if it was shown, goes too (and from the display).
+        if self.resources().exists(id) {
+            if let Err(r) = self.unref(id) {
+                warn!("gpu-worker: dropping blob {id}'s scanout copy: {}", r.why);
+            }
+        }
         Some(self.render_done(&RenderCommand::Unref { resource_id: id }))
+    }
+
+    /// SET_SCANOUT_BLOB of a guest-memory blob: the device keeps a host
+    /// copy in the blob's layout (refreshed from guest memory on each
+    /// RESOURCE_FLUSH), shown like a 2D resource. Host blobs are not shown
+    /// (their memory is render-worker's).
+    pub(super) fn set_scanout_blob(&self, reader: &mut Reader<'_>) -> Result<(), Refusal> {
+        let b: SetScanoutBlob = body(reader)?;
+        let (scanout_id, id) = (b.scanout_id.to_native(), b.resource_id.to_native());
+        let plain = SetScanout {
+            r: b.r,
+            scanout_id: b.scanout_id,
+            resource_id: b.resource_id,
+        };
+        if id == 0 {
+            return self.set_scanout(&plain);
+        }
+        if scanout_id as usize >= self.scanouts.len() {
+            return refuse(
+                RESP_ERR_INVALID_SCANOUT_ID,
+                format!(
+                    "scanout {scanout_id}, but the device has {}",
+                    self.scanouts.len()
+                ),
+            );
+        }
+        let Some(blob) = self
+            .blobs
+            .blobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .copied()
+        else {
+            return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}"));
+        };
+        let Some(ranges) = self
+            .blobs
+            .guest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+        else {
+            return refuse(
+                RESP_ERR_UNSPEC,
+                format!("blob {id} is a host blob: scanout of host blobs is not supported"),
+            );
+        };
+        let (w, h, format) = (
+            b.width.to_native(),
+            b.height.to_native(),
+            b.format.to_native(),
+        );
+        let (stride, offset) = (
+            b.strides[0].to_native(),
+            u64::from(b.offsets[0].to_native()),
+        );
+        if !FORMATS_2D.contains(&format) {
+            return refuse(RESP_ERR_INVALID_PARAMETER, format!("format {format}"));
+        }
+        let size = ipc::ScanoutSize {
+            width: w,
+            height: h,
+        };
+        let row = u64::from(w) * u64::from(BYTES_PER_PIXEL);
+        let end = u64::from(stride)
+            .checked_mul(u64::from(h.saturating_sub(1)))
+            .and_then(|e| e.checked_add(offset))
+            .and_then(|e| e.checked_add(row));
+        if !size.is_valid() || u64::from(stride) < row || end.is_none_or(|e| e > blob.size) {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!(
+                    "{w}x{h}, stride {stride}, offset {offset} does not fit blob {id} of {} bytes",
+                    blob.size
+                ),
+            );
+        }
+        let was_shared = self
+            .resources()
+            .blob_shadow(id, w, h, format, &ranges, offset, stride)?;
+        if was_shared {
+            self.display
+                .command(&ipc::GpuToDisplay::ReleaseSurface { resource_id: id }, &[]);
+        }
+        self.set_scanout(&plain)
     }
 
     /// A fence on a context (or a context's ring): render-worker's rutabaga
