@@ -30,7 +30,8 @@ fn main() {
     let peer = EventfdPeer::start();
     let (ch, ipc_child) = start_ipc_peer();
 
-    let backend = Backend::start(&[]);
+    let socket = UnservedSocket::new();
+    let backend = Backend::start(&["--wayland-socket", &socket.arg()]);
     let mut dev = Device::connect(&backend.socket);
     let (blob_id, size, _) = image_requirements(&mut dev, 256, 256);
     for i in 0..BLOBS {

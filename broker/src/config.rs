@@ -24,6 +24,8 @@ pub struct DeviceConfig {
     pub shm_size: u64,
     /// Capsets render-worker's rutabaga offers (it says so once jailed).
     pub num_capsets: u32,
+    /// `--wayland-socket`.
+    pub wayland_socket: Option<String>,
     pub jail: JailConfig,
 }
 
@@ -161,6 +163,7 @@ mod tests {
             max_resource_memory: 1 << 28,
             shm_size: 1 << 33,
             num_capsets: 1,
+            wayland_socket: None,
             jail: JailConfig {
                 sandbox: ipc::SandboxMode::Namespace,
                 seccomp: ipc::SeccompMode::Kill,

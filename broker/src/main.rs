@@ -91,6 +91,14 @@ struct Args {
     #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = config::parse_size)]
     shm_size: u64,
 
+    /// The Wayland compositor's socket that guests reach through
+    /// cross-domain contexts (capset 5, offered only with a socket).
+    /// Default: $XDG_RUNTIME_DIR/$WAYLAND_DISPLAY when both are set and it
+    /// exists. render-worker sees this one socket in its empty root and
+    /// nothing else of the host's filesystem.
+    #[arg(long, value_name = "PATH")]
+    wayland_socket: Option<PathBuf>,
+
     /// Directory holding gpu-airlock-gpu-worker and
     /// gpu-airlock-render-worker; default: the directory of this binary.
     #[arg(long, value_name = "DIR")]
@@ -152,11 +160,13 @@ fn run(args: Args) -> Result<(), String> {
         },
         seccomp: args.seccomp.into(),
     };
+    let wayland_socket = wayland_socket(args.wayland_socket.as_deref())?;
     let mut config = DeviceConfig {
         scanouts,
         max_resource_memory: args.max_resource_memory << 20,
         shm_size: args.shm_size,
         num_capsets: 0,
+        wayland_socket,
         jail,
     };
 
@@ -291,6 +301,36 @@ fn run(args: Args) -> Result<(), String> {
     std::process::exit(1);
 }
 
+/// The compositor socket: `--wayland-socket` (which must be a socket), or
+/// $XDG_RUNTIME_DIR/$WAYLAND_DISPLAY if that is one, or none.
+fn wayland_socket(given: Option<&Path>) -> Result<Option<String>, String> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket());
+    if let Some(p) = given {
+        if !is_socket(p) {
+            return Err(format!("--wayland-socket {}: not a socket", p.display()));
+        }
+        return Ok(Some(p.display().to_string()));
+    }
+    let (Some(dir), Some(display)) = (
+        std::env::var_os("XDG_RUNTIME_DIR"),
+        std::env::var_os("WAYLAND_DISPLAY"),
+    ) else {
+        return Ok(None);
+    };
+    let p = Path::new(&dir).join(display);
+    if is_socket(&p) {
+        info!("compositor socket from the environment: {}", p.display());
+        Ok(Some(p.display().to_string()))
+    } else {
+        warn!(
+            "$XDG_RUNTIME_DIR/$WAYLAND_DISPLAY ({}) is not a socket; no cross-domain",
+            p.display()
+        );
+        Ok(None)
+    }
+}
+
 fn open_parent_dir(socket: &Path) -> Result<OwnedFd, String> {
     let dir = match socket.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -348,7 +388,13 @@ fn start_workers(
     gpu.send(&BrokerToGpu::Configure(config.gpu_config()), &[])
         .map_err(|e| format!("gpu-worker: {e}"))?;
     render
-        .send(&BrokerToRender::Configure(config.jail), &[])
+        .send(
+            &BrokerToRender::Configure(ipc::RenderConfig {
+                jail: config.jail,
+                wayland_socket: config.wayland_socket.clone(),
+            }),
+            &[],
+        )
         .map_err(|e| format!("render-worker: {e}"))?;
 
     // The broker's own namespaces, empty root and landlock, before the

@@ -125,11 +125,25 @@ pub enum GpuToBroker {
     Pong { nonce: u64 },
 }
 
+/// Where render-worker finds the Wayland compositor inside its jail.
+pub const WAYLAND_SOCKET_IN_JAIL: &str = "/wayland-0";
+
+/// What render-worker needs to know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenderConfig {
+    pub jail: JailConfig,
+    /// The compositor's socket on the host (`--wayland-socket`). It is
+    /// bind-mounted at [`WAYLAND_SOCKET_IN_JAIL`] in render-worker's empty
+    /// root, and the cross-domain capset is offered only with it.
+    pub wayland_socket: Option<String>,
+}
+
 /// broker → render-worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BrokerToRender {
-    /// The confinement to enter; sent once, right after the handshake.
-    Configure(JailConfig),
+    /// The confinement to enter and the compositor to reach; sent once,
+    /// right after the handshake.
+    Configure(RenderConfig),
     Ping {
         nonce: u64,
     },

@@ -17,7 +17,7 @@ use caps::CapSet;
 use ipc::{JailConfig, SandboxMode, SeccompMode};
 use nix::sys::signal::Signal;
 
-pub use sandbox::enter_namespaces;
+pub use sandbox::{enter_namespaces, enter_namespaces_with};
 pub use seccomp::{Profile, TRAP_EXIT_STATUS};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,8 @@ pub enum Error {
     WriteGidMap(std::io::Error),
     #[error("cannot make mounts private in the new mount namespace: {0}")]
     MakeMountsPrivate(nix::errno::Errno),
+    #[error("cannot make {0} reachable in the empty root: {1}")]
+    BindSocket(String, String),
     #[error("cannot mount the empty root (tmpfs): {0}")]
     MountTmpfs(nix::errno::Errno),
     #[error("cannot change directory while building the root: {0}")]
@@ -82,9 +84,20 @@ pub enum Error {
 /// once everything the process needs a path for is open, while it has one
 /// thread.
 pub fn enter(profile: Profile, config: &JailConfig) -> Result<(), Error> {
+    enter_with_socket(profile, config, None)
+}
+
+/// As [`enter`], with one host socket made reachable at `socket.1` inside
+/// the empty root (see [`sandbox::enter_namespaces_with`]). Without the
+/// namespace layer the host path is used as it is.
+pub fn enter_with_socket(
+    profile: Profile,
+    config: &JailConfig,
+    socket: Option<(&std::path::Path, &str)>,
+) -> Result<(), Error> {
     ensure_single_threaded()?;
     if config.sandbox == SandboxMode::Namespace {
-        enter_namespaces(profile, None)?;
+        sandbox::enter_namespaces_with(profile, None, socket)?;
     } else {
         log::warn!(
             "{}: running without namespaces, an empty root or landlock (--sandbox none)",

@@ -15,6 +15,7 @@
 
 use std::fs;
 use std::os::fd::BorrowedFd;
+use std::path::Path;
 
 use landlock::{
     Access, AccessFs, AccessNet, LandlockStatus, PathBeneath, Ruleset, RulesetAttr,
@@ -49,6 +50,17 @@ pub fn enter_namespaces(
     profile: Profile,
     removable_in: Option<BorrowedFd<'_>>,
 ) -> Result<(), Error> {
+    enter_namespaces_with(profile, removable_in, None)
+}
+
+/// As [`enter_namespaces`], and makes one host socket (render-worker's
+/// Wayland compositor) reachable at `socket.1` in the empty root, with a
+/// bind mount of that socket alone: nothing else of its directory.
+pub fn enter_namespaces_with(
+    profile: Profile,
+    removable_in: Option<BorrowedFd<'_>>,
+    socket: Option<(&Path, &str)>,
+) -> Result<(), Error> {
     let (uid, gid) = (getuid(), getgid());
     unshare(namespaces()).map_err(Error::Unshare)?;
     // An unprivileged process may map only its own ids, and only once
@@ -57,7 +69,7 @@ pub fn enter_namespaces(
     fs::write("/proc/self/uid_map", format!("0 {uid} 1")).map_err(Error::WriteUidMap)?;
     fs::write("/proc/self/gid_map", format!("0 {gid} 1")).map_err(Error::WriteGidMap)?;
     make_mounts_private()?;
-    pivot_into_empty_root()?;
+    pivot_into_empty_root(socket)?;
     restrict_filesystem(profile, removable_in)
 }
 
@@ -72,8 +84,26 @@ fn make_mounts_private() -> Result<(), Error> {
     .map_err(Error::MakeMountsPrivate)
 }
 
-fn pivot_into_empty_root() -> Result<(), Error> {
+fn pivot_into_empty_root(socket: Option<(&Path, &str)>) -> Result<(), Error> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    // The socket may live beneath the directory the empty root is mounted
+    // on (/tmp): hold it by descriptor first, and bind from that.
+    let bind_err = |host: &Path, e: &dyn std::fmt::Display| {
+        Error::BindSocket(host.display().to_string(), e.to_string())
+    };
+    let held = match socket {
+        Some((host, name)) => Some((
+            host,
+            name,
+            nix::fcntl::open(
+                host,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| bind_err(host, &e))?,
+        )),
+        None => None,
+    };
     mount(
         Some("tmpfs"),
         NEW_ROOT,
@@ -82,6 +112,20 @@ fn pivot_into_empty_root() -> Result<(), Error> {
         Some("size=16k,mode=0555"),
     )
     .map_err(Error::MountTmpfs)?;
+    if let Some((host, name, fd)) = held {
+        // An empty file to mount the socket over, then the bind mount.
+        let target = Path::new(NEW_ROOT).join(name.trim_start_matches('/'));
+        fs::File::create(&target).map_err(|e| bind_err(host, &e))?;
+        let source = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        mount(
+            Some(source.as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| bind_err(host, &e))?;
+    }
     chdir(NEW_ROOT).map_err(Error::Chdir)?;
     pivot_root(".", ".").map_err(Error::PivotRoot)?;
     umount2(".", MntFlags::MNT_DETACH).map_err(Error::UnmountOldRoot)?;

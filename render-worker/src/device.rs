@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ipc::{
@@ -16,10 +17,10 @@ use ipc::{
 };
 use log::warn;
 use rutabaga_gfx::{
-    ResourceCreateBlob, Rutabaga, RutabagaBuilder, RutabagaError, RutabagaFence,
-    RutabagaFenceHandler, RutabagaHandle, RutabagaIovec, RUTABAGA_BLOB_FLAG_USE_MAPPABLE,
-    RUTABAGA_CAPSET_CROSS_DOMAIN, RUTABAGA_FLAG_FENCE, RUTABAGA_FLAG_INFO_RING_IDX,
-    RUTABAGA_MAP_CACHE_MASK,
+    ResourceCreateBlob, Rutabaga, RutabagaBuilder, RutabagaComponentType, RutabagaError,
+    RutabagaFence, RutabagaFenceHandler, RutabagaHandle, RutabagaIovec, RutabagaPath,
+    RUTABAGA_BLOB_FLAG_USE_MAPPABLE, RUTABAGA_CAPSET_CROSS_DOMAIN, RUTABAGA_FLAG_FENCE,
+    RUTABAGA_FLAG_INFO_RING_IDX, RUTABAGA_MAP_CACHE_MASK,
 };
 use virtio_bindings::virtio_gpu as b;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -31,11 +32,17 @@ const ERR_INVALID_RESOURCE_ID: u32 =
 const ERR_INVALID_CONTEXT_ID: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID;
 const ERR_INVALID_PARAMETER: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
 
-/// The capsets this build serves: cross-domain always; virgl and gfxstream
-/// only where their cargo features (and libraries) are.
-pub fn capset_mask() -> u64 {
+/// The capsets this build serves: cross-domain with a compositor to reach;
+/// virgl and gfxstream only where their cargo features (and libraries) are.
+/// None at all leaves rutabaga's 2D component, which still serves
+/// guest-memory blobs.
+pub fn capset_mask(wayland: bool) -> u64 {
     #[allow(unused_mut)]
-    let mut mask = 1 << RUTABAGA_CAPSET_CROSS_DOMAIN;
+    let mut mask = if wayland {
+        1 << RUTABAGA_CAPSET_CROSS_DOMAIN
+    } else {
+        0
+    };
     #[cfg(feature = "virgl")]
     {
         mask |=
@@ -48,6 +55,9 @@ pub fn capset_mask() -> u64 {
     }
     mask
 }
+
+/// `CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND` (rutabaga's cross_domain_protocol).
+const CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND: u32 = 1;
 
 /// Where rutabaga's fence signals go. A fence gpu-worker was told is
 /// pending becomes an event on the event channel; any other (one that
@@ -65,8 +75,12 @@ fn key(f: &RutabagaFence) -> (u32, Option<u8>, u64) {
     (f.ctx_id, ring, f.fence_id)
 }
 
-/// Builds rutabaga; the fences it signals go through `fences`.
-pub fn build_rutabaga(fences: Arc<Mutex<Fences>>) -> Result<Rutabaga, String> {
+/// Builds rutabaga; the fences it signals go through `fences`; a
+/// cross-domain context reaches the compositor at `wayland`.
+pub fn build_rutabaga(
+    fences: Arc<Mutex<Fences>>,
+    wayland: Option<PathBuf>,
+) -> Result<Rutabaga, String> {
     let handler = RutabagaFenceHandler::new(move |fence| {
         let k = key(&fence);
         let mut f = fences.lock().unwrap_or_else(|e| e.into_inner());
@@ -87,7 +101,20 @@ pub fn build_rutabaga(fences: Arc<Mutex<Fences>>) -> Result<Rutabaga, String> {
             f.signalled.push(k);
         }
     });
-    RutabagaBuilder::new(capset_mask(), handler)
+    let paths = wayland.map(|path| {
+        vec![RutabagaPath {
+            path,
+            path_type: CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND,
+        }]
+    });
+    let mut builder = RutabagaBuilder::new(capset_mask(paths.is_some()), handler);
+    if paths.is_none() && capset_mask(false) == 0 {
+        // With no capset asked for, rutabaga would offer every one it
+        // knows: ask for its 2D component alone.
+        builder = builder.set_default_component(RutabagaComponentType::Rutabaga2D);
+    }
+    builder
+        .set_rutabaga_paths(paths)
         .build()
         .map_err(|e| format!("rutabaga: {e}"))
 }
@@ -134,13 +161,14 @@ impl RenderDevice {
     pub fn new(
         map: Channel<MapRequest, MapAnswer>,
         events: Channel<RenderEvent, Nothing>,
+        wayland: Option<PathBuf>,
     ) -> Result<Self, String> {
         let fences = Arc::new(Mutex::new(Fences {
             events: Some(events),
             ..Fences::default()
         }));
         Ok(RenderDevice {
-            rutabaga: build_rutabaga(fences.clone())?,
+            rutabaga: build_rutabaga(fences.clone(), wayland)?,
             fences,
             memory: Vec::new(),
             map,

@@ -6,6 +6,7 @@
 mod device;
 
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread;
@@ -48,15 +49,25 @@ fn run() -> Result<(), String> {
     let mut connections: Option<Sender<Vec<OwnedFd>>> = None;
     loop {
         match broker.recv() {
-            Ok((BrokerToRender::Configure(jail), _)) => {
+            Ok((BrokerToRender::Configure(config), _)) => {
                 if connections.is_some() {
                     return Err("the broker sent a second configuration".into());
                 }
-                policies::enter(policies::Profile::RenderWorker, &jail)
-                    .map_err(|e| format!("cannot enter the jail: {e}"))?;
+                let host_socket = config.wayland_socket.as_deref().map(Path::new);
+                policies::enter_with_socket(
+                    policies::Profile::RenderWorker,
+                    &config.jail,
+                    host_socket.map(|p| (p, ipc::WAYLAND_SOCKET_IN_JAIL)),
+                )
+                .map_err(|e| format!("cannot enter the jail: {e}"))?;
+                // Where the compositor is from inside the jail.
+                let wayland: Option<PathBuf> = host_socket.map(|p| match config.jail.sandbox {
+                    ipc::SandboxMode::Namespace => PathBuf::from(ipc::WAYLAND_SOCKET_IN_JAIL),
+                    ipc::SandboxMode::None => p.to_path_buf(),
+                });
                 // A first rutabaga inside the jail: it must work there, and
                 // it says how many capsets the device has.
-                let probe = device::build_rutabaga(Default::default())?;
+                let probe = device::build_rutabaga(Default::default(), wayland.clone())?;
                 broker
                     .send(
                         &RenderToBroker::Ready {
@@ -69,7 +80,7 @@ fn run() -> Result<(), String> {
                 let (tx, rx) = channel();
                 thread::Builder::new()
                     .name("connection".into())
-                    .spawn(move || serve(rx))
+                    .spawn(move || serve(rx, wayland))
                     .map_err(|e| format!("cannot start the connection thread: {e}"))?;
                 connections = Some(tx);
             }
@@ -95,14 +106,18 @@ fn run() -> Result<(), String> {
 /// Serves one front-end connection at a time, each with fresh state: the
 /// broker sends each connection's channels (map channel, gpu-worker link)
 /// before gpu-worker can use them.
-fn serve(connections: Receiver<Vec<OwnedFd>>) {
+fn serve(connections: Receiver<Vec<OwnedFd>>, wayland: Option<PathBuf>) {
     for mut fds in connections {
         let (Some(events), Some(link), Some(map)) = (fds.pop(), fds.pop(), fds.pop()) else {
             error!("render-worker: a connection came without its channels");
             std::process::exit(1);
         };
         let gpu: Channel<RenderAnswer, RenderCommand> = Channel::new(link);
-        let mut device = match device::RenderDevice::new(Channel::new(map), Channel::new(events)) {
+        let mut device = match device::RenderDevice::new(
+            Channel::new(map),
+            Channel::new(events),
+            wayland.clone(),
+        ) {
             Ok(d) => d,
             Err(e) => {
                 error!("render-worker: {e}; exiting");

@@ -189,6 +189,21 @@ impl Backend {
     /// Starts `gpu-airlock --socket-path … <extra>` and waits until it says
     /// it is ready.
     pub fn start(extra: &[&str]) -> Backend {
+        let backend = Backend::try_start(extra);
+        assert!(
+            backend
+                .log
+                .wait_for(&["ready on"], Duration::from_secs(20))
+                .is_some(),
+            "gpu-airlock did not become ready; log: {:#?}",
+            backend.log.lines()
+        );
+        backend
+    }
+
+    /// Starts `gpu-airlock --socket-path … <extra>` without waiting for it
+    /// (for tests of what it refuses at start).
+    pub fn try_start(extra: &[&str]) -> Backend {
         let dir = TempDir::new("backend");
         let socket = dir.0.join("gpu.sock");
         let mut cmd = Command::new(binary("gpu-airlock"));
@@ -196,6 +211,8 @@ impl Backend {
             .arg(&socket)
             .args(extra)
             .env("RUST_LOG", "info")
+            // The compositor is always the test's choice (--wayland-socket).
+            .env_remove("WAYLAND_DISPLAY")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -210,21 +227,12 @@ impl Backend {
                 sink.0.lock().unwrap().push(line);
             }
         });
-        let backend = Backend {
+        Backend {
             child,
             socket,
             log,
             _dir: dir,
-        };
-        assert!(
-            backend
-                .log
-                .wait_for(&["ready on"], Duration::from_secs(20))
-                .is_some(),
-            "gpu-airlock did not become ready; log: {:#?}",
-            backend.log.lines()
-        );
-        backend
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -302,6 +310,39 @@ pub fn process_alive(pid: u32) -> bool {
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
+    }
+}
+
+/// A listening Unix socket nobody serves: enough for `--wayland-socket`
+/// where a test only needs the cross-domain capset (channel type 0 never
+/// connects). Tests that talk Wayland start weston instead.
+pub struct UnservedSocket {
+    _listener: std::os::unix::net::UnixListener,
+    pub path: PathBuf,
+    _dir: TempDir,
+}
+
+impl UnservedSocket {
+    pub fn new() -> UnservedSocket {
+        let dir = TempDir::new("unserved-socket");
+        let path = dir.0.join("wayland-test");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        UnservedSocket {
+            _listener: listener,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// `--wayland-socket PATH`, for Backend::start.
+    pub fn arg(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+impl Default for UnservedSocket {
+    fn default() -> Self {
+        UnservedSocket::new()
     }
 }
 

@@ -34,7 +34,8 @@ fn render_worker_memfd(backend: &Backend, name: &str) -> fs::File {
 
 #[test]
 fn a_host_blob_is_mapped_into_the_guest_region_and_out_again() {
-    let backend = Backend::start(&[]);
+    let socket = UnservedSocket::new();
+    let backend = Backend::start(&["--wayland-socket", &socket.arg()]);
     let mut dev = Device::connect(&backend.socket);
     let region = dev.shmem.clone().expect("SHMEM negotiated");
 
@@ -178,7 +179,8 @@ fn a_host_blob_is_mapped_into_the_guest_region_and_out_again() {
 
 #[test]
 fn bad_blob_and_context_requests_get_the_spec_codes() {
-    let backend = Backend::start(&[]);
+    let socket = UnservedSocket::new();
+    let backend = Backend::start(&["--wayland-socket", &socket.arg()]);
     let mut dev = Device::connect(&backend.socket);
     let region = dev.shmem.clone().unwrap();
     // 64x64: four pages, so a map one page in overlaps.
@@ -350,7 +352,8 @@ fn bad_blob_and_context_requests_get_the_spec_codes() {
 /// of the device (contexts, blobs, 2D) works on.
 #[test]
 fn without_shmem_a_map_is_refused_and_nothing_else_breaks() {
-    let backend = Backend::start(&[]);
+    let socket = UnservedSocket::new();
+    let backend = Backend::start(&["--wayland-socket", &socket.arg()]);
     let mut dev = Device::connect_without_shmem(&backend.socket);
     assert!(dev.shmem.is_none());
     let (blob_id, size, _) = image_requirements(&mut dev, 64, 64);
@@ -390,7 +393,8 @@ fn without_shmem_a_map_is_refused_and_nothing_else_breaks() {
 /// answering everything else.
 #[test]
 fn a_fence_that_has_not_signalled_holds_its_command_back_and_only_it() {
-    let backend = Backend::start(&[]);
+    let socket = UnservedSocket::new();
+    let backend = Backend::start(&["--wayland-socket", &socket.arg()]);
     let mut dev = Device::connect(&backend.socket);
     image_requirements(&mut dev, 16, 16);
     // GET_IMAGE_REQUIREMENTS fenced on ring 1 (the channel ring), posted on
@@ -420,4 +424,50 @@ fn a_fence_that_has_not_signalled_holds_its_command_back_and_only_it() {
         code(&mut dev, &cmd(CMD_RESOURCE_CREATE_2D, &[40, 1, 8, 8])),
         RESP_OK_NODATA
     );
+}
+
+/// The cross-domain capset is offered only with a compositor socket
+/// configured; without one there is no capset, and guest-memory blobs still
+/// work (rutabaga's 2D component).
+#[test]
+fn the_cross_domain_capset_needs_a_compositor_socket() {
+    use vhost::vhost_user::message::VhostUserConfigFlags;
+    use vhost::vhost_user::VhostUserFrontend;
+    let num_capsets = |dev: &mut Device| {
+        let (_, config) = dev
+            .frontend
+            .get_config(0, 16, VhostUserConfigFlags::WRITABLE, &[0u8; 16])
+            .unwrap();
+        u32::from_le_bytes(config[12..16].try_into().unwrap())
+    };
+    let socket = UnservedSocket::new();
+    let with = Backend::start(&["--wayland-socket", &socket.arg()]);
+    let mut dev = Device::connect(&with.socket);
+    assert_eq!(num_capsets(&mut dev), 1);
+
+    let without = Backend::start(&[]);
+    let mut dev = Device::connect(&without.socket);
+    assert_eq!(num_capsets(&mut dev), 0);
+    assert_eq!(
+        code(&mut dev, &words(hdr(CMD_GET_CAPSET_INFO, 0, None), &[0, 0])),
+        RESP_ERR_INVALID_PARAMETER
+    );
+    assert_eq!(
+        code(&mut dev, &ctx_create(CTX, CAPSET_CROSS_DOMAIN, "")),
+        RESP_ERR_UNSPEC,
+        "no cross-domain context without a compositor"
+    );
+    assert_eq!(
+        code(
+            &mut dev,
+            &create_blob(0, 10, BLOB_MEM_GUEST, 0, 0, 4096, &[(RING_AT, 4096)])
+        ),
+        RESP_OK_NODATA
+    );
+    // A socket path that is not a socket is refused at start.
+    let mut bad = Backend::try_start(&["--wayland-socket", "/etc/hostname"]);
+    assert!(bad
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| !s.success()));
+    assert!(bad.log.lines().iter().any(|l| l.contains("not a socket")));
 }
