@@ -155,6 +155,33 @@ pub struct RenderDevice {
     memory: Vec<GuestMemoryMmap>,
     map: Channel<MapRequest, MapAnswer>,
     blobs: BTreeMap<u32, Blob>,
+    /// Each context's capset id (the low byte of its context_init).
+    contexts: BTreeMap<u32, u32>,
+}
+
+/// The size of a cross-domain command header (`CrossDomainHeader`).
+const CROSS_DOMAIN_HEADER: usize = 8;
+
+/// Checks the framing of a cross-domain command stream before rutabaga
+/// walks it: rutabaga advances by each header's `cmd_size` until the
+/// stream is empty, so a `cmd_size` of 0 would spin its thread forever, and
+/// one past the end is refused only after the command ran.
+fn check_cross_domain_framing(commands: &[u8]) -> Result<(), String> {
+    let mut at = 0;
+    while at < commands.len() {
+        let hdr = commands
+            .get(at..at + CROSS_DOMAIN_HEADER)
+            .ok_or(format!("a cross-domain header cut short at byte {at}"))?;
+        let size = usize::from(u16::from_le_bytes([hdr[2], hdr[3]]));
+        if size < CROSS_DOMAIN_HEADER || at + size > commands.len() {
+            return Err(format!(
+                "a cross-domain command of {size} bytes at byte {at} of {}",
+                commands.len()
+            ));
+        }
+        at += size;
+    }
+    Ok(())
 }
 
 impl RenderDevice {
@@ -173,6 +200,7 @@ impl RenderDevice {
             memory: Vec::new(),
             map,
             blobs: BTreeMap::new(),
+            contexts: BTreeMap::new(),
         })
     }
 
@@ -200,12 +228,18 @@ impl RenderDevice {
                 ctx_id,
                 context_init,
                 name,
-            } => self.rutabaga.create_context(
-                ctx_id,
-                context_init,
-                Some(&name).filter(|n| !n.is_empty()).map(String::as_str),
-            ),
-            RenderCommand::CtxDestroy { ctx_id } => self.rutabaga.destroy_context(ctx_id),
+            } => {
+                let name = Some(&name).filter(|n| !n.is_empty()).map(String::as_str);
+                let created = self.rutabaga.create_context(ctx_id, context_init, name);
+                if created.is_ok() {
+                    self.contexts.insert(ctx_id, context_init & 0xff);
+                }
+                created
+            }
+            RenderCommand::CtxDestroy { ctx_id } => {
+                self.contexts.remove(&ctx_id);
+                self.rutabaga.destroy_context(ctx_id)
+            }
             RenderCommand::CtxAttach {
                 ctx_id,
                 resource_id,
@@ -217,7 +251,14 @@ impl RenderDevice {
             RenderCommand::Submit {
                 ctx_id,
                 mut commands,
-            } => self.rutabaga.submit_command(ctx_id, &mut commands, &[]),
+            } => {
+                if self.contexts.get(&ctx_id) == Some(&RUTABAGA_CAPSET_CROSS_DOMAIN) {
+                    if let Err(why) = check_cross_domain_framing(&commands) {
+                        return refused(ERR_INVALID_PARAMETER, why);
+                    }
+                }
+                self.rutabaga.submit_command(ctx_id, &mut commands, &[])
+            }
             RenderCommand::Fence {
                 ctx_id,
                 ring,
@@ -463,5 +504,32 @@ impl RenderDevice {
                 RenderAnswer::Pending
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(size: u16, total: usize) -> Vec<u8> {
+        let mut v = vec![0u8; total];
+        v[2..4].copy_from_slice(&size.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn cross_domain_framing_is_checked_before_rutabaga_walks_it() {
+        check_cross_domain_framing(&cmd(16, 16)).unwrap();
+        check_cross_domain_framing(&[]).unwrap();
+        let mut two = cmd(16, 16);
+        two.extend(cmd(8, 8));
+        check_cross_domain_framing(&two).unwrap();
+        assert!(
+            check_cross_domain_framing(&cmd(0, 16)).is_err(),
+            "size 0 would spin"
+        );
+        assert!(check_cross_domain_framing(&cmd(4, 16)).is_err());
+        assert!(check_cross_domain_framing(&cmd(32, 16)).is_err());
+        assert!(check_cross_domain_framing(&[1, 0, 16]).is_err());
     }
 }

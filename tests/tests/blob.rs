@@ -231,6 +231,13 @@ fn bad_blob_and_context_requests_get_the_spec_codes() {
             RESP_ERR_INVALID_PARAMETER,
         ),
         (
+            // A POLL whose header says 0 bytes: rutabaga would walk it
+            // forever.
+            "cross-domain command of size 0",
+            submit(CTX, &[3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], None),
+            RESP_ERR_INVALID_PARAMETER,
+        ),
+        (
             "SUBMIT_3D larger than its descriptor",
             words(hdr(CMD_SUBMIT_3D, CTX, None), &[4096, 0]),
             RESP_ERR_INVALID_PARAMETER,
