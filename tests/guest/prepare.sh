@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Prepares what the real-guest tests (tests/tests/guest.rs) need, on Debian
-# 12 as root: QEMU 10 from bookworm-backports, a Debian kernel with its
-# virtio-gpu modules, and a busybox initramfs. Idempotent; the kernel and
+# Prepares what the real-peer tests need, on Debian 12 as root: QEMU 10 from
+# bookworm-backports, a Debian kernel with its virtio-gpu modules and a
+# busybox initramfs (tests/tests/guest.rs), and weston (tests/tests/wayland.rs). Idempotent; the kernel and
 # initramfs are cached in $GPU_AIRLOCK_GUEST_CACHE (default
 # tests/guest-cache, ignored by git).
 set -euo pipefail
@@ -30,10 +30,12 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu)
 command -v busybox >/dev/null && busybox --list | grep -qx insmod || need+=(busybox)
 command -v cpio >/dev/null || need+=(cpio)
 [ -x /sbin/depmod ] || need+=(kmod)
+command -v weston >/dev/null || need+=(weston)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-system-gui >/dev/null
-    apt-get install -y -qq busybox-static cpio kmod >/dev/null
+    # weston (headless) is the real compositor of the cross-domain tests.
+    apt-get install -y -qq busybox-static cpio kmod weston >/dev/null
 fi
 
 # The newest Debian 12 amd64 kernel (not -cloud: it has no virtio-gpu).

@@ -32,6 +32,7 @@ pub use gpu_wire::*;
 pub mod blob_wire;
 pub mod display;
 pub mod shmem;
+pub mod wayland;
 
 /// Guest-side constants and layouts the tests build requests from.
 pub mod gpu_wire {
@@ -207,10 +208,13 @@ impl Backend {
         let dir = TempDir::new("backend");
         let socket = dir.0.join("gpu.sock");
         let mut cmd = Command::new(binary("gpu-airlock"));
-        cmd.arg("--socket-path")
-            .arg(&socket)
-            .args(extra)
-            .env("RUST_LOG", "info")
+        cmd.arg("--socket-path").arg(&socket).args(extra);
+        // For writing policies: GPU_AIRLOCK_TEST_SECCOMP=trap names the
+        // syscall a filter refused.
+        if let Some(mode) = std::env::var_os("GPU_AIRLOCK_TEST_SECCOMP") {
+            cmd.arg("--seccomp").arg(mode);
+        }
+        cmd.env("RUST_LOG", "info")
             // The compositor is always the test's choice (--wayland-socket).
             .env_remove("WAYLAND_DISPLAY")
             .stdin(Stdio::null())
@@ -643,6 +647,32 @@ impl Device {
         self.cursorq
             .wait_used(&self.mem, Duration::from_secs(10))
             .expect("the device used the cursor request");
+    }
+
+    /// As [`Device::control`], but None if the device has not answered
+    /// within `timeout` (the chain stays with the device: do not reuse the
+    /// queue for another request after that).
+    pub fn control_within(
+        &mut self,
+        request: &[u8],
+        resp_len: u32,
+        timeout: Duration,
+    ) -> Option<(u32, Vec<u8>)> {
+        let (req, resp) = (DATA_BASE, DATA_BASE + 0x10_000);
+        self.mem.write_slice(request, GuestAddress(req)).unwrap();
+        self.mem
+            .write_slice(&vec![0xaa; resp_len as usize], GuestAddress(resp))
+            .unwrap();
+        let descs = [
+            (req, request.len() as u32, VRING_DESC_F_NEXT, 1),
+            (resp, resp_len, VRING_DESC_F_WRITE, 0),
+        ];
+        self.controlq.push_raw(&self.mem, 0, &descs, 0);
+        let (id, len) = self.controlq.wait_used(&self.mem, timeout)?;
+        assert_eq!(id, 0, "used entry names the chain's head");
+        let mut out = vec![0u8; resp_len as usize];
+        self.mem.read_slice(&mut out, GuestAddress(resp)).unwrap();
+        Some((len, out))
     }
 
     /// Sends `request` on the control queue with a `resp_len`-byte writable

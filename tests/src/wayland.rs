@@ -1,0 +1,275 @@
+//! A real compositor for the cross-domain tests, and the guest's side of a
+//! cross-domain Wayland channel, as a guest proxy (sommelier) drives it:
+//! a context with `context_init` = 5, two 4 KiB guest-memory rings (query
+//! and channel), CROSS_DOMAIN_CMD_INIT with the Wayland channel type, SEND
+//! with the Wayland bytes, and POLL fenced on the channel ring, after which
+//! the channel ring holds what the compositor sent (RECEIVE).
+//!
+//! The Wayland wire format (a 32-bit object id, then size << 16 | opcode,
+//! then arguments) is written and read here by hand: no Wayland client
+//! library talks through a virtio-gpu ring.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::blob_wire::*;
+use crate::gpu_wire::*;
+use crate::{dies_with_parent, Device, TempDir};
+
+/// The channel ring's guest page (the query ring is at [`RING_AT`]).
+pub const CHANNEL_AT: u64 = RING_AT + 0x1_0000;
+const QUERY_RING: u32 = 10;
+const CHANNEL_RING: u32 = 11;
+/// `struct CrossDomainSendReceive` without its data.
+pub const SEND_RECEIVE_HEADER: usize = 8 + 8 + 3 * 4 * 28;
+pub const CROSS_DOMAIN_CMD_SEND: u8 = 4;
+pub const CROSS_DOMAIN_CMD_RECEIVE: u8 = 5;
+pub const CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND: u32 = 1;
+pub const CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB: u32 = 1;
+
+/// weston with its headless backend, on a private socket in a private
+/// runtime directory.
+pub struct Weston {
+    child: Child,
+    pub socket: PathBuf,
+    _dir: TempDir,
+}
+
+impl Weston {
+    /// Starts weston, or None (after saying so loudly) where it is not
+    /// installed; with GPU_AIRLOCK_REQUIRE_GUEST set (as `.ci/run` sets
+    /// it), a missing weston fails the test instead.
+    pub fn start() -> Option<Weston> {
+        let installed = Command::new("weston")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            let why = "the Wayland tests need weston (apt-get install weston; .ci/run does)";
+            if std::env::var_os("GPU_AIRLOCK_REQUIRE_GUEST").is_some() {
+                panic!("{why}");
+            }
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "\n*** SKIPPED, NOT PASSED: {why} ***\n"
+            );
+            return None;
+        }
+        let dir = TempDir::new("weston");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let socket = dir.0.join("wayland-airlock");
+        let child = dies_with_parent(&mut Command::new("weston"))
+            .args([
+                "--backend=headless-backend.so",
+                "--socket=wayland-airlock",
+                "--idle-time=0",
+            ])
+            .env("XDG_RUNTIME_DIR", &dir.0)
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start weston");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "weston did not create its socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Weston {
+            child,
+            socket,
+            _dir: dir,
+        })
+    }
+
+    pub fn arg(&self) -> String {
+        self.socket.display().to_string()
+    }
+
+    /// The compositor goes away.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Weston {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Wayland message: object, opcode, arguments.
+pub fn wl_msg(object: u32, opcode: u16, args: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + args.len());
+    v.extend_from_slice(&object.to_le_bytes());
+    v.extend_from_slice(&(((8 + args.len() as u32) << 16) | u32::from(opcode)).to_le_bytes());
+    v.extend_from_slice(args);
+    v
+}
+
+/// A Wayland string argument.
+pub fn wl_string(s: &str) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&(s.len() as u32 + 1).to_le_bytes());
+    v.extend_from_slice(s.as_bytes());
+    v.push(0);
+    while v.len() % 4 != 0 {
+        v.push(0);
+    }
+    v
+}
+
+/// One event: object, opcode, arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WlEvent {
+    pub object: u32,
+    pub opcode: u16,
+    pub args: Vec<u8>,
+}
+
+impl WlEvent {
+    pub fn u32_at(&self, i: usize) -> u32 {
+        u32::from_le_bytes(self.args[i..i + 4].try_into().unwrap())
+    }
+
+    /// The string argument starting at byte `i`.
+    pub fn string_at(&self, i: usize) -> String {
+        let len = self.u32_at(i) as usize;
+        String::from_utf8_lossy(&self.args[i + 4..i + 4 + len.saturating_sub(1)]).into_owned()
+    }
+}
+
+/// Splits a byte stream into Wayland messages.
+pub fn wl_parse(mut bytes: &[u8]) -> Vec<WlEvent> {
+    let mut out = Vec::new();
+    while bytes.len() >= 8 {
+        let object = u32::from_le_bytes(bytes[0..4].try_into().unwrap());
+        let word = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+        let size = (word >> 16) as usize;
+        if size < 8 || size > bytes.len() {
+            break;
+        }
+        out.push(WlEvent {
+            object,
+            opcode: (word & 0xffff) as u16,
+            args: bytes[8..size].to_vec(),
+        });
+        bytes = &bytes[size..];
+    }
+    out
+}
+
+/// A cross-domain SEND of `data` with `identifiers` (id, type).
+pub fn cross_domain_send(data: &[u8], identifiers: &[(u32, u32)], count: u32) -> Vec<u8> {
+    let mut ids = [0u32; 28 * 3];
+    for (i, (id, ty)) in identifiers.iter().enumerate().take(28) {
+        ids[i] = *id;
+        ids[28 + i] = *ty;
+    }
+    let mut body = vec![count, data.len() as u32];
+    body.extend_from_slice(&ids);
+    cross_domain(CROSS_DOMAIN_CMD_SEND, &body, data)
+}
+
+/// The guest's end of one cross-domain Wayland channel on context [`CTX`].
+pub struct WaylandChannel {
+    next_fence: u64,
+}
+
+impl WaylandChannel {
+    /// Creates the context and its two rings and sends INIT; the answer's
+    /// response type (RESP_OK_NODATA when the compositor was reached).
+    pub fn open(dev: &mut Device) -> (WaylandChannel, u32) {
+        let answer = |dev: &mut Device, r: &[u8]| {
+            let (_, resp) = dev.control(r, 64);
+            parse_hdr(&resp).0
+        };
+        assert_eq!(answer(dev, &ctx_create(CTX, 5, "wayland")), RESP_OK_NODATA);
+        for (id, at) in [(QUERY_RING, RING_AT), (CHANNEL_RING, CHANNEL_AT)] {
+            assert_eq!(
+                answer(
+                    dev,
+                    &create_blob(0, id, BLOB_MEM_GUEST, 0, 0, 4096, &[(at, 4096)])
+                ),
+                RESP_OK_NODATA
+            );
+            assert_eq!(
+                answer(
+                    dev,
+                    &words(hdr(CMD_CTX_ATTACH_RESOURCE, CTX, None), &[id, 0])
+                ),
+                RESP_OK_NODATA
+            );
+        }
+        let init = cross_domain(
+            1,
+            &[QUERY_RING, CHANNEL_RING, CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND],
+            &[0; 16],
+        );
+        let code = answer(dev, &submit(CTX, &init, None));
+        (WaylandChannel { next_fence: 100 }, code)
+    }
+
+    /// Sends Wayland bytes (and blobs as descriptors); the response type.
+    pub fn send(&mut self, dev: &mut Device, data: &[u8], blobs: &[u32]) -> u32 {
+        let ids: Vec<(u32, u32)> = blobs
+            .iter()
+            .map(|b| (*b, CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB))
+            .collect();
+        let request = submit(CTX, &cross_domain_send(data, &ids, ids.len() as u32), None);
+        let (_, resp) = dev.control(&request, 64);
+        parse_hdr(&resp).0
+    }
+
+    /// POLLs, fenced on the channel ring, and returns what the compositor
+    /// sent: None if the fence did not signal within `timeout`.
+    pub fn receive(&mut self, dev: &mut Device, timeout: Duration) -> Option<Vec<u8>> {
+        self.next_fence += 1;
+        let poll = submit(
+            CTX,
+            &cross_domain(3, &[0, 0], &[]),
+            Some((self.next_fence, Some(1))),
+        );
+        let (_, resp) = dev.control_within(&poll, 64, timeout)?;
+        assert_eq!(parse_hdr(&resp).0, RESP_OK_NODATA, "POLL answered");
+        let mut ring = vec![0u8; 4096];
+        dev.mem
+            .read_slice(&mut ring, GuestAddress(CHANNEL_AT))
+            .unwrap();
+        assert_eq!(
+            ring[0], CROSS_DOMAIN_CMD_RECEIVE,
+            "the channel ring holds a RECEIVE"
+        );
+        let size = u32::from_le_bytes(ring[12..16].try_into().unwrap()) as usize;
+        Some(ring[SEND_RECEIVE_HEADER..SEND_RECEIVE_HEADER + size].to_vec())
+    }
+
+    /// Receives until an event satisfies `done`; returns every event.
+    pub fn receive_until(
+        &mut self,
+        dev: &mut Device,
+        done: impl Fn(&WlEvent) -> bool,
+    ) -> Vec<WlEvent> {
+        let mut events = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !events.iter().any(&done) {
+            assert!(Instant::now() < deadline, "no such event: {events:?}");
+            let bytes = self
+                .receive(dev, Duration::from_secs(10))
+                .expect("the compositor answered");
+            events.extend(wl_parse(&bytes));
+        }
+        events
+    }
+}
