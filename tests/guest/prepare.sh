@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Prepares what the real-peer tests need, on Debian 12 as root: QEMU 10 from
 # bookworm-backports, a Debian kernel with its virtio-gpu modules and a
-# busybox initramfs (tests/tests/guest.rs), and weston (tests/tests/wayland.rs). Idempotent; the kernel and
-# initramfs are cached in $GPU_AIRLOCK_GUEST_CACHE (default
-# tests/guest-cache, ignored by git).
+# busybox initramfs (tests/tests/guest.rs), and weston
+# (tests/tests/wayland.rs). Idempotent; the kernel and initramfs are cached
+# in $GPU_AIRLOCK_GUEST_CACHE (default tests/guest-cache, ignored by git).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${GPU_AIRLOCK_GUEST_CACHE:-$here/../guest-cache}

@@ -147,3 +147,117 @@ fn bad_sends_get_error_responses() {
     );
     channel.receive_until(&mut dev, |e| e.object == 3 && e.opcode == 0);
 }
+
+/// The name of global `interface` in the registry events.
+fn global(events: &[harness::wayland::WlEvent], interface: &str) -> u32 {
+    events
+        .iter()
+        .find(|e| e.object == 2 && e.opcode == 0 && e.string_at(4) == interface)
+        .unwrap_or_else(|| panic!("{interface} is advertised"))
+        .u32_at(0)
+}
+
+/// wl_registry.bind(name, interface, version, new id).
+fn bind(name: u32, interface: &str, version: u32, id: u32) -> Vec<u8> {
+    let mut args = name.to_le_bytes().to_vec();
+    args.extend(wl_string(interface));
+    args.extend_from_slice(&version.to_le_bytes());
+    args.extend_from_slice(&id.to_le_bytes());
+    wl_msg(2, 0, &args)
+}
+
+fn args(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// A window whose pixels are a host blob: a shm pool made from the blob's
+/// memfd (sent as a descriptor with SEND), a buffer, an xdg toplevel
+/// surface, attach, commit — and weston's frame callback comes back.
+#[test]
+fn a_blob_becomes_a_shm_buffer_on_a_surface_and_the_frame_callback_arrives() {
+    let Some(weston) = Weston::start() else {
+        return;
+    };
+    let backend = Backend::start(&["--wayland-socket", &weston.arg()]);
+    let mut dev = Device::connect(&backend.socket);
+    let (mut channel, init) = WaylandChannel::open(&mut dev);
+    assert_eq!(init, RESP_OK_NODATA);
+    channel.send(&mut dev, &registry_and_sync(), &[]);
+    let events = channel.receive_until(&mut dev, |e| e.object == 3 && e.opcode == 0);
+
+    // Objects: 4 xdg_wm_base, 5 wl_compositor, 6 wl_shm, 7 wl_surface,
+    // 8 xdg_surface, 9 xdg_toplevel, 10 pool, 11 buffer, 12 frame callback.
+    let mut setup = bind(global(&events, "xdg_wm_base"), "xdg_wm_base", 1, 4);
+    setup.extend(bind(
+        global(&events, "wl_compositor"),
+        "wl_compositor",
+        4,
+        5,
+    ));
+    setup.extend(bind(global(&events, "wl_shm"), "wl_shm", 1, 6));
+    setup.extend(wl_msg(5, 0, &args(&[7]))); // create_surface
+    setup.extend(wl_msg(4, 2, &args(&[8, 7]))); // get_xdg_surface
+    setup.extend(wl_msg(8, 1, &args(&[9]))); // get_toplevel
+    setup.extend(wl_msg(7, 6, &[])); // commit
+    assert_eq!(channel.send(&mut dev, &setup, &[]), RESP_OK_NODATA);
+    let events = channel.receive_until(&mut dev, |e| e.object == 8 && e.opcode == 0);
+    let serial = events
+        .iter()
+        .find(|e| e.object == 8 && e.opcode == 0)
+        .unwrap()
+        .u32_at(0);
+
+    // The pixels: a host blob from the cross-domain context, in the
+    // context's resources so SEND can pass its memfd.
+    let (blob_id, size, _) = {
+        let reqs = cross_domain(2, &[64, 64, u32::from_le_bytes(*b"XR24"), 0], &[]);
+        let (_, resp) = dev.control(&submit(CTX, &reqs, Some((50, Some(0)))), 64);
+        assert_eq!(parse_hdr(&resp).0, RESP_OK_NODATA);
+        let mut ring = [0u8; 64];
+        use vm_memory::Bytes;
+        dev.mem
+            .read_slice(&mut ring, vm_memory::GuestAddress(RING_AT))
+            .unwrap();
+        (
+            u32::from_le_bytes(ring[48..52].try_into().unwrap()),
+            u64::from_le_bytes(ring[40..48].try_into().unwrap()),
+            (),
+        )
+    };
+    let create = create_blob(
+        CTX,
+        30,
+        BLOB_MEM_HOST3D,
+        BLOB_FLAG_MAPPABLE | BLOB_FLAG_SHAREABLE,
+        u64::from(blob_id),
+        size,
+        &[],
+    );
+    let (_, resp) = dev.control(&create, 64);
+    assert_eq!(parse_hdr(&resp).0, RESP_OK_NODATA);
+    let (_, resp) = dev.control(
+        &words(hdr(CMD_CTX_ATTACH_RESOURCE, CTX, None), &[30, 0]),
+        64,
+    );
+    assert_eq!(parse_hdr(&resp).0, RESP_OK_NODATA);
+
+    let mut frame = wl_msg(8, 4, &args(&[serial])); // ack_configure
+                                                    // create_pool(new id, fd, size): the fd travels as the blob.
+    frame.extend(wl_msg(6, 0, &args(&[10, size as u32])));
+    // create_buffer(new id, offset, width, height, stride, XRGB8888)
+    frame.extend(wl_msg(10, 0, &args(&[11, 0, 64, 64, 256, 1])));
+    frame.extend(wl_msg(7, 1, &args(&[11, 0, 0]))); // attach
+    frame.extend(wl_msg(7, 2, &args(&[0, 0, 64, 64]))); // damage
+    frame.extend(wl_msg(7, 3, &args(&[12]))); // frame
+    frame.extend(wl_msg(7, 6, &[])); // commit
+    assert_eq!(channel.send(&mut dev, &frame, &[30]), RESP_OK_NODATA);
+    let events = channel.receive_until(&mut dev, |e| {
+        // wl_callback 12 done, or wl_display.error.
+        e.opcode == 0 && (e.object == 12 || e.object == 1)
+    });
+    assert!(
+        !events.iter().any(|e| e.object == 1 && e.opcode == 0),
+        "no wl_display.error: {events:?}"
+    );
+    assert!(events.iter().any(|e| e.object == 12 && e.opcode == 0));
+}
