@@ -91,6 +91,12 @@ fn the_compositor_going_away_is_an_end_of_channel_not_a_hang() {
         }
     }
     assert!(ended, "the guest learns the channel ended");
+    // RECEIVE on the dead channel: answered (not left hanging), and the
+    // device goes on.
+    let again = channel.receive(&mut dev, Duration::from_secs(10));
+    assert!(again.is_some(), "a POLL on a dead channel is answered");
+    let (len, _) = dev.control(&ctrl_hdr(CMD_GET_DISPLAY_INFO, 0, 0), 1024);
+    assert_eq!(len, 408);
 }
 
 #[test]
