@@ -35,15 +35,7 @@ fn main() {
     let mut dev = Device::connect(&backend.socket);
     let (blob_id, size, _) = image_requirements(&mut dev, 256, 256);
     for i in 0..BLOBS {
-        let request = create_blob(
-            CTX,
-            100 + i,
-            BLOB_MEM_HOST3D,
-            BLOB_FLAG_MAPPABLE | BLOB_FLAG_SHAREABLE,
-            u64::from(blob_id),
-            size,
-            &[],
-        );
+        let request = host_blob(100 + i, blob_id, size);
         assert_eq!(dev.answer(&request), RESP_OK_NODATA);
     }
     let unmap = |id: u32| words(hdr(CMD_RESOURCE_UNMAP_BLOB, 0, None), &[id, 0]);

@@ -140,6 +140,12 @@ pub fn image_requirements(dev: &mut Device, w: u32, h: u32) -> (u32, u64, u32) {
     // CROSS_DOMAIN_CMD_INIT: query ring 10, no channel ring, channel type 0.
     let init = cross_domain(1, &[10, 0, 0], &[0; 16]);
     assert_eq!(code(dev, &submit(CTX, &init, None)), RESP_OK_NODATA);
+    more_image_requirements(dev, w, h)
+}
+
+/// On a context [`image_requirements`] set up: asks again (a new blob id
+/// each time) and returns (blob_id, size, map_info).
+pub fn more_image_requirements(dev: &mut Device, w: u32, h: u32) -> (u32, u64, u32) {
     // CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS, fenced on the query ring:
     // the fence signals once the answer is in the ring.
     let reqs = cross_domain(2, &[w, h, XRGB8888, 0], &[]);
@@ -158,4 +164,18 @@ pub fn image_requirements(dev: &mut Device, w: u32, h: u32) -> (u32, u64, u32) {
     let size = u64::from_le_bytes(ring[40..48].try_into().unwrap());
     assert_eq!(u32_at(0), w * 4, "the stride rutabaga chose");
     (u32_at(48), size, u32_at(52))
+}
+
+/// RESOURCE_CREATE_BLOB of a mappable, shareable host blob `id` on [`CTX`]
+/// from image requirements (`blob_id`, `size`).
+pub fn host_blob(id: u32, blob_id: u32, size: u64) -> Vec<u8> {
+    create_blob(
+        CTX,
+        id,
+        BLOB_MEM_HOST3D,
+        BLOB_FLAG_MAPPABLE | BLOB_FLAG_SHAREABLE,
+        u64::from(blob_id),
+        size,
+        &[],
+    )
 }

@@ -678,24 +678,8 @@ impl Device {
     /// Sends `request` on the control queue with a `resp_len`-byte writable
     /// buffer; returns the used length and the response bytes.
     pub fn control(&mut self, request: &[u8], resp_len: u32) -> (u32, Vec<u8>) {
-        let (req, resp) = (DATA_BASE, DATA_BASE + 0x10_000);
-        self.mem.write_slice(request, GuestAddress(req)).unwrap();
-        self.mem
-            .write_slice(&vec![0xaa; resp_len as usize], GuestAddress(resp))
-            .unwrap();
-        let descs = [
-            (req, request.len() as u32, VRING_DESC_F_NEXT, 1),
-            (resp, resp_len, VRING_DESC_F_WRITE, 0),
-        ];
-        self.controlq.push_raw(&self.mem, 0, &descs, 0);
-        let (id, len) = self
-            .controlq
-            .wait_used(&self.mem, Duration::from_secs(10))
-            .expect("the device answered on the control queue");
-        assert_eq!(id, 0, "used entry names the chain's head");
-        let mut out = vec![0u8; resp_len as usize];
-        self.mem.read_slice(&mut out, GuestAddress(resp)).unwrap();
-        (len, out)
+        self.control_within(request, resp_len, Duration::from_secs(10))
+            .expect("the device answered on the control queue")
     }
 }
 

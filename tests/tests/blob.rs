@@ -59,18 +59,7 @@ fn a_host_blob_is_mapped_into_the_guest_region_and_out_again() {
 
     // A host blob from those requirements, mapped at 64 KiB.
     assert_eq!(
-        code(
-            &mut dev,
-            &create_blob(
-                CTX,
-                11,
-                BLOB_MEM_HOST3D,
-                BLOB_FLAG_MAPPABLE | BLOB_FLAG_SHAREABLE,
-                u64::from(blob_id),
-                size,
-                &[]
-            )
-        ),
+        code(&mut dev, &host_blob(11, blob_id, size)),
         RESP_OK_NODATA
     );
     let offset = 0x1_0000;
@@ -297,20 +286,8 @@ fn bad_blob_and_context_requests_get_the_spec_codes() {
         .into_iter()
         .enumerate()
     {
-        let (blob_id, size, _) = {
-            // New requirements for a new blob from the same context.
-            let reqs = cross_domain(2, &[64, 64, XRGB8888, 0], &[]);
-            assert_eq!(code(&mut dev, &submit(CTX, &reqs, None)), RESP_OK_NODATA);
-            let mut ring = [0u8; 64];
-            dev.mem
-                .read_slice(&mut ring, GuestAddress(RING_AT))
-                .unwrap();
-            (
-                u32::from_le_bytes(ring[48..52].try_into().unwrap()),
-                u64::from_le_bytes(ring[40..48].try_into().unwrap()),
-                (),
-            )
-        };
+        // New requirements for a new blob from the same context.
+        let (blob_id, size, _) = more_image_requirements(&mut dev, 64, 64);
         let id = 30 + i as u32;
         assert_eq!(
             code(
@@ -365,18 +342,7 @@ fn without_shmem_a_map_is_refused_and_nothing_else_breaks() {
     assert!(dev.shmem.is_none());
     let (blob_id, size, _) = image_requirements(&mut dev, 64, 64);
     assert_eq!(
-        code(
-            &mut dev,
-            &create_blob(
-                CTX,
-                11,
-                BLOB_MEM_HOST3D,
-                BLOB_FLAG_MAPPABLE | BLOB_FLAG_SHAREABLE,
-                u64::from(blob_id),
-                size,
-                &[]
-            )
-        ),
+        code(&mut dev, &host_blob(11, blob_id, size)),
         RESP_OK_NODATA
     );
     assert_eq!(code(&mut dev, &map_blob(11, 0)), RESP_ERR_INVALID_PARAMETER);

@@ -9,6 +9,15 @@ use harness::blob_wire::*;
 use harness::wayland::*;
 use harness::*;
 
+/// gpu-airlock on weston's socket, a connected device, and an open channel.
+fn open_to(weston: &Weston) -> (Backend, Device, WaylandChannel) {
+    let backend = Backend::start(&["--wayland-socket", &weston.arg()]);
+    let mut dev = Device::connect(&backend.socket);
+    let (channel, init) = WaylandChannel::open(&mut dev);
+    assert_eq!(init, RESP_OK_NODATA, "INIT reached weston");
+    (backend, dev, channel)
+}
+
 /// wl_display.get_registry (new id 2) and wl_display.sync (new id 3).
 fn registry_and_sync() -> Vec<u8> {
     let mut v = wl_msg(1, 1, &2u32.to_le_bytes());
@@ -71,10 +80,7 @@ fn the_compositor_going_away_is_an_end_of_channel_not_a_hang() {
     let Some(mut weston) = Weston::start() else {
         return;
     };
-    let backend = Backend::start(&["--wayland-socket", &weston.arg()]);
-    let mut dev = Device::connect(&backend.socket);
-    let (mut channel, init) = WaylandChannel::open(&mut dev);
-    assert_eq!(init, RESP_OK_NODATA);
+    let (_backend, mut dev, mut channel) = open_to(&weston);
     channel.send(&mut dev, &registry_and_sync(), &[]);
     channel.receive_until(&mut dev, |e| e.object == 3 && e.opcode == 0);
     weston.kill();
@@ -104,10 +110,7 @@ fn bad_sends_get_error_responses() {
     let Some(weston) = Weston::start() else {
         return;
     };
-    let backend = Backend::start(&["--wayland-socket", &weston.arg()]);
-    let mut dev = Device::connect(&backend.socket);
-    let (mut channel, init) = WaylandChannel::open(&mut dev);
-    assert_eq!(init, RESP_OK_NODATA);
+    let (_backend, mut dev, mut channel) = open_to(&weston);
     let code = |dev: &mut Device, r: &[u8]| {
         let (_, resp) = dev.control(r, 64);
         parse_hdr(&resp).0
@@ -184,10 +187,7 @@ fn a_blob_becomes_a_shm_buffer_on_a_surface_and_the_frame_callback_arrives() {
     let Some(weston) = Weston::start() else {
         return;
     };
-    let backend = Backend::start(&["--wayland-socket", &weston.arg()]);
-    let mut dev = Device::connect(&backend.socket);
-    let (mut channel, init) = WaylandChannel::open(&mut dev);
-    assert_eq!(init, RESP_OK_NODATA);
+    let (_backend, mut dev, mut channel) = open_to(&weston);
     channel.send(&mut dev, &registry_and_sync(), &[]);
     let events = channel.receive_until(&mut dev, |e| e.object == 3 && e.opcode == 0);
 
@@ -215,30 +215,8 @@ fn a_blob_becomes_a_shm_buffer_on_a_surface_and_the_frame_callback_arrives() {
 
     // The pixels: a host blob from the cross-domain context, in the
     // context's resources so SEND can pass its memfd.
-    let (blob_id, size, _) = {
-        let reqs = cross_domain(2, &[64, 64, u32::from_le_bytes(*b"XR24"), 0], &[]);
-        let (_, resp) = dev.control(&submit(CTX, &reqs, Some((50, Some(0)))), 64);
-        assert_eq!(parse_hdr(&resp).0, RESP_OK_NODATA);
-        let mut ring = [0u8; 64];
-        use vm_memory::Bytes;
-        dev.mem
-            .read_slice(&mut ring, vm_memory::GuestAddress(RING_AT))
-            .unwrap();
-        (
-            u32::from_le_bytes(ring[48..52].try_into().unwrap()),
-            u64::from_le_bytes(ring[40..48].try_into().unwrap()),
-            (),
-        )
-    };
-    let create = create_blob(
-        CTX,
-        30,
-        BLOB_MEM_HOST3D,
-        BLOB_FLAG_MAPPABLE | BLOB_FLAG_SHAREABLE,
-        u64::from(blob_id),
-        size,
-        &[],
-    );
+    let (blob_id, size, _) = more_image_requirements(&mut dev, 64, 64);
+    let create = host_blob(30, blob_id, size);
     let (_, resp) = dev.control(&create, 64);
     assert_eq!(parse_hdr(&resp).0, RESP_OK_NODATA);
     let (_, resp) = dev.control(
