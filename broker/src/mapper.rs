@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
+use ipc::limited_warn;
+use ipc::ratelimit::LogLimiter;
 use ipc::{Channel, MapAnswer, MapRequest};
 use log::{info, warn};
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
@@ -64,6 +66,8 @@ type MapChannel = Channel<MapAnswer, MapRequest>;
 /// Serves one connection's map channel until render-worker closes it.
 pub fn serve(channel: MapChannel, region: Arc<HostVisible>) {
     let mut mapper = Mapper::new(region.size);
+    // A compromised render-worker may send refusable requests without end.
+    let log = LogLimiter::default();
     loop {
         let (request, mut fds) = match channel.recv() {
             Ok(m) => m,
@@ -76,7 +80,7 @@ pub fn serve(channel: MapChannel, region: Arc<HostVisible>) {
         let answer = match mapper.handle(&region, request, fds.pop()) {
             Ok(()) => MapAnswer::Done,
             Err(why) => {
-                warn!("refused a map request from render-worker: {why}");
+                limited_warn!(log, "refused a map request from render-worker: {why}");
                 MapAnswer::Refused(why)
             }
         };

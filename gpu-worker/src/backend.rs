@@ -28,9 +28,9 @@ use vmm_sys_util::event::{
 use crate::device::{ContextFence, RenderLink};
 use crate::device::{GpuDevice, QueueKind};
 use crate::display::DisplayLink;
-use crate::guest_warn;
 use crate::protocol::{F_CONTEXT_INIT, F_EDID, F_RESOURCE_BLOB, F_RESOURCE_UUID};
-use crate::ratelimit::LogLimiter;
+use ipc::limited_warn as guest_warn;
+use ipc::ratelimit::LogLimiter;
 
 /// controlq and cursorq.
 pub const NUM_QUEUES: usize = 2;

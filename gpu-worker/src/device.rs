@@ -21,11 +21,11 @@ mod blob;
 
 use crate::display::DisplayLink;
 use crate::edid;
-use crate::guest_warn;
 use crate::link::Link;
 use crate::protocol::*;
-use crate::ratelimit::LogLimiter;
 use crate::resources::{Refusal, Resources, MAX_BACKING_ENTRIES};
+use ipc::limited_warn as guest_warn;
+use ipc::ratelimit::LogLimiter;
 
 /// Which virtqueue a chain came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

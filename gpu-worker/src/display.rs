@@ -12,9 +12,9 @@ use std::os::fd::BorrowedFd;
 
 use ipc::{DisplayToGpu, GpuToDisplay};
 
-use crate::guest_warn;
 use crate::link::Link;
-use crate::ratelimit::LogLimiter;
+use ipc::limited_warn as guest_warn;
+use ipc::ratelimit::LogLimiter;
 
 /// The display channel: a [`Link`] to the broker's display thread.
 #[derive(Debug)]

@@ -12,5 +12,4 @@ pub mod display;
 pub mod edid;
 pub mod link;
 pub mod protocol;
-pub mod ratelimit;
 pub mod resources;

@@ -11,6 +11,10 @@
 
 mod channel;
 pub mod messages;
+pub mod ratelimit;
+
+#[doc(hidden)]
+pub use log as __log;
 
 pub use channel::{Channel, Error, Role, BUILD_ID, MAX_FDS, MAX_FRAME, PROTOCOL_VERSION};
 pub use messages::*;

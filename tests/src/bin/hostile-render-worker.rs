@@ -103,6 +103,22 @@ fn attack(map: Channel<MapRequest, MapAnswer>, link: Channel<RenderAnswer, Rende
         .and_then(|()| map.recv())
         .map(|(a, _)| a);
     eprintln!("HOSTILE: unmap of what is not mapped -> {answer:?}");
+    // A flood of refusable requests, then one more after the broker's log
+    // window has passed.
+    for i in 0..200u32 {
+        let _ = map
+            .send(
+                &MapRequest::Unmap {
+                    resource_id: 1000 + i,
+                },
+                &[],
+            )
+            .and_then(|()| map.recv());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let _ = map
+        .send(&MapRequest::Unmap { resource_id: 5000 }, &[])
+        .and_then(|()| map.recv());
     eprintln!("HOSTILE: done");
     while let Ok((_, _)) = link.recv() {
         let _ = link.send(

@@ -1,6 +1,8 @@
-//! Rate-limited logging for guest-triggered events: a guest that sends a
-//! malformed chain a million times gets a few log lines and a count, not a
-//! full disk.
+//! Rate-limited logging for events a less trusted peer can trigger: a guest
+//! that sends a malformed chain a million times, or a compromised worker
+//! that sends the broker forged requests, gets a few log lines and a count,
+//! not a full disk. It lives here, beside the vocabulary, because every
+//! receiver of that vocabulary needs it.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -57,13 +59,13 @@ impl LogLimiter {
 
 /// Logs at `warn` through a [`LogLimiter`].
 #[macro_export]
-macro_rules! guest_warn {
+macro_rules! limited_warn {
     ($limiter:expr, $($arg:tt)+) => {
         if let Some(suppressed) = $limiter.admit() {
             if suppressed > 0 {
-                log::warn!("{} ({} similar lines suppressed)", format_args!($($arg)+), suppressed);
+                $crate::__log::warn!("{} ({} similar lines suppressed)", format_args!($($arg)+), suppressed);
             } else {
-                log::warn!($($arg)+);
+                $crate::__log::warn!($($arg)+);
             }
         }
     };
