@@ -39,6 +39,7 @@ pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::BACKEND_REQ
         | VhostUserProtocolFeatures::BACKEND_SEND_FD
         | VhostUserProtocolFeatures::SHMEM
+        | VhostUserProtocolFeatures::RESET_DEVICE
 }
 
 /// controlq and cursorq.
@@ -77,7 +78,9 @@ impl Session {
     ) -> vhost::Result<Self> {
         let device_features = worker.get_features()?;
         let offered = worker.get_protocol_features()?;
-        let wanted = VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ;
+        let wanted = VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::RESET_DEVICE;
         worker.set_protocol_features(offered & wanted)?;
         if offered.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             worker.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
@@ -113,8 +116,13 @@ impl VhostUserBackendReqHandlerMut for Session {
         relay(self.worker.reset_owner())
     }
 
+    /// QEMU sends RESET_DEVICE on every virtio reset of the device (a guest
+    /// reboot, a driver unload), never on a VM pause: the only sign that the
+    /// guest's resources, contexts and mappings are gone. gpu-worker drops
+    /// its device state and has render-worker drop its own.
     fn reset_device(&mut self) -> Result<()> {
-        Err(Error::InvalidOperation("RESET_DEVICE is not offered"))
+        info!("front-end reset the device");
+        relay(self.worker.reset_device())
     }
 
     fn get_features(&mut self) -> Result<u64> {

@@ -283,7 +283,17 @@ impl VhostUserBackend for GpuBackend {
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         // REPLY_ACK is added by the vhost crate; the broker needs it so a
         // refused request reaches the real front-end as an error.
-        VhostUserProtocolFeatures::MQ
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::RESET_DEVICE
+    }
+
+    /// The guest reset the device: every resource, context, mapping and
+    /// held command of the old driver goes.
+    fn reset_device(&self) {
+        self.fenced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.device.reset();
     }
 
     fn set_event_idx(&self, enabled: bool) {

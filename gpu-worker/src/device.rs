@@ -117,6 +117,24 @@ impl GpuDevice {
         }
     }
 
+    /// Drops all device state of the driver (a device reset): 2D resources
+    /// (and the broker's view of them), blobs and contexts (render-worker's
+    /// state, mappings included), the display modes reported.
+    pub fn reset(&self) {
+        let shared = self.resources().reset();
+        for resource_id in shared {
+            self.display
+                .command(&GpuToDisplay::ReleaseSurface { resource_id }, &[]);
+        }
+        self.blobs.clear();
+        if self.render.is_connected() {
+            if let Err(r) = self.render_done(&RenderCommand::Reset) {
+                log::warn!("gpu-worker: render-worker did not reset: {}", r.why);
+            }
+        }
+        *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = self.scanouts.clone();
+    }
+
     /// The 2D resources, for inspection in tests.
     pub fn resources(&self) -> std::sync::MutexGuard<'_, Resources> {
         self.resources.lock().unwrap_or_else(|e| e.into_inner())

@@ -308,6 +308,22 @@ impl Resources {
         self.transfer_to_host_2d(mem, &t)
     }
 
+    /// Drops every resource (a device reset); returns the ids whose memory
+    /// the broker had been given.
+    pub fn reset(&mut self) -> Vec<u32> {
+        let shared = self
+            .resources
+            .iter()
+            .filter(|(_, r)| r.shared)
+            .map(|(id, _)| *id)
+            .collect();
+        self.resources.clear();
+        self.scanouts.iter_mut().for_each(|s| *s = None);
+        self.cursor = None;
+        self.used_bytes = 0;
+        shared
+    }
+
     /// Whether a 2D resource `id` exists.
     pub fn exists(&self, id: u32) -> bool {
         self.resources.contains_key(&id)

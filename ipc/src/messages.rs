@@ -254,6 +254,9 @@ pub enum RenderCommand {
     Unref {
         resource_id: u32,
     },
+    /// The device was reset: unmap every blob, drop every context and
+    /// blob, start rutabaga afresh.
+    Reset,
     /// Map the blob at `offset` of the host-visible region.
     MapBlob {
         resource_id: u32,

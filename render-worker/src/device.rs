@@ -157,6 +157,8 @@ pub struct RenderDevice {
     blobs: BTreeMap<u32, Blob>,
     /// Each context's capset id (the low byte of its context_init).
     contexts: BTreeMap<u32, u32>,
+    /// The compositor, for a rutabaga built anew after a reset.
+    wayland: Option<PathBuf>,
 }
 
 /// The size of a cross-domain command header (`CrossDomainHeader`).
@@ -195,12 +197,13 @@ impl RenderDevice {
             ..Fences::default()
         }));
         Ok(RenderDevice {
-            rutabaga: build_rutabaga(fences.clone(), wayland)?,
+            rutabaga: build_rutabaga(fences.clone(), wayland.clone())?,
             fences,
             memory: Vec::new(),
             map,
             blobs: BTreeMap::new(),
             contexts: BTreeMap::new(),
+            wayland,
         })
     }
 
@@ -286,6 +289,7 @@ impl RenderDevice {
                 )
             }
             RenderCommand::Unref { resource_id } => return self.unref(resource_id),
+            RenderCommand::Reset => return self.reset(),
             RenderCommand::MapBlob {
                 resource_id,
                 offset,
@@ -373,6 +377,37 @@ impl RenderDevice {
             },
         );
         RenderAnswer::Done
+    }
+
+    /// A device reset: mapped blobs leave the guest's region, then rutabaga
+    /// (contexts, blobs, the compositor connections) is dropped and built
+    /// anew. Guest memory maps stay: the memory table does not change.
+    fn reset(&mut self) -> RenderAnswer {
+        let mapped: Vec<u32> = self
+            .blobs
+            .iter()
+            .filter(|(_, b)| b.mapped.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for resource_id in mapped {
+            if let RenderAnswer::Refused { why, .. } = self.unmap_blob(resource_id) {
+                warn!("render-worker: unmapping blob {resource_id} at reset: {why}");
+            }
+        }
+        self.blobs.clear();
+        self.contexts.clear();
+        {
+            let mut f = self.fences.lock().unwrap_or_else(|e| e.into_inner());
+            f.signalled.clear();
+            f.pending.clear();
+        }
+        match build_rutabaga(self.fences.clone(), self.wayland.clone()) {
+            Ok(r) => {
+                self.rutabaga = r;
+                RenderAnswer::Done
+            }
+            Err(e) => refused(ERR_UNSPEC, e),
+        }
     }
 
     fn unref(&mut self, resource_id: u32) -> RenderAnswer {

@@ -542,6 +542,7 @@ impl Device {
         let mut wanted = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::RESET_DEVICE
             | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::BACKEND_SEND_FD;
         if want_shmem {
@@ -628,6 +629,30 @@ impl Device {
             .get_features()
             .expect("GET_FEATURES after SET_SOCKET");
         DisplayPeer::serve(ours, config)
+    }
+
+    /// Resets the device as QEMU does on a virtio reset (a guest reboot):
+    /// VHOST_USER_RESET_DEVICE, then the start sequence again — features,
+    /// memory table, and fresh rings, as the rebooted driver lays them out.
+    pub fn reset(&mut self) {
+        self.frontend.reset_device().expect("RESET_DEVICE");
+        self.frontend
+            .set_features(self.negotiated.features)
+            .unwrap();
+        let regions: Vec<VhostUserMemoryRegionInfo> = self
+            .mem
+            .iter()
+            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
+            .collect();
+        self.frontend.set_mem_table(&regions).unwrap();
+        self.mem
+            .write_slice(&[0u8; 0x20_000], GuestAddress(0))
+            .unwrap();
+        self.controlq = DriverQueue::new(0, GuestAddress(0), QUEUE_SIZE);
+        self.cursorq = DriverQueue::new(1, GuestAddress(0x10_000), QUEUE_SIZE);
+        for q in [&mut self.controlq, &mut self.cursorq] {
+            start_queue(&mut self.frontend, &self.mem, q);
+        }
     }
 
     /// Sends a command that answers with a bare header; returns its type.

@@ -44,6 +44,13 @@ pub struct Blobs {
 }
 
 impl Blobs {
+    /// Forgets every blob (the device was reset).
+    pub fn clear(&self) {
+        self.blobs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.guest.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.uuids.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     pub fn contains(&self, id: u32) -> bool {
         self.blobs
             .lock()
@@ -85,7 +92,7 @@ impl GpuDevice {
         }
     }
 
-    fn render_done(&self, command: &RenderCommand) -> Result<(), Refusal> {
+    pub(super) fn render_done(&self, command: &RenderCommand) -> Result<(), Refusal> {
         match self.render(command, &[])? {
             RenderAnswer::Done => Ok(()),
             other => {
