@@ -245,3 +245,18 @@ fn a_blob_becomes_a_shm_buffer_on_a_surface_and_the_frame_callback_arrives() {
     );
     assert!(events.iter().any(|e| e.object == 12 && e.opcode == 0));
 }
+
+/// Without the namespace layer (`--sandbox none`) render-worker reaches the
+/// compositor by its host path, with the same seccomp filter.
+#[test]
+fn without_namespaces_the_host_path_is_used() {
+    let Some(weston) = Weston::start() else {
+        return;
+    };
+    let backend = Backend::start(&["--wayland-socket", &weston.arg(), "--sandbox", "none"]);
+    let mut dev = Device::connect(&backend.socket);
+    let (mut channel, init) = WaylandChannel::open(&mut dev);
+    assert_eq!(init, RESP_OK_NODATA, "INIT reached weston");
+    channel.send(&mut dev, &registry_and_sync(), &[]);
+    channel.receive_until(&mut dev, |e| e.object == 3 && e.opcode == 0);
+}
