@@ -72,21 +72,9 @@ const PROTOCOL_F_EDID: u64 = 1 << 0;
 /// Serves one connection's display channel until gpu-worker closes it.
 pub fn serve(channel: WorkerChannel, socket: Arc<DisplaySocket>, scanouts: usize, max_bytes: u64) {
     let mut display = Display::new(socket, scanouts, max_bytes);
-    loop {
-        let (request, mut fds) = match channel.recv() {
-            Ok(m) => m,
-            Err(ipc::Error::Closed) => return,
-            Err(e) => {
-                warn!("display channel from gpu-worker: {e}; closing it");
-                return;
-            }
-        };
-        let answer = display.handle(request, fds.pop());
-        if let Err(e) = channel.send(&answer, &[]) {
-            warn!("display channel to gpu-worker: {e}; closing it");
-            return;
-        }
-    }
+    crate::serve::requests(&channel, "gpu-worker's display", |request, fd| {
+        display.handle(request, fd)
+    });
 }
 
 /// A resource's pixels, mapped read-only.

@@ -8,6 +8,7 @@
 mod config;
 mod display;
 mod mapper;
+mod serve;
 mod session;
 mod workers;
 

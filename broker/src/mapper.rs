@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use ipc::limited_warn;
 use ipc::ratelimit::LogLimiter;
 use ipc::{Channel, MapAnswer, MapRequest};
-use log::{info, warn};
+use log::info;
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 
@@ -68,27 +68,15 @@ pub fn serve(channel: MapChannel, region: Arc<HostVisible>) {
     let mut mapper = Mapper::new(region.size);
     // A compromised render-worker may send refusable requests without end.
     let log = LogLimiter::default();
-    loop {
-        let (request, mut fds) = match channel.recv() {
-            Ok(m) => m,
-            Err(ipc::Error::Closed) => return,
-            Err(e) => {
-                warn!("map channel from render-worker: {e}; closing it");
-                return;
-            }
-        };
-        let answer = match mapper.handle(&region, request, fds.pop()) {
-            Ok(()) => MapAnswer::Done,
-            Err(why) => {
-                limited_warn!(log, "refused a map request from render-worker: {why}");
-                MapAnswer::Refused(why)
-            }
-        };
-        if let Err(e) = channel.send(&answer, &[]) {
-            warn!("map channel to render-worker: {e}; closing it");
-            return;
+    crate::serve::requests(&channel, "render-worker's map", |request, fd| match mapper
+        .handle(&region, request, fd)
+    {
+        Ok(()) => MapAnswer::Done,
+        Err(why) => {
+            limited_warn!(log, "refused a map request from render-worker: {why}");
+            MapAnswer::Refused(why)
         }
-    }
+    });
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
