@@ -124,24 +124,27 @@ impl GpuBackend {
     /// earlier fence on its ring, has signalled. True if any was returned.
     fn complete_fenced(&self, vring: &VringRwLock) -> bool {
         let mut fenced = self.fenced.lock().unwrap_or_else(|e| e.into_inner());
-        let mut done = false;
-        let mut i = 0;
-        while i < fenced.len() {
-            let f = fenced[i].fence;
-            let blocked = fenced.iter().take(i).any(|e| {
-                e.fence.ctx_id == f.ctx_id && e.fence.ring == f.ring && !e.fence.signalled
-            });
-            if f.signalled && !blocked {
-                let chain = fenced.remove(i).expect("index checked");
-                if let Err(e) = vring.add_used(chain.head, chain.len) {
-                    guest_warn!(self.log, "cannot return descriptor {}: {e}", chain.head);
-                }
-                done = true;
-            } else {
-                i += 1;
+        // Rings with an earlier fence still unsignalled, in one pass.
+        let mut blocked: Vec<(u32, Option<u8>)> = Vec::new();
+        let mut ready = Vec::new();
+        fenced.retain(|c| {
+            let ring = (c.fence.ctx_id, c.fence.ring);
+            if c.fence.signalled && !blocked.contains(&ring) {
+                ready.push((c.head, c.len));
+                return false;
+            }
+            if !c.fence.signalled {
+                blocked.push(ring);
+            }
+            true
+        });
+        drop(fenced);
+        for (head, len) in &ready {
+            if let Err(e) = vring.add_used(*head, *len) {
+                guest_warn!(self.log, "cannot return descriptor {head}: {e}");
             }
         }
-        done
+        !ready.is_empty()
     }
 
     /// One event from render-worker.

@@ -51,8 +51,8 @@ fn run() -> Result<(), String> {
     let mut config: Option<GpuConfig> = None;
     // Each connection's channels go to the vhost-user thread in the order
     // they came.
-    let (display_tx, display_rx): (Sender<Vec<OwnedFd>>, Receiver<Vec<OwnedFd>>) = channel();
-    let mut display_rx = Some(display_rx);
+    let (connection_tx, connection_rx): (Sender<Vec<OwnedFd>>, Receiver<Vec<OwnedFd>>) = channel();
+    let mut connection_rx = Some(connection_rx);
     loop {
         let (msg, mut fds) = match broker.recv() {
             Ok(m) => m,
@@ -77,7 +77,7 @@ fn run() -> Result<(), String> {
                 let config = config
                     .clone()
                     .ok_or("the broker sent a listener before the configuration")?;
-                let display_rx = display_rx
+                let connection_rx = connection_rx
                     .take()
                     .ok_or("the broker sent a second vhost-user listener")?;
                 let fd = fds.pop().ok_or("listener message without its fd")?;
@@ -86,12 +86,12 @@ fn run() -> Result<(), String> {
                 let listener = unsafe { Listener::from_raw_fd(fd.into_raw_fd()) };
                 thread::Builder::new()
                     .name("vhost-user".into())
-                    .spawn(move || serve(listener, config, display_rx))
+                    .spawn(move || serve(listener, config, connection_rx))
                     .map_err(|e| format!("cannot start the vhost-user thread: {e}"))?;
             }
             BrokerToGpu::Connection => {
                 // The channel checked the count: display, render link.
-                display_tx
+                connection_tx
                     .send(fds)
                     .map_err(|_| "the vhost-user thread is gone".to_string())?;
             }

@@ -24,22 +24,29 @@ use crate::protocol::*;
 use crate::resources::Refusal;
 
 /// What gpu-worker knows of a blob render-worker holds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Blob {
-    /// Host memory it takes (HOST3D blobs), counted in
-    /// `--max-resource-memory`.
-    host_bytes: u64,
     size: u64,
+    /// The guest memory behind a guest-memory blob (for SET_SCANOUT_BLOB);
+    /// None for a host blob.
+    guest: Option<Vec<(GuestAddress, u32)>>,
 }
 
-/// The guest memory behind each guest-memory blob, for SET_SCANOUT_BLOB.
-pub type GuestRanges = Vec<(GuestAddress, u32)>;
+impl Blob {
+    /// Host memory it takes (host blobs), counted in `--max-resource-memory`.
+    fn host_bytes(&self) -> u64 {
+        if self.guest.is_some() {
+            0
+        } else {
+            self.size
+        }
+    }
+}
 
 /// The blob registry and resource UUIDs of one connection.
 #[derive(Debug, Default)]
 pub struct Blobs {
     blobs: Mutex<HashMap<u32, Blob>>,
-    guest: Mutex<HashMap<u32, GuestRanges>>,
     uuids: Mutex<HashMap<u32, [u8; 16]>>,
 }
 
@@ -47,7 +54,6 @@ impl Blobs {
     /// Forgets every blob (the device was reset).
     pub fn clear(&self) {
         self.blobs.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.guest.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.uuids.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
@@ -402,19 +408,13 @@ impl GpuDevice {
             self.resources().release(host_bytes);
             return Err(r);
         }
-        if guest_backed {
-            let ranges = entries.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
-            self.blobs
-                .guest
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, ranges);
-        }
+        let guest =
+            guest_backed.then(|| entries.iter().map(|&(a, l)| (GuestAddress(a), l)).collect());
         self.blobs
             .blobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Blob { host_bytes, size });
+            .insert(id, Blob { size, guest });
         Ok(Response::Ok)
     }
 
@@ -431,12 +431,7 @@ impl GpuDevice {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
-        self.blobs
-            .guest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        self.resources().release(blob.host_bytes);
+        self.resources().release(blob.host_bytes());
         // Its scanout copy, if it was shown, goes too (and from the display).
         if self.resources().exists(id) {
             if let Err(r) = self.unref(id) {
@@ -476,18 +471,11 @@ impl GpuDevice {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
-            .copied()
+            .cloned()
         else {
             return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}"));
         };
-        let Some(ranges) = self
-            .blobs
-            .guest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
-        else {
+        let Some(ranges) = blob.guest else {
             return refuse(
                 RESP_ERR_UNSPEC,
                 format!("blob {id} is a host blob: scanout of host blobs is not supported"),
