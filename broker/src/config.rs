@@ -35,6 +35,7 @@ impl DeviceConfig {
             scanouts: self.scanouts.clone(),
             max_resource_memory: self.max_resource_memory,
             jail: self.jail,
+            contexts: self.num_capsets > 0,
         }
     }
 

@@ -386,8 +386,6 @@ fn start_workers(
     render
         .handshake(Role::Broker, Role::RenderWorker)
         .map_err(|e| format!("render-worker: {e}"))?;
-    gpu.send(&BrokerToGpu::Configure(config.gpu_config()), &[])
-        .map_err(|e| format!("gpu-worker: {e}"))?;
     render
         .send(
             &BrokerToRender::Configure(ipc::RenderConfig {
@@ -397,6 +395,19 @@ fn start_workers(
             &[],
         )
         .map_err(|e| format!("render-worker: {e}"))?;
+    let timeout = Some(Duration::from_secs(10));
+    render
+        .set_recv_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    match render.recv() {
+        Ok((RenderToBroker::Ready { num_capsets }, _)) if num_capsets <= 64 => {
+            config.num_capsets = num_capsets;
+        }
+        other => return Err(format!("render-worker did not start rutabaga: {other:?}")),
+    }
+    // gpu-worker's features follow from render-worker's capsets.
+    gpu.send(&BrokerToGpu::Configure(config.gpu_config()), &[])
+        .map_err(|e| format!("gpu-worker: {e}"))?;
 
     // The broker's own namespaces, empty root and landlock, before the
     // internal socket is bound: its abstract name then exists only in the
@@ -413,7 +424,6 @@ fn start_workers(
         .map_err(|e| format!("gpu-worker: {e}"))?;
     drop(listener);
 
-    let timeout = Some(Duration::from_secs(10));
     gpu.set_recv_timeout(timeout).map_err(|e| e.to_string())?;
     gpu.send(&BrokerToGpu::Ping { nonce: 1 }, &[])
         .map_err(|e| format!("gpu-worker: {e}"))?;
@@ -425,12 +435,6 @@ fn start_workers(
     render
         .set_recv_timeout(timeout)
         .map_err(|e| e.to_string())?;
-    match render.recv() {
-        Ok((RenderToBroker::Ready { num_capsets }, _)) if num_capsets <= 64 => {
-            config.num_capsets = num_capsets;
-        }
-        other => return Err(format!("render-worker did not start rutabaga: {other:?}")),
-    }
     render
         .send(&BrokerToRender::Ping { nonce: 1 }, &[])
         .map_err(|e| format!("render-worker: {e}"))?;

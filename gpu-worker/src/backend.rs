@@ -28,7 +28,7 @@ use vmm_sys_util::event::{
 use crate::device::{ContextFence, RenderLink};
 use crate::device::{GpuDevice, QueueKind};
 use crate::display::DisplayLink;
-use crate::protocol::{F_CONTEXT_INIT, F_EDID, F_RESOURCE_BLOB, F_RESOURCE_UUID};
+use crate::protocol::{F_CONTEXT_INIT, F_EDID, F_RESOURCE_BLOB, F_RESOURCE_UUID, F_VIRGL};
 use ipc::limited_warn as guest_warn;
 use ipc::ratelimit::LogLimiter;
 
@@ -42,10 +42,13 @@ pub const MAX_QUEUE_SIZE: usize = 1024;
 const CONTROL_QUEUE: u16 = 0;
 const CURSOR_QUEUE: u16 = 1;
 
-/// Every virtio feature the device offers. The broker relays the guest's
-/// choice unchanged.
-pub fn device_features() -> u64 {
-    1 << VIRTIO_F_VERSION_1
+/// Every virtio feature the device offers; `contexts` when render-worker
+/// has a context type (VIRGL, which Linux requires for any context
+/// command). The broker relays the guest's choice unchanged.
+pub fn device_features(contexts: bool) -> u64 {
+    let virgl = if contexts { 1 << F_VIRGL } else { 0 };
+    virgl
+        | 1 << VIRTIO_F_VERSION_1
         | 1 << VIRTIO_RING_F_INDIRECT_DESC
         | 1 << VIRTIO_RING_F_EVENT_IDX
         | 1 << F_EDID
@@ -57,6 +60,8 @@ pub fn device_features() -> u64 {
 
 pub struct GpuBackend {
     device: GpuDevice,
+    /// The virtio features offered (see [`device_features`]).
+    features: u64,
     mem: RwLock<GuestMemoryAtomic<GuestMemoryMmap>>,
     event_idx: AtomicBool,
     exit_consumer: EventConsumer,
@@ -90,9 +95,11 @@ impl GpuBackend {
         display: DisplayLink,
         render: RenderLink,
         events: Option<Channel<Nothing, RenderEvent>>,
+        contexts: bool,
     ) -> io::Result<Self> {
         let (exit_consumer, exit_notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
         Ok(GpuBackend {
+            features: device_features(contexts),
             device: GpuDevice::new(scanouts, max_resource_memory, display, render),
             mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
             event_idx: AtomicBool::new(false),
@@ -280,7 +287,7 @@ impl VhostUserBackend for GpuBackend {
     }
 
     fn features(&self) -> u64 {
-        device_features()
+        self.features
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

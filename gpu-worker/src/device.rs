@@ -329,7 +329,12 @@ impl GpuDevice {
             (QueueKind::Control, CMD_RESOURCE_DETACH_BACKING) => body::<ResourceId>(reader)
                 .and_then(|b| self.resources().detach_backing(b.resource_id.into())),
             (QueueKind::Control, CMD_TRANSFER_TO_HOST_2D) => {
-                body(reader).and_then(|t| self.resources().transfer_to_host_2d(mem, &t))
+                body(reader).and_then(|t: TransferToHost2d| {
+                    if self.blobs.contains(t.resource_id.to_native()) {
+                        return self.transfer_to_blob(&t);
+                    }
+                    self.resources().transfer_to_host_2d(mem, &t)
+                })
             }
             (QueueKind::Control, CMD_SET_SCANOUT) => {
                 body(reader).and_then(|s| self.set_scanout(&s))
@@ -339,7 +344,13 @@ impl GpuDevice {
             }
             (QueueKind::Control, CMD_SET_SCANOUT_BLOB) => self.set_scanout_blob(reader),
             (QueueKind::Cursor, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR) => {
-                body(reader).and_then(|c| self.cursor(&c, cmd == CMD_MOVE_CURSOR))
+                body(reader).and_then(|c: UpdateCursor| {
+                    let id = c.resource_id.to_native();
+                    if cmd == CMD_UPDATE_CURSOR && self.blobs.contains(id) {
+                        return self.blob_cursor(mem, &c);
+                    }
+                    self.cursor(&c, cmd == CMD_MOVE_CURSOR)
+                })
             }
             // The spec's commands that need a 3D renderer (none is built
             // here).

@@ -139,6 +139,7 @@ fn serve_one(
             DisplayLink::new(Channel::new(display)),
             Link::new("render-worker", Channel::new(render)),
             Some(Channel::new(events)),
+            config.contexts,
         )
         .map_err(|e| e.to_string())?,
     );

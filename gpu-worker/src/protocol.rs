@@ -72,9 +72,14 @@ pub const FORMATS_2D: [u32; 8] = [
     b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_R8G8B8X8_UNORM,
 ];
 pub const BYTES_PER_PIXEL: u32 = 4;
+/// DRM_FORMAT_ARGB8888 in memory: Linux's cursor format.
+pub const FORMAT_B8G8R8A8: u32 = b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM;
 
 /// Virtio feature bit: the device answers GET_EDID.
 pub const F_EDID: u32 = b::VIRTIO_GPU_F_EDID;
+/// Virtio feature bit: contexts and 3D commands. Offered with any context
+/// type, not only virgl's (see `backend::device_features`).
+pub const F_VIRGL: u32 = b::VIRTIO_GPU_F_VIRGL;
 /// Virtio feature bits of the blob path.
 pub const F_RESOURCE_UUID: u32 = b::VIRTIO_GPU_F_RESOURCE_UUID;
 pub const F_RESOURCE_BLOB: u32 = b::VIRTIO_GPU_F_RESOURCE_BLOB;

@@ -189,6 +189,18 @@ impl Backing {
     }
 }
 
+/// Reads `dst.len()` bytes at `offset` of the concatenation of `ranges` in
+/// guest memory (a guest-memory blob's backing). False if that runs past
+/// the ranges or guest memory.
+pub fn read_ranges(
+    mem: &GuestMemoryMmap,
+    ranges: &[(GuestAddress, u32)],
+    offset: u64,
+    dst: &mut [u8],
+) -> bool {
+    Backing::new(ranges.to_vec()).read(mem, offset, dst)
+}
+
 /// What a scanout shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScanoutState {

@@ -384,6 +384,7 @@ mod tests {
             }],
             max_resource_memory: 1 << 28,
             jail: JAIL,
+            contexts: false,
         };
         broker
             .send(&BrokerToGpu::Configure(config.clone()), &[])
@@ -620,12 +621,14 @@ mod tests {
             }],
             max_resource_memory: 1 << 28,
             jail: JAIL,
+            contexts: false,
         };
         assert!(ok.validate().is_ok());
         assert!(GpuConfig {
             scanouts: vec![],
             max_resource_memory: 1 << 28,
-            jail: JAIL
+            jail: JAIL,
+            contexts: false
         }
         .validate()
         .is_err());
@@ -633,6 +636,7 @@ mod tests {
             scanouts: vec![ok.scanouts[0]; MAX_SCANOUTS + 1],
             max_resource_memory: 1 << 28,
             jail: JAIL,
+            contexts: false,
         };
         assert!(too_many.validate().is_err());
         let zero = GpuConfig {
@@ -642,6 +646,7 @@ mod tests {
             }],
             max_resource_memory: 1 << 28,
             jail: JAIL,
+            contexts: false,
         };
         assert!(zero.validate().is_err());
     }

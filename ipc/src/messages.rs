@@ -77,6 +77,11 @@ pub struct GpuConfig {
     /// Most bytes all of a guest's 2D resources may take together.
     pub max_resource_memory: u64,
     pub jail: JailConfig,
+    /// Whether render-worker offers any context type (a capset). Only then
+    /// does the device offer VIRTIO_GPU_F_VIRGL: Linux's driver gates
+    /// EXECBUFFER, host blobs and context attachment on it, whatever the
+    /// context type (crosvm offers it for cross-domain alone too).
+    pub contexts: bool,
 }
 
 impl GpuConfig {

@@ -53,6 +53,7 @@ pub mod gpu_wire {
         RESP_OK_EDID, RESP_OK_NODATA,
     };
     pub const F_EDID: u64 = 1 << gpu_worker::protocol::F_EDID;
+    pub const F_VIRGL: u64 = 1 << gpu_worker::protocol::F_VIRGL;
     pub const F_VERSION_1: u64 = 1 << 32;
     pub const F_RING_EVENT_IDX: u64 = 1 << 29;
     pub const F_RING_INDIRECT_DESC: u64 = 1 << 28;

@@ -21,7 +21,7 @@ use vm_memory::{
 
 use super::{body, ContextFence, GpuDevice, Response};
 use crate::protocol::*;
-use crate::resources::Refusal;
+use crate::resources::{read_ranges, Refusal};
 
 /// What gpu-worker knows of a blob render-worker holds.
 #[derive(Debug, Clone)]
@@ -206,9 +206,15 @@ impl GpuDevice {
                 let b: CtxResource = body(reader)?;
                 let resource_id = b.resource_id.to_native();
                 if !self.blobs.contains(resource_id) {
+                    // Linux attaches every buffer a client opens to its
+                    // context, dumb 2D buffers too. 2D resources live here
+                    // and no context reads them: nothing to attach.
+                    if self.resources().exists(resource_id) {
+                        return Ok(Response::Ok);
+                    }
                     return refuse(
                         RESP_ERR_INVALID_RESOURCE_ID,
-                        format!("resource {resource_id} is not a blob"),
+                        format!("no resource {resource_id}"),
                     );
                 }
                 let command = if cmd == CMD_CTX_ATTACH_RESOURCE {
@@ -519,6 +525,95 @@ impl GpuDevice {
                 .command(&ipc::GpuToDisplay::ReleaseSurface { resource_id: id }, &[]);
         }
         self.set_scanout(&plain)
+    }
+
+    /// TRANSFER_TO_HOST_2D on a blob. Linux sends it for every dumb buffer
+    /// it flushes, and makes dumb buffers guest-memory blobs once
+    /// RESOURCE_BLOB is offered without VIRGL. The device reads a
+    /// guest-memory blob's pages where it needs them (a scanout copy is
+    /// refreshed on RESOURCE_FLUSH), so there is nothing to copy; QEMU
+    /// answers the same. A host blob has no guest pages to transfer from.
+    pub(super) fn transfer_to_blob(&self, t: &TransferToHost2d) -> Result<(), Refusal> {
+        let id = t.resource_id.to_native();
+        let Some(blob) = self.blob(id) else {
+            return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}"));
+        };
+        if blob.guest.is_none() {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!("TRANSFER_TO_HOST_2D to host blob {id}, which has no guest pages"),
+            );
+        }
+        let offset = t.offset.to_native();
+        if offset >= blob.size {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!(
+                    "transfer offset {offset} past blob {id} of {} bytes",
+                    blob.size
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// UPDATE_CURSOR naming a guest-memory blob (Linux's cursor buffers are
+    /// dumb buffers, so blobs once RESOURCE_BLOB is offered): the image is
+    /// the blob's first 64×64 pixels, rows 256 bytes apart, in ARGB8888
+    /// (the only cursor format Linux uses), read from guest memory now.
+    pub(super) fn blob_cursor(
+        &self,
+        mem: &GuestMemoryMmap,
+        c: &UpdateCursor,
+    ) -> Result<(), Refusal> {
+        let (scanout, id) = (c.scanout_id.to_native(), c.resource_id.to_native());
+        if scanout as usize >= self.scanouts.len() {
+            return refuse(
+                RESP_ERR_INVALID_SCANOUT_ID,
+                format!("cursor on scanout {scanout}"),
+            );
+        }
+        let Some(blob) = self.blob(id) else {
+            return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}"));
+        };
+        let Some(ranges) = blob.guest else {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!("cursor from host blob {id}, which has no guest pages"),
+            );
+        };
+        let mut image = vec![0u8; ipc::CURSOR_BYTES];
+        if blob.size < image.len() as u64 || !read_ranges(mem, &ranges, 0, &mut image) {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!(
+                    "blob {id} of {} bytes holds no 64x64 cursor image",
+                    blob.size
+                ),
+            );
+        }
+        self.display.command(
+            &ipc::GpuToDisplay::CursorUpdate {
+                scanout,
+                x: c.x.to_native(),
+                y: c.y.to_native(),
+                hot_x: c.hot_x.to_native().min(ipc::CURSOR_SIZE - 1),
+                hot_y: c.hot_y.to_native().min(ipc::CURSOR_SIZE - 1),
+                format: FORMAT_B8G8R8A8,
+                image,
+            },
+            &[],
+        );
+        Ok(())
+    }
+
+    fn blob(&self, id: u32) -> Option<Blob> {
+        self.blobs
+            .blobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     /// A fence on a context (or a context's ring): render-worker's rutabaga
