@@ -5,9 +5,16 @@
 //! set on the channel. A channel that fails once (timeout, closed, a
 //! malformed answer) is dropped: a late answer would otherwise pair with
 //! the next request. The device then carries on without that peer.
+//!
+//! A notice ([`Link::notify`]) is a message with no answer. It does not
+//! wait for a request in flight: the vhost-user thread sends the guest's
+//! new memory map while the vring thread may be waiting on render-worker,
+//! which may be waiting on the front-end, which waits for that very
+//! SET_MEM_TABLE to be answered (QEMU 11 sends one inside each
+//! SHMEM_MAP/UNMAP it handles).
 
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ipc::{Channel, Message};
 use log::warn;
@@ -15,7 +22,10 @@ use log::warn;
 pub struct Link<Tx: Message, Rx: Message> {
     /// Who is at the other end, for log lines.
     peer: &'static str,
-    channel: Mutex<Option<Channel<Tx, Rx>>>,
+    /// Held for a whole request, so answers pair with their requests.
+    turn: Mutex<()>,
+    /// Held only to take or drop the channel.
+    channel: Mutex<Option<Arc<Channel<Tx, Rx>>>>,
 }
 
 impl<Tx: Message, Rx: Message> std::fmt::Debug for Link<Tx, Rx> {
@@ -29,6 +39,7 @@ impl<Tx: Message, Rx: Message> Link<Tx, Rx> {
     pub fn none(peer: &'static str) -> Self {
         Link {
             peer,
+            turn: Mutex::new(()),
             channel: Mutex::new(None),
         }
     }
@@ -36,7 +47,8 @@ impl<Tx: Message, Rx: Message> Link<Tx, Rx> {
     pub fn new(peer: &'static str, channel: Channel<Tx, Rx>) -> Self {
         Link {
             peer,
-            channel: Mutex::new(Some(channel)),
+            turn: Mutex::new(()),
+            channel: Mutex::new(Some(Arc::new(channel))),
         }
     }
 
@@ -44,25 +56,44 @@ impl<Tx: Message, Rx: Message> Link<Tx, Rx> {
         self.lock().is_some()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Channel<Tx, Rx>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Channel<Tx, Rx>>>> {
         self.channel.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn drop_channel(&self, what: &str, e: &ipc::Error) {
+        warn!(
+            "gpu-worker: the channel to {} failed {what} ({e}); continuing without it",
+            self.peer
+        );
+        *self.lock() = None;
     }
 
     /// Sends one request and waits for its answer and the descriptors that
     /// came with it. `None` when there is no peer (never was, or the
     /// channel failed and was dropped).
     pub fn request_with_fds(&self, msg: &Tx, fds: &[BorrowedFd<'_>]) -> Option<(Rx, Vec<OwnedFd>)> {
-        let mut slot = self.lock();
-        let channel = slot.as_ref()?;
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        let channel = self.lock().clone()?;
         match channel.send(msg, fds).and_then(|()| channel.recv()) {
             Ok(answer) => Some(answer),
             Err(e) => {
-                warn!(
-                    "gpu-worker: the channel to {} failed ({e}); continuing without it",
-                    self.peer
-                );
-                *slot = None;
+                self.drop_channel("on a request", &e);
                 None
+            }
+        }
+    }
+
+    /// Sends a message that has no answer, without waiting for a request
+    /// in flight. False when there is no peer.
+    pub fn notify(&self, msg: &Tx, fds: &[BorrowedFd<'_>]) -> bool {
+        let Some(channel) = self.lock().clone() else {
+            return false;
+        };
+        match channel.send(msg, fds) {
+            Ok(()) => true,
+            Err(e) => {
+                self.drop_channel("on a notice", &e);
+                false
             }
         }
     }

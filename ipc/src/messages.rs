@@ -212,6 +212,8 @@ pub enum RenderCommand {
         nonce: u64,
     },
     /// The guest's memory (one fd per region), replacing any earlier map.
+    /// A notice: render-worker does not answer it (gpu-worker sends it
+    /// while a request of the vring thread may be waiting).
     Memory(Vec<MemoryRegion>),
     GetCapsetInfo {
         index: u32,

@@ -145,14 +145,28 @@ struct Blob {
     flags: u32,
     /// The offset it is mapped at in the host-visible region.
     mapped: Option<u64>,
+    /// For a blob of guest memory: the memory map its pages were found in
+    /// (rutabaga holds pointers into it).
+    generation: Option<u64>,
+}
+
+/// One guest memory map, as SET_MEM_TABLE gave it.
+struct MemoryMap {
+    generation: u64,
+    mem: GuestMemoryMmap,
 }
 
 pub struct RenderDevice {
     rutabaga: Rutabaga,
     fences: Arc<Mutex<Fences>>,
-    /// Every guest memory map of this connection: rutabaga keeps raw
-    /// pointers into them, so none is unmapped before the connection ends.
-    memory: Vec<GuestMemoryMmap>,
+    /// The current guest memory map, last, and every earlier one that a
+    /// live guest-memory blob points into (rutabaga keeps raw pointers).
+    /// Earlier maps go as soon as no blob needs them: QEMU 11 sends a new
+    /// table for every blob it maps or unmaps (the table holds the
+    /// host-visible mappings too), so keeping them all would keep every
+    /// unmapped blob's memory mapped here for the connection's life.
+    memory: Vec<MemoryMap>,
+    next_generation: u64,
     map: Channel<MapRequest, MapAnswer>,
     blobs: BTreeMap<u32, Blob>,
     /// Each context's capset id (the low byte of its context_init).
@@ -200,6 +214,7 @@ impl RenderDevice {
             rutabaga: build_rutabaga(fences.clone(), wayland.clone())?,
             fences,
             memory: Vec::new(),
+            next_generation: 0,
             map,
             blobs: BTreeMap::new(),
             contexts: BTreeMap::new(),
@@ -319,20 +334,37 @@ impl RenderDevice {
             .collect();
         match GuestMemoryMmap::from_ranges_with_files(&ranges) {
             Ok(mem) => {
-                self.memory.push(mem);
+                self.memory.push(MemoryMap {
+                    generation: self.next_generation,
+                    mem,
+                });
+                self.next_generation += 1;
+                self.prune_memory();
                 RenderAnswer::Done
             }
             Err(e) => refused(ERR_UNSPEC, format!("cannot map guest memory: {e}")),
         }
     }
 
+    /// Drops every memory map but the current one that no blob needs.
+    fn prune_memory(&mut self) {
+        let Some(current) = self.memory.last().map(|m| m.generation) else {
+            return;
+        };
+        let blobs = &self.blobs;
+        self.memory.retain(|m| {
+            m.generation == current || blobs.values().any(|b| b.generation == Some(m.generation))
+        });
+    }
+
     /// Host addresses of guest ranges, each inside one region of the
-    /// current guest memory map.
-    fn iovecs(&self, entries: &[(u64, u32)]) -> Result<Vec<RutabagaIovec>, String> {
-        let mem = self
+    /// current guest memory map, and that map's generation.
+    fn iovecs(&self, entries: &[(u64, u32)]) -> Result<(Vec<RutabagaIovec>, u64), String> {
+        let current = self
             .memory
             .last()
             .ok_or("no guest memory was given for a guest-memory blob")?;
+        let mem = &current.mem;
         entries
             .iter()
             .map(|&(addr, len)| {
@@ -344,7 +376,8 @@ impl RenderDevice {
                     len: len as usize,
                 })
             })
-            .collect()
+            .collect::<Result<_, String>>()
+            .map(|v| (v, current.generation))
     }
 
     fn create_blob(
@@ -354,11 +387,11 @@ impl RenderDevice {
         blob: ResourceCreateBlob,
         entries: &[(u64, u32)],
     ) -> RenderAnswer {
-        let iovecs = if entries.is_empty() {
-            None
+        let (iovecs, generation) = if entries.is_empty() {
+            (None, None)
         } else {
             match self.iovecs(entries) {
-                Ok(v) => Some(v),
+                Ok((v, g)) => (Some(v), Some(g)),
                 Err(why) => return refused(ERR_INVALID_PARAMETER, why),
             }
         };
@@ -374,6 +407,7 @@ impl RenderDevice {
                 size: blob.size,
                 flags: blob.blob_flags,
                 mapped: None,
+                generation,
             },
         );
         RenderAnswer::Done
@@ -381,7 +415,8 @@ impl RenderDevice {
 
     /// A device reset: mapped blobs leave the guest's region, then rutabaga
     /// (contexts, blobs, the compositor connections) is dropped and built
-    /// anew. Guest memory maps stay: the memory table does not change.
+    /// anew. The current guest memory map stays: the memory table does not
+    /// change.
     fn reset(&mut self) -> RenderAnswer {
         let mapped: Vec<u32> = self
             .blobs
@@ -404,6 +439,7 @@ impl RenderDevice {
         match build_rutabaga(self.fences.clone(), self.wayland.clone()) {
             Ok(r) => {
                 self.rutabaga = r;
+                self.prune_memory();
                 RenderAnswer::Done
             }
             Err(e) => refused(ERR_UNSPEC, e),
@@ -422,10 +458,13 @@ impl RenderDevice {
             }
         }
         self.blobs.remove(&resource_id);
-        match self.rutabaga.unref_resource(resource_id) {
+        let answer = match self.rutabaga.unref_resource(resource_id) {
             Ok(()) => RenderAnswer::Done,
             Err(e) => refused(code_of(&e), format!("unref {resource_id}: {e}")),
-        }
+        };
+        // rutabaga has let go of the blob's pages.
+        self.prune_memory();
+        answer
     }
 
     fn map_request(&self, request: &MapRequest, fd: Option<&OwnedFd>) -> Result<(), String> {

@@ -133,7 +133,16 @@ fn serve(connections: Receiver<Vec<OwnedFd>>, wayland: Option<PathBuf>) {
                     break;
                 }
             };
+            // The guest's memory map is a notice: nobody waits for its
+            // answer (see gpu-worker's Link::notify).
+            let notice = matches!(command, RenderCommand::Memory(_));
             let answer = device.handle(command, fds);
+            if notice {
+                if let RenderAnswer::Refused { why, .. } = answer {
+                    warn!("render-worker: guest memory map refused: {why}");
+                }
+                continue;
+            }
             if let Err(e) = gpu.send(&answer, &[]) {
                 warn!("render-worker: link to gpu-worker: {e}; dropping the connection");
                 break;

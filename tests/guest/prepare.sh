@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Prepares what the real-peer tests need, on Debian 12 as root: QEMU 10 from
 # bookworm-backports, a Debian kernel with its virtio-gpu modules and a
-# busybox initramfs (tests/tests/guest.rs), and weston
-# (tests/tests/wayland.rs). Idempotent; the kernel and initramfs are cached
-# in $GPU_AIRLOCK_GUEST_CACHE (default tests/guest-cache, ignored by git).
+# busybox initramfs (tests/tests/guest.rs), weston (tests/tests/wayland.rs),
+# and QEMU 11 from trixie-backports in a debootstrapped trixie root, run
+# through tests/guest/qemu11 (tests/tests/guest_blob.rs). Idempotent; the
+# kernel, initramfs and trixie root are cached in $GPU_AIRLOCK_GUEST_CACHE
+# (default tests/guest-cache, ignored by git).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${GPU_AIRLOCK_GUEST_CACHE:-$here/../guest-cache}
@@ -24,6 +26,12 @@ if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.
          }' /etc/apt/sources.list.d/debian.sources > "$backports"
 fi
 
+# The machine's own Debian mirror: the URIs of its bookworm stanza.
+mirror=$(awk 'BEGIN { RS = ""; FS = "\n" }
+     /Suites:[^\n]*bookworm( |$|\n)/ {
+         for (i = 1; i <= NF; i++) if ($i ~ /^URIs:/) { split($i, u, " "); print u[2]; exit }
+     }' /etc/apt/sources.list.d/debian.sources)
+
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu)
 [ -x /usr/lib/qemu/vhost-user-gpu ] || need+=(qemu)
@@ -36,6 +44,26 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-system-gui >/dev/null
     # weston (headless) is the real compositor of the cross-domain tests.
     apt-get install -y -qq busybox-static cpio kmod weston >/dev/null
+fi
+
+# QEMU 11.1, the first with SHMEM on its generic vhost-user device, is
+# built for trixie's glibc: a minimal trixie root from the same mirror, with
+# qemu-system-x86 from trixie-backports (under a minute here).
+trixie=$cache/trixie
+if ! "$here/qemu11" --version 2>/dev/null | grep -q "version 11\."; then
+    command -v debootstrap >/dev/null || {
+        apt-get update -qq
+        apt-get install -y -qq debootstrap >/dev/null
+    }
+    rm -rf "$trixie"
+    debootstrap --variant=minbase trixie "$trixie" "$mirror" >/dev/null
+    printf 'Types: deb\nURIs: %s\nSuites: trixie-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$mirror" > "$trixie/etc/apt/sources.list.d/trixie-backports.sources"
+    chroot "$trixie" apt-get update -qq
+    chroot "$trixie" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends -t trixie-backports qemu-system-x86 >/dev/null
+    chroot "$trixie" apt-get clean
+    "$here/qemu11" --version | head -n 1
 fi
 
 # The newest Debian 12 amd64 kernel (not -cloud: it has no virtio-gpu).

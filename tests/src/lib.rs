@@ -31,6 +31,7 @@ pub use gpu_wire::*;
 
 pub mod blob_wire;
 pub mod display;
+pub mod guest;
 pub mod shmem;
 pub mod wayland;
 
@@ -576,6 +577,9 @@ impl Device {
             .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
             .collect();
         frontend.set_mem_table(&regions).unwrap();
+        if let Some(region) = &shmem {
+            region.send_mem_tables(frontend.clone(), regions.clone());
+        }
 
         let mut controlq = DriverQueue::new(0, GuestAddress(0), QUEUE_SIZE);
         let mut cursorq = DriverQueue::new(1, GuestAddress(0x10_000), QUEUE_SIZE);

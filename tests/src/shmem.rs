@@ -9,13 +9,28 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
 use nix::sys::mman::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
-use vhost::vhost_user::{FrontendReqHandler, HandlerResult, VhostUserFrontendReqHandler};
+use vhost::vhost_user::{Frontend, FrontendReqHandler, HandlerResult, VhostUserFrontendReqHandler};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
+
+/// Where the harness puts the host-visible region in guest-physical
+/// space, for the memory tables it sends (QEMU 11's x86 machines put the
+/// BAR at 0xfc00000000).
+pub const REGION_GUEST_ADDR: u64 = 0xfc_0000_0000;
+
+/// What QEMU 11 does inside each SHMEM_MAP and SHMEM_UNMAP, before it
+/// acknowledges it: its memory listener sees the mapping come or go and
+/// sends the back-end a new SET_MEM_TABLE, the mappings in it as guest
+/// memory (a guest may put virtqueue buffers there).
+struct MemTables {
+    frontend: Frontend,
+    ram: Vec<VhostUserMemoryRegionInfo>,
+}
 
 /// One SHMEM_MAP or SHMEM_UNMAP as the front-end received it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +54,9 @@ pub struct HostVisibleRegion {
     base: NonNull<std::ffi::c_void>,
     size: u64,
     state: Mutex<(BTreeMap<u64, u64>, Vec<ShmemEvent>)>,
+    /// Each mapping's descriptor and offset in it, for the memory tables.
+    files: Mutex<BTreeMap<u64, (OwnedFd, u64)>>,
+    tables: Mutex<Option<MemTables>>,
 }
 
 // SAFETY: the reservation is only ever changed under `state`'s lock, and
@@ -62,11 +80,44 @@ impl HostVisibleRegion {
             base,
             size,
             state: Mutex::new((BTreeMap::new(), Vec::new())),
+            files: Mutex::new(BTreeMap::new()),
+            tables: Mutex::new(None),
         })
     }
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// From now on, send `frontend`'s back-end a memory table (`ram` and
+    /// every mapping) inside each map and unmap, as QEMU 11 does.
+    pub fn send_mem_tables(&self, frontend: Frontend, ram: Vec<VhostUserMemoryRegionInfo>) {
+        *self.tables.lock().unwrap() = Some(MemTables { frontend, ram });
+    }
+
+    fn send_table(&self) -> Result<(), String> {
+        let mut tables = self.tables.lock().unwrap();
+        let Some(t) = tables.as_mut() else {
+            return Ok(());
+        };
+        let state = self.state.lock().unwrap();
+        let files = self.files.lock().unwrap();
+        let mut regions = t.ram.clone();
+        for (offset, len) in &state.0 {
+            let (fd, fd_offset) = &files[offset];
+            regions.push(VhostUserMemoryRegionInfo {
+                guest_phys_addr: REGION_GUEST_ADDR + offset,
+                memory_size: *len,
+                userspace_addr: self.address(*offset) as u64,
+                mmap_offset: *fd_offset,
+                mmap_handle: fd.as_raw_fd(),
+            });
+        }
+        drop((state, files));
+        t.frontend
+            .set_mem_table(&regions)
+            .map(|_| ())
+            .map_err(|e| format!("SET_MEM_TABLE inside the map request: {e}"))
     }
 
     pub fn events(&self) -> Vec<ShmemEvent> {
@@ -184,7 +235,13 @@ impl HostVisibleRegion {
             len,
             writable,
         });
-        Ok(())
+        drop(state);
+        let owned = fd.try_clone_to_owned().map_err(|e| format!("dup: {e}"))?;
+        self.files
+            .lock()
+            .unwrap()
+            .insert(offset, (owned, fd_offset));
+        self.send_table()
     }
 
     fn unmap(&self, req: &VhostUserMMap) -> Result<(), String> {
@@ -206,7 +263,9 @@ impl HostVisibleRegion {
         .map_err(|e| format!("mmap: {e}"))?;
         state.0.remove(&offset);
         state.1.push(ShmemEvent::Unmap { offset, len });
-        Ok(())
+        drop(state);
+        self.files.lock().unwrap().remove(&offset);
+        self.send_table()
     }
 
     fn refuse(&self, req: &VhostUserMMap, why: String) -> std::io::Error {

@@ -13,13 +13,11 @@
 //! and builds. Without them each test says so loudly and returns, unless
 //! GPU_AIRLOCK_REQUIRE_GUEST is set (as `.ci/run` sets it), when it fails.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use harness::guest::{error_responses, qemu10, Boot, Guest, GuestImage};
 use harness::{dies_with_parent, Backend, TempDir};
 
 /// The display QEMU offers the guest (`xres`, `yres`): deliberately not
@@ -28,47 +26,18 @@ const WIDTH: usize = 640;
 const HEIGHT: usize = 480;
 const REFERENCE_BACKEND: &str = "/usr/lib/qemu/vhost-user-gpu";
 
-fn guest_cache() -> PathBuf {
-    std::env::var_os("GPU_AIRLOCK_GUEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guest-cache"))
-}
-
-/// The kernel and initramfs, or None (after saying why) if this machine
-/// lacks them or QEMU.
-fn guest_image() -> Option<(PathBuf, PathBuf)> {
-    let cache = guest_cache();
-    let (kernel, initrd) = (cache.join("vmlinuz"), cache.join("initramfs.cpio.gz"));
-    let qemu = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let reference = Path::new(REFERENCE_BACKEND).exists();
-    if qemu && reference && kernel.exists() && initrd.exists() {
-        return Some((kernel, initrd));
+/// The kernel and initramfs, QEMU 10 and QEMU's own back-end, or None
+/// (after saying why) where this machine lacks any of them.
+fn guest_image() -> Option<GuestImage> {
+    let image = GuestImage::find()?;
+    qemu10()?;
+    if !Path::new(REFERENCE_BACKEND).exists() {
+        harness::guest::cannot_run(&format!(
+            "the real-guest tests need {REFERENCE_BACKEND}: run `sudo tests/guest/prepare.sh`"
+        ));
+        return None;
     }
-    let why = format!(
-        "the real-guest tests need qemu-system-x86_64 ({}), {REFERENCE_BACKEND} ({}), and {} and \
-         {} ({}): run `sudo tests/guest/prepare.sh` first",
-        if qemu { "found" } else { "missing" },
-        if reference { "found" } else { "missing" },
-        kernel.display(),
-        initrd.display(),
-        if kernel.exists() && initrd.exists() {
-            "found"
-        } else {
-            "missing"
-        }
-    );
-    if std::env::var_os("GPU_AIRLOCK_REQUIRE_GUEST").is_some() {
-        panic!("{why}");
-    }
-    // Straight to stderr: libtest hides what a passing test eprintln!s.
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "\n*** SKIPPED, NOT PASSED: {why} ***\n"
-    );
-    None
+    Some(image)
 }
 
 /// What the guest copies into its framebuffer: XRGB8888 (bytes B, G, R, X),
@@ -84,173 +53,6 @@ fn pattern() -> Vec<u8> {
         }
     }
     out
-}
-
-/// A booted guest: its QEMU, serial console and QMP monitor.
-struct Guest {
-    qemu: Child,
-    console: mpsc::Receiver<String>,
-    lines: Vec<String>,
-    qmp: BufReader<UnixStream>,
-    dir: TempDir,
-}
-
-impl Guest {
-    fn boot(socket: &Path, kernel: &Path, initrd: &Path) -> Guest {
-        let dir = TempDir::new("guest");
-        let pattern_file = dir.0.join("pattern.raw");
-        std::fs::write(&pattern_file, pattern()).unwrap();
-        let qmp_path = dir.0.join("qmp.sock");
-        let mut qemu = dies_with_parent(&mut Command::new("qemu-system-x86_64"))
-            .args(["-accel", "tcg", "-machine", "q35,memory-backend=mem"])
-            .args(["-m", "512", "-object"])
-            .arg("memory-backend-memfd,id=mem,size=512M,share=on")
-            .arg("-chardev")
-            .arg(format!("socket,id=gpu,path={}", socket.display()))
-            .arg("-device")
-            .arg(format!(
-                "vhost-user-gpu-pci,chardev=gpu,xres={WIDTH},yres={HEIGHT}"
-            ))
-            .arg("-fw_cfg")
-            .arg(format!(
-                "name=opt/gpu-airlock/pattern,file={}",
-                pattern_file.display()
-            ))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
-            .args(["-display", "none", "-nodefaults", "-no-reboot"])
-            .args(["-serial", "stdio", "-kernel"])
-            .arg(kernel)
-            .arg("-initrd")
-            .arg(initrd)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start qemu-system-x86_64");
-        let stdout = qemu.stdout.take().unwrap();
-        let (tx, console) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                eprintln!("[guest] {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let stream = loop {
-            match UnixStream::connect(&qmp_path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => panic!("QMP socket: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        let mut guest = Guest {
-            qemu,
-            console,
-            lines: Vec::new(),
-            qmp: BufReader::new(stream),
-            dir,
-        };
-        guest.qmp_answer(); // the greeting
-        guest.qmp(r#"{"execute": "qmp_capabilities"}"#);
-        guest
-    }
-
-    /// The next QMP line that is not an event.
-    fn qmp_answer(&mut self) -> String {
-        loop {
-            let mut line = String::new();
-            let n = self.qmp.read_line(&mut line).expect("QMP answers");
-            assert!(n > 0, "QEMU closed its QMP socket");
-            if !line.contains("\"event\"") {
-                return line;
-            }
-        }
-    }
-
-    fn qmp(&mut self, command: &str) -> String {
-        let line = format!("{command}\n");
-        self.qmp.get_mut().write_all(line.as_bytes()).unwrap();
-        let answer = self.qmp_answer();
-        assert!(
-            answer.contains("\"return\""),
-            "QMP {command} failed: {answer}"
-        );
-        answer
-    }
-
-    /// Console lines (without "GUEST: ") up to and including "done".
-    fn wait_done(&mut self) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while let Ok(line) = self
-            .console
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            let done = line == "GUEST: done";
-            self.lines.push(line);
-            if done {
-                break;
-            }
-        }
-        self.lines
-            .iter()
-            .filter_map(|l| l.strip_prefix("GUEST: "))
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// The screen as RGB bytes, via QMP screendump (PPM).
-    fn screen(&mut self) -> (usize, usize, Vec<u8>) {
-        let file = self.dir.0.join("screen.ppm");
-        let _ = std::fs::remove_file(&file);
-        self.qmp(&format!(
-            r#"{{"execute": "screendump", "arguments": {{"filename": "{}"}}}}"#,
-            file.display()
-        ));
-        parse_ppm(&std::fs::read(&file).expect("screendump wrote its file"))
-    }
-
-    fn quit(mut self) -> Vec<String> {
-        // QEMU may exit before its answer is read, or even sent.
-        let _ = self.qmp.get_mut().write_all(b"{\"execute\": \"quit\"}\n");
-        let _ = self.qemu.wait();
-        while let Ok(line) = self.console.recv_timeout(Duration::from_secs(1)) {
-            self.lines.push(line);
-        }
-        std::mem::take(&mut self.lines)
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.qemu.kill();
-        let _ = self.qemu.wait();
-    }
-}
-
-/// A binary PPM (P6, maxval 255): width, height, RGB bytes.
-fn parse_ppm(data: &[u8]) -> (usize, usize, Vec<u8>) {
-    let mut fields = Vec::new();
-    let mut at = 0;
-    while fields.len() < 4 {
-        while data[at].is_ascii_whitespace() {
-            at += 1;
-        }
-        let start = at;
-        while !data[at].is_ascii_whitespace() {
-            at += 1;
-        }
-        fields.push(std::str::from_utf8(&data[start..at]).unwrap().to_string());
-    }
-    assert_eq!(fields[0], "P6", "screendump is a binary PPM");
-    assert_eq!(fields[3], "255");
-    let (w, h): (usize, usize) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
-    let pixels = data[at + 1..].to_vec();
-    assert_eq!(pixels.len(), w * h * 3, "PPM of {w}x{h}");
-    (w, h, pixels)
 }
 
 /// Pixels of the screen that differ from the pattern, with the first few.
@@ -276,8 +78,28 @@ fn mismatches(screen: &[u8], pattern: &[u8]) -> (usize, Vec<String>) {
 /// Boots the guest against `socket`, checks what its driver found and that
 /// the screen shows the pattern exactly; returns the whole console.
 fn draw_and_compare(who: &str, socket: &Path) -> Vec<String> {
-    let (kernel, initrd) = guest_image().expect("checked by the caller");
-    let mut guest = Guest::boot(socket, &kernel, &initrd);
+    let image = guest_image().expect("checked by the caller");
+    let dir = TempDir::new("guest");
+    let pattern_file = dir.0.join("pattern.raw");
+    std::fs::write(&pattern_file, pattern()).unwrap();
+    let boot = Boot {
+        kernel: &image.kernel,
+        initrd: &image.initrd,
+        memory_mib: 512,
+        socket,
+        device: format!("vhost-user-gpu-pci,chardev=gpu,xres={WIDTH},yres={HEIGHT}"),
+        append: "quiet",
+        reboot: false,
+        extra: vec![
+            "-fw_cfg".into(),
+            format!(
+                "name=opt/gpu-airlock/pattern,file={}",
+                pattern_file.display()
+            )
+            .into(),
+        ],
+    };
+    let mut guest = Guest::boot(qemu10().expect("checked"), boot, dir);
     let lines = guest.wait_done();
     assert!(
         lines.last().is_some_and(|l| l == "done"),
@@ -325,10 +147,7 @@ fn draw_and_compare(who: &str, socket: &Path) -> Vec<String> {
     );
     let console = guest.quit();
     // Linux logs every error response its driver gets.
-    let refused: Vec<&String> = console
-        .iter()
-        .filter(|l| l.contains("*ERROR* response"))
-        .collect();
+    let refused = error_responses(&console);
     assert!(
         refused.is_empty(),
         "{who}: the guest's driver got error responses: {refused:?}"

@@ -129,17 +129,9 @@ impl GpuDevice {
         if regions.is_empty() || regions.len() > MAX_MEMORY_REGIONS {
             return;
         }
-        if let Err(r) = self
-            .render(&RenderCommand::Memory(regions), &fds)
-            .and_then(|a| match a {
-                RenderAnswer::Done => Ok(()),
-                other => refuse(RESP_ERR_UNSPEC, format!("answered {other:?}")),
-            })
-        {
-            warn!(
-                "gpu-worker: render-worker did not take guest memory: {}",
-                r.why
-            );
+        // A notice, not a request: see `Link::notify`.
+        if !self.render.notify(&RenderCommand::Memory(regions), &fds) {
+            warn!("gpu-worker: render-worker is not reachable to take guest memory");
         }
     }
 
