@@ -49,7 +49,10 @@ impl DeviceConfig {
 }
 
 /// Parses `--shm-size`: bytes with an optional K, M or G suffix (binary),
-/// a whole number of 4 KiB pages, at least one and at most 1 TiB.
+/// a power of two from 4 KiB to 1 TiB. QEMU 11.1 refuses a region that is
+/// not a whole number of host pages, and crosvm rounds the size it is
+/// given up to a power of two (the guest would then see a window larger
+/// than the broker's region): a power of two is what both take as it is.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (digits, shift) = match t.char_indices().last() {
@@ -65,8 +68,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .checked_mul(1 << shift)
         .filter(|b| (4096..=1 << 40).contains(b))
         .ok_or(format!("'{s}': the size must be 4K to 1024G"))?;
-    if !bytes.is_multiple_of(4096) {
-        return Err(format!("'{s}' is not a whole number of 4 KiB pages"));
+    if !bytes.is_power_of_two() {
+        return Err(format!(
+            "'{s}' is not a power of two (QEMU needs whole pages, crosvm rounds up to a power \
+             of two): use e.g. 4G or 8G"
+        ));
     }
     Ok(bytes)
 }
@@ -127,6 +133,8 @@ mod tests {
             "-1G",
             "4097",
             "2K",
+            "12K",
+            "3G",
             "2048G",
             "99999999999999999999G",
         ] {

@@ -88,7 +88,10 @@ struct Args {
 
     /// Size of the host-visible shared memory region (shmid 1) that blob
     /// resources are mapped into, with a K, M or G suffix (like crosvm's
-    /// default, 8G). Offered to front-ends that negotiate SHMEM.
+    /// default, 8G). Offered to front-ends that negotiate SHMEM. A power
+    /// of two from 4K to 1024G: QEMU 11 needs whole pages and crosvm
+    /// rounds up to a power of two, so this is the size both give the
+    /// guest.
     #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = config::parse_size)]
     shm_size: u64,
 

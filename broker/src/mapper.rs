@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ipc::limited_warn;
@@ -32,6 +33,11 @@ pub const PAGE: u64 = 4096;
 pub struct HostVisible {
     pub size: u64,
     channel: Mutex<Option<(Backend, bool)>>,
+    /// Bumped each time the front-end dropped every mapping on its own
+    /// (QEMU 11's generic device does at a device reset, and sends no
+    /// RESET_DEVICE): the mapper then forgets its mappings, and answers
+    /// render-worker's unmaps of them without asking the front-end.
+    dropped: AtomicU64,
 }
 
 impl HostVisible {
@@ -39,7 +45,13 @@ impl HostVisible {
         HostVisible {
             size,
             channel: Mutex::new(None),
+            dropped: AtomicU64::new(0),
         }
+    }
+
+    /// The front-end has dropped every mapping itself.
+    pub fn frontend_dropped_all(&self) {
+        self.dropped.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The front-end's back-end request channel, and whether it negotiated
@@ -93,6 +105,11 @@ pub struct Mapper {
     mappings: BTreeMap<u64, Mapping>,
     /// Resource → its mapping's offset.
     by_resource: BTreeMap<u32, u64>,
+    /// Resources whose mappings the front-end dropped on its own, until
+    /// render-worker unmaps them.
+    gone: BTreeMap<u32, (u64, u64)>,
+    /// The region's `dropped` count this mapper last acted on.
+    dropped_seen: u64,
 }
 
 impl Mapper {
@@ -101,6 +118,24 @@ impl Mapper {
             size,
             mappings: BTreeMap::new(),
             by_resource: BTreeMap::new(),
+            gone: BTreeMap::new(),
+            dropped_seen: 0,
+        }
+    }
+
+    /// Moves every mapping to `gone` if the front-end dropped them since
+    /// the last request.
+    fn catch_up(&mut self, region: &HostVisible) {
+        let dropped = region.dropped.load(Ordering::SeqCst);
+        if dropped == self.dropped_seen {
+            return;
+        }
+        self.dropped_seen = dropped;
+        let ids: Vec<u32> = self.by_resource.keys().copied().collect();
+        for id in ids {
+            if let Some(at) = self.forget(id) {
+                self.gone.insert(id, at);
+            }
         }
     }
 
@@ -173,6 +208,7 @@ impl Mapper {
         request: MapRequest,
         fd: Option<OwnedFd>,
     ) -> Result<(), String> {
+        self.catch_up(region);
         match request {
             MapRequest::Map {
                 resource_id,
@@ -209,6 +245,13 @@ impl Mapper {
                 Ok(())
             }
             MapRequest::Unmap { resource_id } => {
+                if let Some((offset, len)) = self.gone.remove(&resource_id) {
+                    info!(
+                        "resource {resource_id} at {offset:#x} ({len} bytes): the front-end \
+                         already dropped it"
+                    );
+                    return Ok(());
+                }
                 let (offset, len) = self
                     .forget(resource_id)
                     .ok_or(format!("resource {resource_id} is not mapped"))?;

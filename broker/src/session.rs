@@ -56,6 +56,10 @@ pub struct Session {
     region: Arc<HostVisible>,
     /// QEMU's display socket, shared with the display thread.
     display: Arc<DisplaySocket>,
+    /// The features last relayed, to set again after an inferred reset.
+    features: Option<u64>,
+    /// Where each ring stopped (GET_VRING_BASE), until it starts again.
+    stopped_at: [Option<u16>; NUM_QUEUES as usize],
 }
 
 /// Converts an error from the relay to gpu-worker into one for the VMM.
@@ -92,7 +96,34 @@ impl Session {
             acked_protocol_features: 0,
             region,
             display,
+            features: None,
+            stopped_at: [None; NUM_QUEUES as usize],
         })
+    }
+
+    /// A ring restarted somewhere other than where it stopped: the driver
+    /// reset the device (the device offers no VIRTIO_F_RING_RESET, so a
+    /// ring is only ever re-made by a device reset), and the front-end did
+    /// not say so. QEMU 11's generic vhost-user device does this: at a
+    /// guest reboot it drops every shared-memory mapping itself, stops the
+    /// rings, and later starts them afresh at 0, with no RESET_DEVICE. The
+    /// device resets now, before the new driver's first command; its
+    /// mappings are already gone from the front-end. A ring stopped and
+    /// started at the same index (a VM pause) is no reset.
+    fn reset_inferred(&mut self, index: u32, stopped: u16, base: u16) -> Result<()> {
+        info!(
+            "front-end restarted ring {index} at {base}, not where it stopped ({stopped}): \
+             the driver reset the device; resetting (no RESET_DEVICE came)"
+        );
+        self.stopped_at = [None; NUM_QUEUES as usize];
+        self.region.frontend_dropped_all();
+        relay(self.worker.reset_device())?;
+        // vhost-user-backend forgets the acked features at a reset; these
+        // came before the rings started.
+        if let Some(features) = self.features {
+            relay(self.worker.set_features(features))?;
+        }
+        Ok(())
     }
 
     fn config_space(&self) -> Vec<u8> {
@@ -113,6 +144,7 @@ impl VhostUserBackendReqHandlerMut for Session {
     }
 
     fn reset_owner(&mut self) -> Result<()> {
+        log::debug!("front-end resets its ownership (RESET_OWNER)");
         relay(self.worker.reset_owner())
     }
 
@@ -122,6 +154,7 @@ impl VhostUserBackendReqHandlerMut for Session {
     /// its device state and has render-worker drop its own.
     fn reset_device(&mut self) -> Result<()> {
         info!("front-end reset the device");
+        self.stopped_at = [None; NUM_QUEUES as usize];
         relay(self.worker.reset_device())
     }
 
@@ -130,6 +163,7 @@ impl VhostUserBackendReqHandlerMut for Session {
     }
 
     fn set_features(&mut self, features: u64) -> Result<()> {
+        log::debug!("front-end sets features {features:#x}");
         // QEMU 10 passes on transport features it negotiated with the guest
         // itself (VIRTIO_F_RING_RESET, bit 40) though the device never
         // offered them; vhost-user-backend refuses any such bit. Relay only
@@ -139,6 +173,7 @@ impl VhostUserBackendReqHandlerMut for Session {
             let bits: Vec<u32> = (0..64).filter(|b| unoffered >> b & 1 == 1).collect();
             info!("front-end acked feature bits {bits:?} the device never offered; ignoring them");
         }
+        self.features = Some(features & self.device_features);
         relay(self.worker.set_features(features & self.device_features))
     }
 
@@ -196,12 +231,25 @@ impl VhostUserBackendReqHandlerMut for Session {
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> Result<()> {
+        log::debug!("front-end sets ring {index}'s base to {base}");
         let base = u16::try_from(base).map_err(|_| Error::InvalidParam)?;
+        let stopped = self
+            .stopped_at
+            .get_mut(index as usize)
+            .and_then(Option::take);
+        if let Some(stopped) = stopped.filter(|s| *s != base) {
+            self.reset_inferred(index, stopped, base)?;
+        }
         relay(self.worker.set_vring_base(index as usize, base))
     }
 
     fn get_vring_base(&mut self, index: u32) -> Result<VhostUserVringState> {
+        log::debug!("front-end stops ring {index} (GET_VRING_BASE)");
         let base = relay(self.worker.get_vring_base(index as usize))?;
+        if let (Some(slot), Ok(b)) = (self.stopped_at.get_mut(index as usize), u16::try_from(base))
+        {
+            *slot = Some(b);
+        }
         Ok(VhostUserVringState::new(index, base))
     }
 
@@ -254,6 +302,7 @@ impl VhostUserBackendReqHandlerMut for Session {
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
+        log::debug!("front-end enables ring {index}: {enable}");
         relay(self.worker.set_vring_enable(index as usize, enable))
     }
 

@@ -640,7 +640,15 @@ impl Device {
     /// VHOST_USER_RESET_DEVICE, then the start sequence again — features,
     /// memory table, and fresh rings, as the rebooted driver lays them out.
     pub fn reset(&mut self) {
+        // The blobs' SHMEM_UNMAPs come while RESET_DEVICE waits for its
+        // answer: the memory table follows once it has one.
+        if let Some(region) = &self.shmem {
+            region.hold_tables(true);
+        }
         self.frontend.reset_device().expect("RESET_DEVICE");
+        if let Some(region) = &self.shmem {
+            region.hold_tables(false);
+        }
         self.frontend
             .set_features(self.negotiated.features)
             .unwrap();
@@ -657,6 +665,48 @@ impl Device {
         self.cursorq = DriverQueue::new(1, GuestAddress(0x10_000), QUEUE_SIZE);
         for q in [&mut self.controlq, &mut self.cursorq] {
             start_queue(&mut self.frontend, &self.mem, q);
+        }
+    }
+
+    /// Resets as QEMU 11's generic vhost-user device does at a guest
+    /// reboot: it drops every mapping in the host-visible region itself,
+    /// stops both rings (GET_VRING_BASE), and later starts them afresh at
+    /// index 0, with no RESET_DEVICE.
+    pub fn reset_without_reset_device(&mut self) {
+        if let Some(region) = &self.shmem {
+            region.drop_all();
+        }
+        for index in 0..2 {
+            self.frontend.get_vring_base(index).unwrap();
+        }
+        self.frontend
+            .set_features(self.negotiated.features)
+            .unwrap();
+        self.mem
+            .write_slice(&[0u8; 0x20_000], GuestAddress(0))
+            .unwrap();
+        self.controlq = DriverQueue::new(0, GuestAddress(0), QUEUE_SIZE);
+        self.cursorq = DriverQueue::new(1, GuestAddress(0x10_000), QUEUE_SIZE);
+        for q in [&mut self.controlq, &mut self.cursorq] {
+            start_queue(&mut self.frontend, &self.mem, q);
+        }
+    }
+
+    /// Stops both rings and starts them again where they stopped, as QEMU
+    /// does around a VM pause: no reset.
+    pub fn pause_and_resume(&mut self) {
+        let mut bases = Vec::new();
+        for index in 0..2 {
+            bases.push(self.frontend.get_vring_base(index).unwrap() as u16);
+        }
+        self.frontend
+            .set_features(self.negotiated.features)
+            .unwrap();
+        for (q, base) in [&mut self.controlq, &mut self.cursorq]
+            .into_iter()
+            .zip(bases)
+        {
+            start_queue_at(&mut self.frontend, &self.mem, q, base);
         }
     }
 
@@ -714,6 +764,10 @@ impl Device {
 }
 
 fn start_queue(frontend: &mut Frontend, mem: &GuestMemoryMmap, q: &mut DriverQueue) {
+    start_queue_at(frontend, mem, q, 0);
+}
+
+fn start_queue_at(frontend: &mut Frontend, mem: &GuestMemoryMmap, q: &mut DriverQueue, base: u16) {
     let host = |a: GuestAddress| mem.get_host_address(a).unwrap() as u64;
     frontend.set_vring_num(q.index, q.size).unwrap();
     frontend
@@ -730,10 +784,18 @@ fn start_queue(frontend: &mut Frontend, mem: &GuestMemoryMmap, q: &mut DriverQue
             },
         )
         .unwrap();
-    frontend.set_vring_base(q.index, 0).unwrap();
+    frontend.set_vring_base(q.index, base).unwrap();
     frontend.set_vring_call(q.index, &q.call).unwrap();
     frontend.set_vring_kick(q.index, &q.kick).unwrap();
     frontend.set_vring_enable(q.index, true).unwrap();
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if let Some(region) = &self.shmem {
+            region.stop_mem_tables();
+        }
+    }
 }
 
 /// Whether a process maps a file whose name contains `name`.

@@ -57,6 +57,9 @@ pub struct HostVisibleRegion {
     /// Each mapping's descriptor and offset in it, for the memory tables.
     files: Mutex<BTreeMap<u64, (OwnedFd, u64)>>,
     tables: Mutex<Option<MemTables>>,
+    /// While the front-end waits on a request of its own (RESET_DEVICE),
+    /// it cannot send a table; it sends the latest when that returns.
+    tables_held: Mutex<bool>,
 }
 
 // SAFETY: the reservation is only ever changed under `state`'s lock, and
@@ -82,6 +85,7 @@ impl HostVisibleRegion {
             state: Mutex::new((BTreeMap::new(), Vec::new())),
             files: Mutex::new(BTreeMap::new()),
             tables: Mutex::new(None),
+            tables_held: Mutex::new(false),
         })
     }
 
@@ -95,7 +99,25 @@ impl HostVisibleRegion {
         *self.tables.lock().unwrap() = Some(MemTables { frontend, ram });
     }
 
+    /// Lets go of the front-end (the connection is ending): the region
+    /// holds no clone of it that would keep its socket open.
+    pub fn stop_mem_tables(&self) {
+        *self.tables.lock().unwrap() = None;
+    }
+
+    /// Holds tables back (true) while the test thread's front-end waits
+    /// for an answer, or sends the current one (false).
+    pub fn hold_tables(&self, hold: bool) {
+        *self.tables_held.lock().unwrap() = hold;
+        if !hold {
+            self.send_table().expect("SET_MEM_TABLE");
+        }
+    }
+
     fn send_table(&self) -> Result<(), String> {
+        if *self.tables_held.lock().unwrap() {
+            return Ok(());
+        }
         let mut tables = self.tables.lock().unwrap();
         let Some(t) = tables.as_mut() else {
             return Ok(());
@@ -266,6 +288,28 @@ impl HostVisibleRegion {
         drop(state);
         self.files.lock().unwrap().remove(&offset);
         self.send_table()
+    }
+
+    /// Drops every mapping on the front-end's own account, as QEMU 11
+    /// does at a device reset; no event is recorded (no request came).
+    pub fn drop_all(&self) {
+        let mut state = self.state.lock().unwrap();
+        for (&offset, &len) in &state.0 {
+            let at = NonZeroUsize::new(self.address(offset)).unwrap();
+            // SAFETY: puts the reservation back over a mapping this region
+            // made.
+            unsafe {
+                mmap_anonymous(
+                    Some(at),
+                    NonZeroUsize::new(len as usize).unwrap(),
+                    ProtFlags::PROT_NONE,
+                    reserve_flags() | MapFlags::MAP_FIXED,
+                )
+            }
+            .expect("put the reservation back");
+        }
+        state.0.clear();
+        self.files.lock().unwrap().clear();
     }
 
     fn refuse(&self, req: &VhostUserMMap, why: String) -> std::io::Error {
