@@ -359,6 +359,16 @@ impl VhostUserBackendReqHandlerMut for Session {
         Err(Error::InvalidOperation("inflight tracking is not offered"))
     }
 
+    /// Memory slots (CONFIGURE_MEM_SLOTS) are not offered. QEMU 11 makes
+    /// each blob mapping in the host-visible BAR guest memory of the
+    /// back-end too; with whole tables only it cannot send one past eight
+    /// regions ("Failed preparing vhost-user memory table msg", seen with
+    /// a real guest mapping 24 blobs), and the back-end's view misses the
+    /// later blobs, which only matters to a guest that puts virtqueue
+    /// buffers in them. With memory slots offered (tried: relayed to
+    /// gpu-worker's vhost-user-backend, which supports them) QEMU 11.1.3
+    /// took every mapping, but crashed (SIGSEGV in a TCG vCPU thread) at
+    /// the first guest reboot with blobs mapped. The lesser failure wins.
     fn get_max_mem_slots(&mut self) -> Result<u64> {
         Err(Error::InvalidOperation("memory slots are not offered"))
     }

@@ -220,12 +220,23 @@ impl Guest {
         let mut qemu = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start QEMU");
         let stdout = qemu.stdout.take().unwrap();
+        let stderr = qemu.stderr.take().unwrap();
         let console_in = qemu.stdin.take();
         let (tx, console) = mpsc::channel();
+        // QEMU's own complaints join the console, marked "QEMU: ".
+        let errors = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[qemu] {line}");
+                if errors.send(format!("QEMU: {line}")).is_err() {
+                    break;
+                }
+            }
+        });
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 eprintln!("[guest] {line}");
@@ -363,6 +374,11 @@ pub fn error_responses(console: &[String]) -> Vec<&String> {
         .iter()
         .filter(|l| l.contains("*ERROR* response"))
         .collect()
+}
+
+/// What QEMU itself wrote to its stderr (in the console as "QEMU: ").
+pub fn qemu_complaints(console: &[String]) -> Vec<&String> {
+    console.iter().filter(|l| l.starts_with("QEMU: ")).collect()
 }
 
 /// A binary PPM (P6, maxval 255): width, height, RGB bytes.

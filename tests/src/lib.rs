@@ -546,7 +546,8 @@ impl Device {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::RESET_DEVICE
             | VhostUserProtocolFeatures::BACKEND_REQ
-            | VhostUserProtocolFeatures::BACKEND_SEND_FD;
+            | VhostUserProtocolFeatures::BACKEND_SEND_FD
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
         if want_shmem {
             wanted |= VhostUserProtocolFeatures::SHMEM;
         }
@@ -578,7 +579,8 @@ impl Device {
             .collect();
         frontend.set_mem_table(&regions).unwrap();
         if let Some(region) = &shmem {
-            region.send_mem_tables(frontend.clone(), regions.clone());
+            let slots = proto.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+            region.send_mem_tables(frontend.clone(), regions.clone(), slots);
         }
 
         let mut controlq = DriverQueue::new(0, GuestAddress(0), QUEUE_SIZE);

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use nix::sys::mman::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
+use vhost::vhost_user::VhostUserFrontend;
 use vhost::vhost_user::{Frontend, FrontendReqHandler, HandlerResult, VhostUserFrontendReqHandler};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 
@@ -25,11 +26,25 @@ pub const REGION_GUEST_ADDR: u64 = 0xfc_0000_0000;
 
 /// What QEMU 11 does inside each SHMEM_MAP and SHMEM_UNMAP, before it
 /// acknowledges it: its memory listener sees the mapping come or go and
-/// sends the back-end a new SET_MEM_TABLE, the mappings in it as guest
-/// memory (a guest may put virtqueue buffers there).
+/// tells the back-end, the mapping being guest memory too (a guest may put
+/// virtqueue buffers there): ADD_MEM_REG / REM_MEM_REG where
+/// CONFIGURE_MEM_SLOTS was negotiated, else a whole new SET_MEM_TABLE
+/// (which QEMU cannot send past eight regions).
 struct MemTables {
     frontend: Frontend,
     ram: Vec<VhostUserMemoryRegionInfo>,
+    slots: bool,
+}
+
+/// The most regions a whole memory table carries from QEMU (its
+/// VHOST_MEMORY_BASELINE_NREGIONS).
+pub const TABLE_REGIONS: usize = 8;
+
+/// A change of the guest memory the back-end is told of.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Added(u64),
+    Removed { offset: u64, len: u64 },
 }
 
 /// One SHMEM_MAP or SHMEM_UNMAP as the front-end received it.
@@ -57,6 +72,8 @@ pub struct HostVisibleRegion {
     /// Each mapping's descriptor and offset in it, for the memory tables.
     files: Mutex<BTreeMap<u64, (OwnedFd, u64)>>,
     tables: Mutex<Option<MemTables>>,
+    /// Changes held back while the front-end waits (see `hold_tables`).
+    pending: Mutex<Vec<Change>>,
     /// While the front-end waits on a request of its own (RESET_DEVICE),
     /// it cannot send a table; it sends the latest when that returns.
     tables_held: Mutex<bool>,
@@ -85,6 +102,7 @@ impl HostVisibleRegion {
             state: Mutex::new((BTreeMap::new(), Vec::new())),
             files: Mutex::new(BTreeMap::new()),
             tables: Mutex::new(None),
+            pending: Mutex::new(Vec::new()),
             tables_held: Mutex::new(false),
         })
     }
@@ -93,10 +111,21 @@ impl HostVisibleRegion {
         self.size
     }
 
-    /// From now on, send `frontend`'s back-end a memory table (`ram` and
-    /// every mapping) inside each map and unmap, as QEMU 11 does.
-    pub fn send_mem_tables(&self, frontend: Frontend, ram: Vec<VhostUserMemoryRegionInfo>) {
-        *self.tables.lock().unwrap() = Some(MemTables { frontend, ram });
+    /// From now on, tell `frontend`'s back-end of each mapping inside the
+    /// map and unmap requests, as QEMU 11 does: with memory slots when
+    /// `slots` (CONFIGURE_MEM_SLOTS), else with a whole table of `ram` and
+    /// every mapping.
+    pub fn send_mem_tables(
+        &self,
+        frontend: Frontend,
+        ram: Vec<VhostUserMemoryRegionInfo>,
+        slots: bool,
+    ) {
+        *self.tables.lock().unwrap() = Some(MemTables {
+            frontend,
+            ram,
+            slots,
+        });
     }
 
     /// Lets go of the front-end (the connection is ending): the region
@@ -105,37 +134,71 @@ impl HostVisibleRegion {
         *self.tables.lock().unwrap() = None;
     }
 
-    /// Holds tables back (true) while the test thread's front-end waits
-    /// for an answer, or sends the current one (false).
+    /// Holds changes back (true) while the test thread's front-end waits
+    /// for an answer, or sends what was held (false).
     pub fn hold_tables(&self, hold: bool) {
         *self.tables_held.lock().unwrap() = hold;
         if !hold {
-            self.send_table().expect("SET_MEM_TABLE");
+            let pending = std::mem::take(&mut *self.pending.lock().unwrap());
+            for change in pending {
+                self.apply(change).expect("memory change");
+            }
         }
     }
 
-    fn send_table(&self) -> Result<(), String> {
+    /// The region info of the mapping at `offset`, if it is still mapped.
+    fn region_info(&self, offset: u64) -> Option<VhostUserMemoryRegionInfo> {
+        let len = *self.state.lock().unwrap().0.get(&offset)?;
+        let files = self.files.lock().unwrap();
+        let (fd, fd_offset) = files.get(&offset)?;
+        Some(VhostUserMemoryRegionInfo {
+            guest_phys_addr: REGION_GUEST_ADDR + offset,
+            memory_size: len,
+            userspace_addr: self.address(offset) as u64,
+            mmap_offset: *fd_offset,
+            mmap_handle: fd.as_raw_fd(),
+        })
+    }
+
+    fn announce(&self, change: Change) -> Result<(), String> {
         if *self.tables_held.lock().unwrap() {
+            self.pending.lock().unwrap().push(change);
             return Ok(());
         }
+        self.apply(change)
+    }
+
+    fn apply(&self, change: Change) -> Result<(), String> {
         let mut tables = self.tables.lock().unwrap();
         let Some(t) = tables.as_mut() else {
             return Ok(());
         };
-        let state = self.state.lock().unwrap();
-        let files = self.files.lock().unwrap();
-        let mut regions = t.ram.clone();
-        for (offset, len) in &state.0 {
-            let (fd, fd_offset) = &files[offset];
-            regions.push(VhostUserMemoryRegionInfo {
-                guest_phys_addr: REGION_GUEST_ADDR + offset,
-                memory_size: *len,
-                userspace_addr: self.address(*offset) as u64,
-                mmap_offset: *fd_offset,
-                mmap_handle: fd.as_raw_fd(),
-            });
+        if t.slots {
+            return match change {
+                Change::Added(offset) => match self.region_info(offset) {
+                    Some(info) => t.frontend.add_mem_region(&info).map(|_| ()),
+                    None => Ok(()),
+                },
+                Change::Removed { offset, len } => {
+                    t.frontend.remove_mem_region(&VhostUserMemoryRegionInfo {
+                        guest_phys_addr: REGION_GUEST_ADDR + offset,
+                        memory_size: len,
+                        userspace_addr: self.address(offset) as u64,
+                        mmap_offset: 0,
+                        mmap_handle: -1,
+                    })
+                }
+            }
+            .map_err(|e| format!("{change:?} inside the map request: {e}"));
         }
-        drop((state, files));
+        let offsets: Vec<u64> = self.state.lock().unwrap().0.keys().copied().collect();
+        let mut regions = t.ram.clone();
+        regions.extend(offsets.into_iter().filter_map(|o| self.region_info(o)));
+        if regions.len() > TABLE_REGIONS {
+            // QEMU logs "Failed preparing vhost-user memory table msg"
+            // and sends nothing; the map itself goes on.
+            return Ok(());
+        }
         t.frontend
             .set_mem_table(&regions)
             .map(|_| ())
@@ -263,7 +326,7 @@ impl HostVisibleRegion {
             .lock()
             .unwrap()
             .insert(offset, (owned, fd_offset));
-        self.send_table()
+        self.announce(Change::Added(offset))
     }
 
     fn unmap(&self, req: &VhostUserMMap) -> Result<(), String> {
@@ -287,11 +350,12 @@ impl HostVisibleRegion {
         state.1.push(ShmemEvent::Unmap { offset, len });
         drop(state);
         self.files.lock().unwrap().remove(&offset);
-        self.send_table()
+        self.announce(Change::Removed { offset, len })
     }
 
     /// Drops every mapping on the front-end's own account, as QEMU 11
-    /// does at a device reset; no event is recorded (no request came).
+    /// does at a device reset; no event is recorded (no request came), but
+    /// the back-end is told the memory went.
     pub fn drop_all(&self) {
         let mut state = self.state.lock().unwrap();
         for (&offset, &len) in &state.0 {
@@ -308,8 +372,14 @@ impl HostVisibleRegion {
             }
             .expect("put the reservation back");
         }
-        state.0.clear();
+        let dropped: Vec<(u64, u64)> = std::mem::take(&mut state.0).into_iter().collect();
+        drop(state);
         self.files.lock().unwrap().clear();
+        // Its memory listener sees them go, as with any unmap.
+        for (offset, len) in dropped {
+            self.announce(Change::Removed { offset, len })
+                .expect("memory change");
+        }
     }
 
     fn refuse(&self, req: &VhostUserMMap, why: String) -> std::io::Error {

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use harness::guest::{error_responses, qemu11, Boot, Guest, GuestImage};
+use harness::guest::{error_responses, qemu11, qemu_complaints, Boot, Guest, GuestImage};
 use harness::wayland::Weston;
 use harness::{Backend, TempDir};
 
@@ -25,7 +25,7 @@ use harness::{Backend, TempDir};
 const DEVICE: &str = "vhost-user-test-device-pci,chardev=gpu,virtio-id=16,num_vqs=2,config_size=16";
 
 /// What `virtgpu-check checks` reports, in order.
-const CHECKS: [&str; 9] = [
+const CHECKS: [&str; 10] = [
     "render-node",
     "params",
     "capset",
@@ -33,6 +33,7 @@ const CHECKS: [&str; 9] = [
     "requirements",
     "map-write-remap-read",
     "no-alias",
+    "many-mapped",
     "unref-mapped",
     "end",
 ];
@@ -144,6 +145,17 @@ fn a_real_guest_maps_blobs_through_qemu_11_and_its_driver_logs_no_error() {
         refused.is_empty(),
         "the guest's driver got error responses: {refused:#?}"
     );
+    // QEMU 11 cannot send a memory table past eight regions: the
+    // many-mapped check (24 blobs) makes it say so, and nothing else may
+    // (the broker's session.rs says why memory slots are not offered).
+    let complaints: Vec<&String> = qemu_complaints(&console)
+        .into_iter()
+        .filter(|l| {
+            !l.contains("Failed preparing vhost-user memory table msg")
+                && !l.contains("vhost_set_mem_table failed: No buffer space available")
+        })
+        .collect();
+    assert!(complaints.is_empty(), "QEMU complained: {complaints:#?}");
     let log = backend.log.lines();
     assert!(
         !log.iter()
@@ -273,6 +285,8 @@ fn a_reboot_with_blobs_mapped_leaves_nothing_mapped_and_the_next_boot_maps_again
     let console = guest.quit();
     let refused = error_responses(&console);
     assert!(refused.is_empty(), "{refused:#?}");
+    let complaints = qemu_complaints(&console);
+    assert!(complaints.is_empty(), "QEMU complained: {complaints:#?}");
     let log = backend.log.lines();
     for want in ["restarted ring 0", "the front-end already dropped it"] {
         assert!(
@@ -310,6 +324,8 @@ fn without_a_compositor_the_console_is_a_guest_blob_and_nothing_is_refused() {
     }
     let refused = error_responses(&console);
     assert!(refused.is_empty(), "{refused:#?}");
+    let complaints = qemu_complaints(&console);
+    assert!(complaints.is_empty(), "QEMU complained: {complaints:#?}");
     let log = backend.log.lines();
     assert!(
         !log.iter()

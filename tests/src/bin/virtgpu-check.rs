@@ -23,6 +23,9 @@ use airlock_guest::virtgpu::*;
 
 type Result<T> = std::result::Result<T, String>;
 
+/// Blobs mapped at once by the `many-mapped` check.
+const MANY: usize = 24;
+
 fn say(line: &str) {
     // One write per line, straight to the console.
     let mut out = std::io::stdout().lock();
@@ -224,6 +227,33 @@ fn checks() -> Result<()> {
             Ok((a.res, b.res))
         })(),
         |(a, b)| format!("resources {a} and {b}"),
+    )?;
+
+    check(
+        "many-mapped",
+        (|| {
+            // More mappings than a vhost-user memory table without
+            // CONFIGURE_MEM_SLOTS holds (8): QEMU 11 puts each in one.
+            let blobs: Vec<Blob> = (0..MANY)
+                .map(|_| ctx.host_blob(64, 64))
+                .collect::<Result<_>>()?;
+            let mut maps: Vec<Mapping> = blobs.iter().map(|b| ctx.map(b)).collect::<Result<_>>()?;
+            for (i, m) in maps.iter_mut().enumerate() {
+                let p = pattern(m.len(), 100 + i as u32);
+                m.as_mut_slice().copy_from_slice(&p);
+            }
+            for (i, m) in maps.iter().enumerate() {
+                if m.as_slice() != pattern(m.len(), 100 + i as u32).as_slice() {
+                    return Err(format!("blob {i} of {MANY} lost its bytes"));
+                }
+            }
+            drop(maps);
+            for b in &blobs {
+                ctx.gpu.close(b.bo).map_err(|e| e.to_string())?;
+            }
+            Ok(blobs.len())
+        })(),
+        |n| format!("{n} blobs mapped at once"),
     )?;
 
     check(
