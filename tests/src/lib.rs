@@ -660,6 +660,11 @@ impl Device {
             .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
             .collect();
         self.frontend.set_mem_table(&regions).unwrap();
+        self.fresh_queues();
+    }
+
+    /// New rings where the rebooted driver lays them out, started at 0.
+    fn fresh_queues(&mut self) {
         self.mem
             .write_slice(&[0u8; 0x20_000], GuestAddress(0))
             .unwrap();
@@ -684,14 +689,7 @@ impl Device {
         self.frontend
             .set_features(self.negotiated.features)
             .unwrap();
-        self.mem
-            .write_slice(&[0u8; 0x20_000], GuestAddress(0))
-            .unwrap();
-        self.controlq = DriverQueue::new(0, GuestAddress(0), QUEUE_SIZE);
-        self.cursorq = DriverQueue::new(1, GuestAddress(0x10_000), QUEUE_SIZE);
-        for q in [&mut self.controlq, &mut self.cursorq] {
-            start_queue(&mut self.frontend, &self.mem, q);
-        }
+        self.fresh_queues();
     }
 
     /// Stops both rings and starts them again where they stopped, as QEMU

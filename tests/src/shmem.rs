@@ -335,6 +335,16 @@ impl HostVisibleRegion {
         if state.0.get(&offset) != Some(&len) {
             return Err(format!("{offset:#x}+{len:#x} is not one earlier mapping"));
         }
+        self.reserve_again(offset, len)?;
+        state.0.remove(&offset);
+        state.1.push(ShmemEvent::Unmap { offset, len });
+        drop(state);
+        self.files.lock().unwrap().remove(&offset);
+        self.announce(Change::Removed { offset, len })
+    }
+
+    /// Puts the reservation back over the mapping at `offset`.
+    fn reserve_again(&self, offset: u64, len: u64) -> Result<(), String> {
         let at = NonZeroUsize::new(self.address(offset)).unwrap();
         // SAFETY: puts the reservation back over a mapping this region made.
         unsafe {
@@ -345,12 +355,8 @@ impl HostVisibleRegion {
                 reserve_flags() | MapFlags::MAP_FIXED,
             )
         }
-        .map_err(|e| format!("mmap: {e}"))?;
-        state.0.remove(&offset);
-        state.1.push(ShmemEvent::Unmap { offset, len });
-        drop(state);
-        self.files.lock().unwrap().remove(&offset);
-        self.announce(Change::Removed { offset, len })
+        .map(|_| ())
+        .map_err(|e| format!("mmap: {e}"))
     }
 
     /// Drops every mapping on the front-end's own account, as QEMU 11
@@ -359,18 +365,8 @@ impl HostVisibleRegion {
     pub fn drop_all(&self) {
         let mut state = self.state.lock().unwrap();
         for (&offset, &len) in &state.0 {
-            let at = NonZeroUsize::new(self.address(offset)).unwrap();
-            // SAFETY: puts the reservation back over a mapping this region
-            // made.
-            unsafe {
-                mmap_anonymous(
-                    Some(at),
-                    NonZeroUsize::new(len as usize).unwrap(),
-                    ProtFlags::PROT_NONE,
-                    reserve_flags() | MapFlags::MAP_FIXED,
-                )
-            }
-            .expect("put the reservation back");
+            self.reserve_again(offset, len)
+                .expect("put the reservation back");
         }
         let dropped: Vec<(u64, u64)> = std::mem::take(&mut state.0).into_iter().collect();
         drop(state);

@@ -419,18 +419,10 @@ fn a_guest_memory_blob_is_shown_with_set_scanout_blob() {
     };
     let blob = bytes(size as usize, 7);
     write_blob(&mut dev, &blob);
-    let mut create = cmd(
-        harness::CMD_RESOURCE_CREATE_BLOB,
-        &[5, 1 /* BLOB_MEM_GUEST */, 0, 2],
+    assert_eq!(
+        dev.answer(&guest_blob(5, 0, u64::from(size), &ranges)),
+        RESP_OK_NODATA
     );
-    create.extend_from_slice(&0u64.to_le_bytes());
-    create.extend_from_slice(&u64::from(size).to_le_bytes());
-    for (addr, len) in ranges {
-        create.extend_from_slice(&addr.to_le_bytes());
-        create.extend_from_slice(&len.to_le_bytes());
-        create.extend_from_slice(&0u32.to_le_bytes());
-    }
-    assert_eq!(dev.answer(&create), RESP_OK_NODATA);
     let scanout_blob = |id: u32, stride: u32, offset: u32| {
         // rect, scanout, resource, width, height, format, padding,
         // strides[4], offsets[4]
