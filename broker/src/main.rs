@@ -28,6 +28,8 @@ use ipc::{
 };
 use log::{error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vhost::vhost_user::{BackendReqHandler, Error as VhostUserError, Frontend, Listener};
 
 use config::{parse_scanout, scanouts_or_default, DeviceConfig};
@@ -225,6 +227,19 @@ fn run(args: Args) -> Result<(), String> {
         }
     };
 
+    // SIGTERM and SIGINT (systemd's stop, a terminal's ^C) end the device
+    // cleanly: blocked in every thread from here on (the workers are
+    // started already and keep the default), and read from a signalfd by
+    // the watch below.
+    let mut stop_signals = SigSet::empty();
+    stop_signals.add(Signal::SIGTERM);
+    stop_signals.add(Signal::SIGINT);
+    stop_signals
+        .thread_block()
+        .map_err(|e| format!("cannot block SIGTERM and SIGINT: {e}"))?;
+    let stops = SignalFd::with_flags(&stop_signals, SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("cannot make a signalfd: {e}"))?;
+
     // Capabilities belong to threads: drop them before the front-end thread
     // exists, so it starts with none.
     policies::drop_capabilities().map_err(|e| format!("cannot enter the jail: {e}"))?;
@@ -291,8 +306,17 @@ fn run(args: Args) -> Result<(), String> {
         None => info!("gpu-airlock ready on fd {:?}", args.fd),
     }
 
-    let reason = watch_workers(&mut workers, &gpu_ch, &render_ch);
-    error!("{reason}; closing the front-end connection and exiting");
+    let stop = watch_workers(&mut workers, &gpu_ch, &render_ch, &stops);
+    let status = match &stop {
+        Stop::Worker(reason) => {
+            error!("{reason}; closing the front-end connection and exiting");
+            1
+        }
+        Stop::Signal(sig) => {
+            info!("{sig}: stopping the workers, removing the socket and exiting");
+            0
+        }
+    };
     if let Some(conn) = current.lock().unwrap_or_else(|e| e.into_inner()).take() {
         let _ = conn.shutdown(std::net::Shutdown::Both);
     }
@@ -302,7 +326,15 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(path) = &args.socket_path {
         remove_socket(path, socket_dir.as_ref());
     }
-    std::process::exit(1);
+    std::process::exit(status);
+}
+
+/// Why the broker stops.
+enum Stop {
+    /// A worker died or broke the protocol: exit 1.
+    Worker(String),
+    /// SIGTERM or SIGINT: exit 0.
+    Signal(Signal),
 }
 
 /// The compositor socket: `--wayland-socket` (which must be a socket), or
@@ -625,19 +657,28 @@ fn watch_workers(
     workers: &mut [Worker; 2],
     gpu: &Channel<BrokerToGpu, GpuToBroker>,
     render: &Channel<BrokerToRender, RenderToBroker>,
-) -> String {
+    stops: &SignalFd,
+) -> Stop {
     loop {
         let mut fds = [
             PollFd::new(gpu.as_fd(), PollFlags::POLLIN),
             PollFd::new(render.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stops.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return format!("cannot watch the workers: {e}"),
+            Err(e) => return Stop::Worker(format!("cannot watch the workers: {e}")),
         }
         let ready = fds.map(|f| f.revents().is_some_and(|r| !r.is_empty()));
-        for (i, is_ready) in ready.into_iter().enumerate() {
+        if ready[2] {
+            if let Ok(Some(info)) = stops.read_signal() {
+                if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                    return Stop::Signal(sig);
+                }
+            }
+        }
+        for (i, is_ready) in ready.into_iter().take(2).enumerate() {
             if !is_ready {
                 continue;
             }
@@ -653,12 +694,12 @@ fn watch_workers(
             if let Ok(msg) = outcome {
                 warn!("{} (pid {pid}) sent {msg} unasked; killing it", w.role);
                 w.kill();
-                return format!("{} (pid {pid}) broke the ipc protocol", w.role);
+                return Stop::Worker(format!("{} (pid {pid}) broke the ipc protocol", w.role));
             }
-            return match w.reap() {
+            return Stop::Worker(match w.reap() {
                 Ok(status) => format!("{} (pid {pid}) {}", w.role, describe(status)),
                 Err(e) => format!("{} (pid {pid}) is gone: {e}", w.role),
-            };
+            });
         }
     }
 }

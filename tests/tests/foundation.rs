@@ -448,3 +448,39 @@ fn worker_dead_of_sigsys_is_reported_as_a_seccomp_violation() {
         "was killed by SIGSYS (a seccomp violation)",
     );
 }
+
+/// SIGTERM (systemd's stop) and SIGINT (^C): the broker ends both workers,
+/// removes its socket, says so in one line and exits 0.
+#[test]
+fn sigterm_and_sigint_stop_the_device_cleanly() {
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut backend = Backend::start(&[]);
+        let (gpu, render) = backend.worker_pids();
+        // A connected front-end does not hold the stop up.
+        let _dev = Device::connect(&backend.socket);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(backend.pid() as i32), sig).unwrap();
+        let status = backend
+            .wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("the broker exits on {sig}"));
+        assert!(status.success(), "{sig}: exit status {status:?}");
+        assert!(!backend.socket.exists(), "{sig}: the socket file is gone");
+        for pid in [gpu, render] {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while process_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(!process_alive(pid), "{sig}: worker {pid} is gone");
+        }
+        assert!(
+            backend
+                .log
+                .wait_for(
+                    &[&format!("{sig}: stopping the workers")],
+                    Duration::from_secs(5)
+                )
+                .is_some(),
+            "{:#?}",
+            backend.log.lines()
+        );
+    }
+}
