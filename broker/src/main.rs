@@ -408,8 +408,10 @@ fn listener_from_fd(fd: RawFd) -> Result<Listener, String> {
     Ok(unsafe { Listener::from_raw_fd(fd) })
 }
 
-/// Handshakes, configures gpu-worker, hands it the internal vhost-user
-/// listener, and waits until both workers answer a ping.
+/// Handshakes, configures render-worker, enters the broker's namespaces,
+/// configures gpu-worker with what render-worker offers (its features
+/// follow from the capsets), hands it the internal vhost-user listener,
+/// and waits until both workers answer a ping.
 fn start_workers(
     gpu: &Channel<BrokerToGpu, GpuToBroker>,
     render: &Channel<BrokerToRender, RenderToBroker>,
@@ -430,6 +432,16 @@ fn start_workers(
             &[],
         )
         .map_err(|e| format!("render-worker: {e}"))?;
+    // The broker's own namespaces, empty root and landlock, before the
+    // internal socket is bound: its abstract name then exists only in the
+    // broker's private network namespace, where no other process can reach
+    // it.
+    if config.jail.sandbox == SandboxMode::Namespace {
+        policies::enter_namespaces(policies::Profile::Broker, socket_dir.map(|d| d.as_fd()))
+            .map_err(|e| format!("cannot enter the jail: {e}"))?;
+    } else {
+        warn!("broker: running without namespaces, an empty root or landlock (--sandbox none)");
+    }
     let timeout = Some(Duration::from_secs(10));
     render
         .set_recv_timeout(timeout)
@@ -444,16 +456,6 @@ fn start_workers(
     gpu.send(&BrokerToGpu::Configure(config.gpu_config()), &[])
         .map_err(|e| format!("gpu-worker: {e}"))?;
 
-    // The broker's own namespaces, empty root and landlock, before the
-    // internal socket is bound: its abstract name then exists only in the
-    // broker's private network namespace, where no other process can reach
-    // it.
-    if config.jail.sandbox == SandboxMode::Namespace {
-        policies::enter_namespaces(policies::Profile::Broker, socket_dir.map(|d| d.as_fd()))
-            .map_err(|e| format!("cannot enter the jail: {e}"))?;
-    } else {
-        warn!("broker: running without namespaces, an empty root or landlock (--sandbox none)");
-    }
     let (listener, addr) = internal_listener()?;
     gpu.send(&BrokerToGpu::VhostUserListener, &[listener.as_fd()])
         .map_err(|e| format!("gpu-worker: {e}"))?;

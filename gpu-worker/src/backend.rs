@@ -306,6 +306,10 @@ impl VhostUserBackend for GpuBackend {
         self.device.reset();
     }
 
+    fn acked_features(&self, features: u64) {
+        self.device.set_acked_features(features);
+    }
+
     fn set_event_idx(&self, enabled: bool) {
         self.event_idx.store(enabled, Ordering::Relaxed);
     }

@@ -10,6 +10,7 @@
 
 use std::io::{Read, Write};
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use ipc::{DisplayToGpu, GpuToDisplay, PixelRect, RenderAnswer, RenderCommand, ScanoutSize};
@@ -96,7 +97,28 @@ pub struct GpuDevice {
     /// The mode sizes last reported to the guest: the display's once it
     /// gave any, else `--display`'s. A generated EDID matches them.
     reported: Mutex<Vec<ScanoutSize>>,
+    /// The virtio features the driver acked: a command of a feature it did
+    /// not ack is not served.
+    acked: AtomicU64,
     log: LogLimiter,
+}
+
+/// The feature bit a command needs the driver to have acked, if any.
+fn required_feature(cmd: u32) -> Option<(u32, &'static str)> {
+    match cmd {
+        CMD_GET_EDID => Some((F_EDID, "EDID")),
+        CMD_RESOURCE_ASSIGN_UUID => Some((F_RESOURCE_UUID, "RESOURCE_UUID")),
+        CMD_RESOURCE_CREATE_BLOB
+        | CMD_SET_SCANOUT_BLOB
+        | CMD_RESOURCE_MAP_BLOB
+        | CMD_RESOURCE_UNMAP_BLOB => Some((F_RESOURCE_BLOB, "RESOURCE_BLOB")),
+        CMD_CTX_CREATE
+        | CMD_CTX_DESTROY
+        | CMD_CTX_ATTACH_RESOURCE
+        | CMD_CTX_DETACH_RESOURCE
+        | CMD_SUBMIT_3D => Some((F_VIRGL, "VIRGL")),
+        _ => None,
+    }
 }
 
 impl GpuDevice {
@@ -111,6 +133,7 @@ impl GpuDevice {
             blobs: blob::Blobs::default(),
             resources: Mutex::new(Resources::new(&scanouts, max_resource_memory)),
             reported: Mutex::new(scanouts.clone()),
+            acked: AtomicU64::new(0),
             scanouts,
             display,
             log: LogLimiter::default(),
@@ -133,6 +156,11 @@ impl GpuDevice {
             }
         }
         *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = self.scanouts.clone();
+    }
+
+    /// The features the driver acked (SET_FEATURES).
+    pub fn set_acked_features(&self, features: u64) {
+        self.acked.store(features, Ordering::Relaxed);
     }
 
     /// The 2D resources, for inspection in tests.
@@ -283,6 +311,16 @@ impl GpuDevice {
         queue: QueueKind,
     ) -> Response {
         let cmd = hdr.type_.to_native();
+        if let Some((bit, name)) = required_feature(cmd) {
+            if self.acked.load(Ordering::Relaxed) & (1 << bit) == 0 {
+                guest_warn!(
+                    self.log,
+                    "{queue:?} queue: command {cmd:#x} needs feature {name}, which the driver did \
+                     not ack; answering ERR_UNSPEC"
+                );
+                return Response::Error(RESP_ERR_UNSPEC);
+            }
+        }
         let result = match (queue, cmd) {
             (QueueKind::Control, CMD_GET_DISPLAY_INFO) => {
                 return Response::Display(Box::new(self.display_info()))
@@ -704,6 +742,12 @@ mod tests {
     }
 
     fn device() -> GpuDevice {
+        let device = bare_device();
+        device.set_acked_features(u64::MAX);
+        device
+    }
+
+    fn bare_device() -> GpuDevice {
         GpuDevice::new(
             vec![
                 ScanoutSize {
@@ -835,6 +879,46 @@ mod tests {
             response_hdr(&m).type_.to_native(),
             RESP_ERR_INVALID_PARAMETER
         );
+    }
+
+    #[test]
+    fn a_command_of_a_feature_not_acked_gets_err_unspec() {
+        let m = mem();
+        let chain = |len| {
+            [
+                desc(REQ, len, VRING_DESC_F_NEXT, 1),
+                desc(RESP, 2048, VRING_DESC_F_WRITE, 0),
+            ]
+        };
+        let run_on = |dev: &GpuDevice, descs: &[RawDescriptor]| {
+            let vq = MockSplitQueue::new(&m, 16);
+            for (i, d) in descs.iter().enumerate() {
+                vq.desc_table().store(i as u16, *d).unwrap();
+            }
+            vq.avail().ring().ref_at(0).unwrap().store(0u16);
+            vq.avail().idx().store(1u16);
+            let mut q: virtio_queue::Queue = vq.create_queue().unwrap();
+            let c = q.iter(&m).unwrap().next().unwrap();
+            dev.process_chain(&m, c, QueueKind::Control)
+        };
+        let dev = bare_device();
+        // EDID of scanout 0, without F_EDID acked, then with it.
+        let len = request(&m, CMD_GET_EDID, 0, &[0; 8]);
+        run_on(&dev, &chain(len));
+        assert_eq!(response_hdr(&m).type_.to_native(), RESP_ERR_UNSPEC);
+        dev.set_acked_features(1 << F_EDID);
+        run_on(&dev, &chain(len));
+        assert_eq!(response_hdr(&m).type_.to_native(), RESP_OK_EDID);
+        // A blob without RESOURCE_BLOB, a context without VIRGL.
+        for cmd in [CMD_RESOURCE_CREATE_BLOB, CMD_CTX_CREATE, CMD_SUBMIT_3D] {
+            let len = request(&m, cmd, 0, &[0; 96]);
+            run_on(&dev, &chain(len));
+            assert_eq!(
+                response_hdr(&m).type_.to_native(),
+                RESP_ERR_UNSPEC,
+                "{cmd:#x}"
+            );
+        }
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub mod gpu_wire {
     };
     pub const F_EDID: u64 = 1 << gpu_worker::protocol::F_EDID;
     pub const F_VIRGL: u64 = 1 << gpu_worker::protocol::F_VIRGL;
+    pub const F_RESOURCE_BLOB: u64 = 1 << gpu_worker::protocol::F_RESOURCE_BLOB;
+    pub const F_RESOURCE_UUID: u64 = 1 << gpu_worker::protocol::F_RESOURCE_UUID;
+    pub const F_CONTEXT_INIT: u64 = 1 << gpu_worker::protocol::F_CONTEXT_INIT;
     pub const F_VERSION_1: u64 = 1 << 32;
     pub const F_RING_EVENT_IDX: u64 = 1 << 29;
     pub const F_RING_INDIRECT_DESC: u64 = 1 << 28;
@@ -533,12 +536,17 @@ impl Device {
         let mut frontend = Frontend::from_stream(stream, 2);
         frontend.set_owner().unwrap();
         let offered = frontend.get_features().unwrap();
+        // As Linux's driver: every feature it knows that the device offers.
         let features = offered
             & (F_VERSION_1
                 | F_EDID
                 | F_RING_EVENT_IDX
                 | F_RING_INDIRECT_DESC
-                | F_PROTOCOL_FEATURES);
+                | F_PROTOCOL_FEATURES
+                | F_VIRGL
+                | F_RESOURCE_BLOB
+                | F_RESOURCE_UUID
+                | F_CONTEXT_INIT);
         frontend.set_features(features).unwrap();
         let offered_proto = frontend.get_protocol_features().unwrap();
         let mut wanted = VhostUserProtocolFeatures::CONFIG
