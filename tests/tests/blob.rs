@@ -472,3 +472,44 @@ fn the_cross_domain_capset_needs_a_compositor_socket() {
         .is_some_and(|s| !s.success()));
     assert!(bad.log.lines().iter().any(|l| l.contains("not a socket")));
 }
+
+/// QEMU 11 sends a new memory table inside each map and unmap, the blob's
+/// own memory in it (the harness does the same): once the blob is
+/// unmapped and released, render-worker keeps no map of that memory (an
+/// old table stays only while a guest-memory blob points into it).
+#[test]
+fn an_unmapped_blob_leaves_no_mapping_behind_in_render_worker() {
+    let socket = UnservedSocket::new();
+    let backend = Backend::start(&["--wayland-socket", &socket.arg()]);
+    let mut dev = Device::connect(&backend.socket);
+    let render = backend.worker_pids().1;
+    let mapped = |dev: &mut Device| {
+        // A request answered means every earlier notice was read.
+        let _ = more_image_requirements(dev, 16, 16);
+        maps_memfd(render, "rutabaga_gralloc")
+    };
+    let (blob_id, size, _) = image_requirements(&mut dev, 64, 64);
+    assert_eq!(
+        code(&mut dev, &host_blob(11, blob_id, size)),
+        RESP_OK_NODATA
+    );
+    assert!(
+        !mapped(&mut dev),
+        "a blob not yet mapped is not guest memory"
+    );
+    assert_eq!(code(&mut dev, &map_blob(11, 0)), RESP_OK_MAP_INFO);
+    assert!(
+        mapped(&mut dev),
+        "the memory table with the mapping reached render-worker"
+    );
+    let unmap = words(hdr(CMD_RESOURCE_UNMAP_BLOB, 0, None), &[11, 0]);
+    assert_eq!(code(&mut dev, &unmap), RESP_OK_NODATA);
+    assert_eq!(
+        code(&mut dev, &cmd(CMD_RESOURCE_UNREF, &[11, 0])),
+        RESP_OK_NODATA
+    );
+    assert!(
+        !mapped(&mut dev),
+        "render-worker still maps the released blob's memory"
+    );
+}
