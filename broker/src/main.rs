@@ -177,9 +177,11 @@ fn run(args: Args) -> Result<(), String> {
     };
 
     let listener = match (&args.socket_path, args.fd) {
-        (Some(path), None) => Listener::new(path, true)
-            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
-        (None, Some(fd)) => listener_from_fd(fd)?,
+        (Some(path), None) => FrontendSocket::Listening(
+            Listener::new(path, true)
+                .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
+        ),
+        (None, Some(fd)) => frontend_from_fd(fd)?,
         _ => {
             return Err("give --socket-path PATH or --fd N (see --help)".into());
         }
@@ -270,7 +272,10 @@ fn run(args: Args) -> Result<(), String> {
             }
         })
         .map_err(|e| format!("cannot start the display thread: {e}"))?;
+    let (ended, ended_watch) =
+        UnixStream::pair().map_err(|e| format!("cannot make the end-of-service pair: {e}"))?;
     let frontends = FrontendService {
+        ended,
         internal,
         config: config.clone(),
         current: current.clone(),
@@ -306,7 +311,7 @@ fn run(args: Args) -> Result<(), String> {
         None => info!("gpu-airlock ready on fd {:?}", args.fd),
     }
 
-    let stop = watch_workers(&mut workers, &gpu_ch, &render_ch, &stops);
+    let stop = watch_workers(&mut workers, &gpu_ch, &render_ch, &stops, &ended_watch);
     let status = match &stop {
         Stop::Worker(reason) => {
             error!("{reason}; closing the front-end connection and exiting");
@@ -314,6 +319,10 @@ fn run(args: Args) -> Result<(), String> {
         }
         Stop::Signal(sig) => {
             info!("{sig}: stopping the workers, removing the socket and exiting");
+            0
+        }
+        Stop::FrontendGone => {
+            info!("stopping the workers and exiting");
             0
         }
     };
@@ -335,6 +344,8 @@ enum Stop {
     Worker(String),
     /// SIGTERM or SIGINT: exit 0.
     Signal(Signal),
+    /// The one front-end `--fd` gave has disconnected: exit 0.
+    FrontendGone,
 }
 
 /// The compositor socket: `--wayland-socket` (which must be a socket), or
@@ -390,22 +401,45 @@ fn remove_socket(path: &Path, dir: Option<&OwnedFd>) {
     }
 }
 
-fn listener_from_fd(fd: RawFd) -> Result<Listener, String> {
-    // SAFETY: the user handed this descriptor over with --fd; fstat on a
-    // borrowed descriptor only reads its metadata.
+/// Where front-ends come from: a listening socket (`--socket-path`, or
+/// `--fd` of a listening socket: socket activation), or the one connected
+/// socket `--fd` names (QEMU's backend-program convention, which libvirt
+/// follows: it makes a socket pair and hands one end to each side).
+enum FrontendSocket {
+    Listening(Listener),
+    Connected(UnixStream),
+}
+
+fn frontend_from_fd(fd: RawFd) -> Result<FrontendSocket, String> {
+    // SAFETY: the user handed this descriptor over with --fd; fstat and
+    // getsockopt on a borrowed descriptor only read its metadata.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let st = nix::sys::stat::fstat(borrowed)
         .map_err(|e| format!("--fd {fd} is not an open descriptor: {e}"))?;
     if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
         return Err(format!("--fd {fd} is not a socket"));
     }
+    use nix::sys::socket::{getsockopt, sockopt};
+    let kind = getsockopt(&borrowed, sockopt::SockType).map_err(|e| format!("--fd {fd}: {e}"))?;
+    if kind != nix::sys::socket::SockType::Stream {
+        return Err(format!(
+            "--fd {fd} is a {kind:?} socket, not a stream socket"
+        ));
+    }
+    let listening =
+        getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| format!("--fd {fd}: {e}"))?;
     nix::fcntl::fcntl(
         borrowed,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .map_err(|e| format!("--fd {fd}: {e}"))?;
-    // SAFETY: the descriptor is an open socket we now own (checked above).
-    Ok(unsafe { Listener::from_raw_fd(fd) })
+    // SAFETY: the descriptor is an open stream socket we now own (checked
+    // above).
+    Ok(if listening {
+        FrontendSocket::Listening(unsafe { Listener::from_raw_fd(fd) })
+    } else {
+        FrontendSocket::Connected(unsafe { UnixStream::from_raw_fd(fd) })
+    })
 }
 
 /// Handshakes, configures render-worker, enters the broker's namespaces,
@@ -522,6 +556,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the front-end thread needs to serve connections.
 struct FrontendService {
+    /// Closed when the one connected front-end (`--fd`) has gone.
+    ended: UnixStream,
     internal: SocketAddr,
     config: DeviceConfig,
     current: CurrentConnection,
@@ -542,7 +578,27 @@ struct Relay {
 impl FrontendService {
     /// Serves front-end connections one after another, for as long as the
     /// broker lives.
-    fn serve(self, listener: Listener) {
+    fn serve(self, socket: FrontendSocket) {
+        let listener = match socket {
+            FrontendSocket::Listening(l) => l,
+            FrontendSocket::Connected(stream) => {
+                info!("front-end connected (--fd)");
+                if let Err(e) = self.serve_one(stream) {
+                    warn!("{e}");
+                }
+                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                // The one front-end has gone: the device ends, as QEMU's
+                // own back-end does. Closing `ended` tells the main thread.
+                info!("the front-end given with --fd disconnected");
+                drop(self.ended);
+                // The main thread ends the process; a thread that returned
+                // would need syscalls (glibc's thread exit) the policy
+                // does not allow.
+                loop {
+                    thread::park();
+                }
+            }
+        };
         loop {
             let stream = match listener.accept() {
                 Ok(Some(s)) => s,
@@ -660,12 +716,14 @@ fn watch_workers(
     gpu: &Channel<BrokerToGpu, GpuToBroker>,
     render: &Channel<BrokerToRender, RenderToBroker>,
     stops: &SignalFd,
+    ended: &UnixStream,
 ) -> Stop {
     loop {
         let mut fds = [
             PollFd::new(gpu.as_fd(), PollFlags::POLLIN),
             PollFd::new(render.as_fd(), PollFlags::POLLIN),
             PollFd::new(stops.as_fd(), PollFlags::POLLIN),
+            PollFd::new(ended.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
@@ -673,6 +731,9 @@ fn watch_workers(
             Err(e) => return Stop::Worker(format!("cannot watch the workers: {e}")),
         }
         let ready = fds.map(|f| f.revents().is_some_and(|r| !r.is_empty()));
+        if ready[3] {
+            return Stop::FrontendGone;
+        }
         if ready[2] {
             if let Ok(Some(info)) = stops.read_signal() {
                 if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {

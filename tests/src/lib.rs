@@ -214,6 +214,42 @@ impl Backend {
         let socket = dir.0.join("gpu.sock");
         let mut cmd = Command::new(binary("gpu-airlock"));
         cmd.arg("--socket-path").arg(&socket).args(extra);
+        Backend::spawn(cmd, dir, socket)
+    }
+
+    /// Starts gpu-airlock as libvirt does: one end of a socket pair as
+    /// `--fd 3`, the other returned, already connected.
+    pub fn start_on_connected_fd(extra: &[&str]) -> (Backend, UnixStream) {
+        let dir = TempDir::new("backend");
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut cmd = Command::new(binary("gpu-airlock"));
+        cmd.args(["--fd", "3"]).args(extra);
+        let fd = theirs.as_raw_fd();
+        // SAFETY: dup2 is async-signal-safe; the child gets the socket at
+        // fd 3, without FD_CLOEXEC.
+        unsafe {
+            cmd.pre_exec(move || {
+                if nix::libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let socket = dir.0.join("none");
+        let backend = Backend::spawn(cmd, dir, socket);
+        drop(theirs);
+        assert!(
+            backend
+                .log
+                .wait_for(&["ready on fd"], Duration::from_secs(20))
+                .is_some(),
+            "gpu-airlock started on the connected fd: {:#?}",
+            backend.log.lines()
+        );
+        (backend, ours)
+    }
+
+    fn spawn(mut cmd: Command, dir: TempDir, socket: PathBuf) -> Backend {
         // For writing policies: GPU_AIRLOCK_TEST_SECCOMP=trap names the
         // syscall a filter refused.
         if let Some(mode) = std::env::var_os("GPU_AIRLOCK_TEST_SECCOMP") {
@@ -532,6 +568,12 @@ impl Device {
 
     fn connect_as(socket: &Path, mem_size: usize, want_shmem: bool) -> Device {
         let stream = UnixStream::connect(socket).expect("connect to gpu-airlock");
+        Device::over(stream, mem_size, want_shmem)
+    }
+
+    /// As [`Device::connect`], over a socket already connected to the
+    /// back-end (a socket pair, as libvirt hands one end to each side).
+    pub fn over(stream: UnixStream, mem_size: usize, want_shmem: bool) -> Device {
         let raw = stream.try_clone().unwrap();
         let mut frontend = Frontend::from_stream(stream, 2);
         frontend.set_owner().unwrap();

@@ -1,6 +1,7 @@
 //! The foundation, end to end: a vhost-user front-end (the `vhost` crate's
 //! `Frontend`) against the real three-process gpu-airlock.
 
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use harness::*;
@@ -483,4 +484,59 @@ fn sigterm_and_sigint_stop_the_device_cleanly() {
             backend.log.lines()
         );
     }
+}
+
+/// QEMU's backend-program convention, as libvirt uses it: `--fd N` names
+/// one end of a connected socket pair. That is the one front-end; when it
+/// hangs up, the broker ends its workers and exits 0. (It used to take
+/// every --fd as a listening socket: `cannot accept a front-end
+/// connection: Invalid argument`.)
+#[test]
+fn a_connected_fd_is_the_one_front_end_and_its_end_ends_the_device() {
+    let (mut backend, stream) = Backend::start_on_connected_fd(&[]);
+    let (gpu, render) = backend.worker_pids();
+    let mut dev = Device::over(stream, GUEST_MEM_SIZE, true);
+    let modes = display_info(&mut dev);
+    assert_eq!(modes[0], (1280, 800, 1));
+    drop(dev);
+    let status = backend
+        .wait_exit(Duration::from_secs(10))
+        .expect("the broker exits once its one front-end is gone");
+    assert!(status.success(), "{status:?}: {:#?}", backend.log.lines());
+    for pid in [gpu, render] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!process_alive(pid), "worker {pid} is gone");
+    }
+    assert!(!backend
+        .log
+        .lines()
+        .iter()
+        .any(|l| l.contains("cannot accept")));
+}
+
+/// `--fd` of a socket that is neither listening nor a stream: one line
+/// naming the option, and no start.
+#[test]
+fn an_fd_that_is_no_stream_socket_is_refused() {
+    use std::os::unix::net::UnixDatagram;
+    let (_ours, theirs) = UnixDatagram::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new(binary("gpu-airlock"));
+    cmd.args(["--fd", "3"]);
+    // SAFETY: dup2 is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if nix::libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--fd 3 is a Datagram socket"), "{err}");
 }
