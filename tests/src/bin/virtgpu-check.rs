@@ -96,6 +96,11 @@ impl Context {
     /// A mappable host blob for a `width`×`height` image.
     fn host_blob(&self, width: u32, height: u32) -> Result<Blob> {
         let r = self.requirements(width, height)?;
+        self.blob_for(&r)
+    }
+
+    /// A mappable, shareable host blob from image requirements.
+    fn blob_for(&self, r: &ImageRequirements) -> Result<Blob> {
         self.gpu
             .create_blob(
                 BLOB_MEM_HOST3D,
@@ -359,15 +364,7 @@ fn bad() -> Result<()> {
         "too-large",
         (|| {
             let r = ctx.requirements(8192, 4096)?;
-            let blob = ctx
-                .gpu
-                .create_blob(
-                    BLOB_MEM_HOST3D,
-                    BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE,
-                    r.size,
-                    u64::from(r.blob_id),
-                )
-                .map_err(|e| format!("create: {e}"))?;
+            let blob = ctx.blob_for(&r)?;
             let outcome = match ctx.gpu.map(&blob) {
                 Ok(_) => return Err(format!("a {} byte blob was mapped", r.size)),
                 Err(e) => format!("{} bytes refused at map: {e}", r.size),
@@ -419,15 +416,7 @@ fn bench(n: usize) -> Result<()> {
     for _ in 0..n {
         let r = ctx.requirements(64, 64)?;
         let t = Instant::now();
-        let blob = ctx
-            .gpu
-            .create_blob(
-                BLOB_MEM_HOST3D,
-                BLOB_FLAG_USE_MAPPABLE | BLOB_FLAG_USE_SHAREABLE,
-                r.size,
-                u64::from(r.blob_id),
-            )
-            .map_err(|e| e.to_string())?;
+        let blob = ctx.blob_for(&r)?;
         let m = ctx.map(&blob)?;
         // SAFETY: the first byte of a live mapping; volatile so the read
         // really happens.
