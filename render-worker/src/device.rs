@@ -56,6 +56,20 @@ pub fn capset_mask(wayland: bool) -> u64 {
     mask
 }
 
+/// The capset a context of `context_init` runs as: its capset id, or for 0
+/// rutabaga's default component, which is cross-domain when that is the
+/// only context type built (a guest's `context_init` 0 context, which
+/// Linux makes for every client, then takes cross-domain streams too).
+fn runs_as(context_init: u32, wayland: bool) -> u32 {
+    let id = context_init & 0xff;
+    let only_cross_domain = !cfg!(feature = "virgl") && !cfg!(feature = "gfxstream");
+    if id == 0 && wayland && only_cross_domain {
+        RUTABAGA_CAPSET_CROSS_DOMAIN
+    } else {
+        id
+    }
+}
+
 /// `CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND` (rutabaga's cross_domain_protocol).
 const CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND: u32 = 1;
 
@@ -169,7 +183,7 @@ pub struct RenderDevice {
     next_generation: u64,
     map: Channel<MapRequest, MapAnswer>,
     blobs: BTreeMap<u32, Blob>,
-    /// Each context's capset id (the low byte of its context_init).
+    /// Each context's capset id as rutabaga runs it (see `runs_as`).
     contexts: BTreeMap<u32, u32>,
     /// The compositor, for a rutabaga built anew after a reset.
     wayland: Option<PathBuf>,
@@ -250,7 +264,8 @@ impl RenderDevice {
                 let name = Some(&name).filter(|n| !n.is_empty()).map(String::as_str);
                 let created = self.rutabaga.create_context(ctx_id, context_init, name);
                 if created.is_ok() {
-                    self.contexts.insert(ctx_id, context_init & 0xff);
+                    let capset = runs_as(context_init, self.wayland.is_some());
+                    self.contexts.insert(ctx_id, capset);
                 }
                 created
             }

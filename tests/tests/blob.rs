@@ -513,3 +513,22 @@ fn an_unmapped_blob_leaves_no_mapping_behind_in_render_worker() {
         "render-worker still maps the released blob's memory"
     );
 }
+
+/// A context created with `context_init` 0 (Linux makes one for every
+/// client) runs rutabaga's default component, which is cross-domain here:
+/// its streams are checked like a capset-5 context's, so a `cmd_size` of 0
+/// is refused rather than spinning render-worker.
+#[test]
+fn a_context_of_context_init_0_gets_the_cross_domain_framing_check() {
+    let socket = UnservedSocket::new();
+    let backend = Backend::start(&["--wayland-socket", &socket.arg()]);
+    let mut dev = Device::connect(&backend.socket);
+    assert_eq!(code(&mut dev, &ctx_create(7, 0, "default")), RESP_OK_NODATA);
+    let poll_of_size_0 = [3u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert_eq!(
+        code(&mut dev, &submit(7, &poll_of_size_0, None)),
+        RESP_ERR_INVALID_PARAMETER
+    );
+    // render-worker still answers.
+    let _ = image_requirements(&mut dev, 16, 16);
+}
