@@ -6,7 +6,7 @@
 //! checks again is what it alone can: guest ranges against its own mapping
 //! of guest memory, and everything rutabaga refuses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -68,6 +68,28 @@ fn runs_as(context_init: u32, wayland: bool) -> u32 {
     } else {
         id
     }
+}
+
+/// `CROSS_DOMAIN_CHANNEL_RING`.
+const CROSS_DOMAIN_CHANNEL_RING: u8 = 1;
+
+/// Whether a (framing-checked) cross-domain stream holds an INIT that
+/// opens a channel: CROSS_DOMAIN_CMD_INIT (1) with a channel type, the
+/// word 16 bytes in.
+fn inits_a_channel(commands: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(hdr) = commands.get(at..at + CROSS_DOMAIN_HEADER) {
+        let size = usize::from(u16::from_le_bytes([hdr[2], hdr[3]])).max(CROSS_DOMAIN_HEADER);
+        if hdr[0] == 1 {
+            if let Some(t) = commands.get(at + 16..at + 20) {
+                if u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 0 {
+                    return true;
+                }
+            }
+        }
+        at += size;
+    }
+    false
 }
 
 /// `CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND` (rutabaga's cross_domain_protocol).
@@ -185,6 +207,9 @@ pub struct RenderDevice {
     blobs: BTreeMap<u32, Blob>,
     /// Each context's capset id as rutabaga runs it (see `runs_as`).
     contexts: BTreeMap<u32, u32>,
+    /// Cross-domain contexts whose INIT opened a channel (and so a worker
+    /// that signals channel-ring fences).
+    channels: BTreeSet<u32>,
     /// The compositor, for a rutabaga built anew after a reset.
     wayland: Option<PathBuf>,
 }
@@ -232,6 +257,7 @@ impl RenderDevice {
             map,
             blobs: BTreeMap::new(),
             contexts: BTreeMap::new(),
+            channels: BTreeSet::new(),
             wayland,
         })
     }
@@ -271,6 +297,7 @@ impl RenderDevice {
             }
             RenderCommand::CtxDestroy { ctx_id } => {
                 self.contexts.remove(&ctx_id);
+                self.channels.remove(&ctx_id);
                 self.rutabaga.destroy_context(ctx_id)
             }
             RenderCommand::CtxAttach {
@@ -285,12 +312,19 @@ impl RenderDevice {
                 ctx_id,
                 mut commands,
             } => {
-                if self.contexts.get(&ctx_id) == Some(&RUTABAGA_CAPSET_CROSS_DOMAIN) {
+                let cross_domain =
+                    self.contexts.get(&ctx_id) == Some(&RUTABAGA_CAPSET_CROSS_DOMAIN);
+                if cross_domain {
                     if let Err(why) = check_cross_domain_framing(&commands) {
                         return refused(ERR_INVALID_PARAMETER, why);
                     }
                 }
-                self.rutabaga.submit_command(ctx_id, &mut commands, &[])
+                let opens_channel = cross_domain && inits_a_channel(&commands);
+                let done = self.rutabaga.submit_command(ctx_id, &mut commands, &[]);
+                if done.is_ok() && opens_channel {
+                    self.channels.insert(ctx_id);
+                }
+                done
             }
             RenderCommand::Fence {
                 ctx_id,
@@ -446,6 +480,7 @@ impl RenderDevice {
         }
         self.blobs.clear();
         self.contexts.clear();
+        self.channels.clear();
         {
             let mut f = self.fences.lock().unwrap_or_else(|e| e.into_inner());
             f.signalled.clear();
@@ -567,6 +602,21 @@ impl RenderDevice {
     /// Creates a fence: signalled at once, or pending until an event says
     /// so (a cross-domain channel ring waits for the compositor).
     fn fence(&mut self, ctx_id: u32, ring: Option<u8>, fence_id: u64) -> RenderAnswer {
+        // rutabaga signals a cross-domain channel-ring fence only from the
+        // worker a channel INIT starts; on any other context it keeps the
+        // fence, or drops it, and the guest's command would wait for ever.
+        if ring == Some(CROSS_DOMAIN_CHANNEL_RING)
+            && self.contexts.get(&ctx_id) == Some(&RUTABAGA_CAPSET_CROSS_DOMAIN)
+            && !self.channels.contains(&ctx_id)
+        {
+            return refused(
+                ERR_INVALID_PARAMETER,
+                format!(
+                    "fence {fence_id} on the channel ring of context {ctx_id}, which opened no \
+                     channel: it would never signal"
+                ),
+            );
+        }
         let mut flags = RUTABAGA_FLAG_FENCE;
         if ring.is_some() {
             flags |= RUTABAGA_FLAG_INFO_RING_IDX;

@@ -391,7 +391,10 @@ fn a_fence_that_has_not_signalled_holds_its_command_back_and_only_it() {
     let socket = UnservedSocket::new();
     let backend = Backend::start(&["--wayland-socket", &socket.arg()]);
     let mut dev = Device::connect(&backend.socket);
-    image_requirements(&mut dev, 16, 16);
+    // A Wayland channel to a compositor that never speaks: a channel-ring
+    // fence signals only when it does.
+    let (_channel, opened) = harness::wayland::WaylandChannel::open(&mut dev);
+    assert_eq!(opened, RESP_OK_NODATA);
     // GET_IMAGE_REQUIREMENTS fenced on ring 1 (the channel ring), posted on
     // descriptors 4 and 5 so the harness's usual descriptor 0 stays free.
     let request = submit(
@@ -531,4 +534,42 @@ fn a_context_of_context_init_0_gets_the_cross_domain_framing_check() {
     );
     // render-worker still answers.
     let _ = image_requirements(&mut dev, 16, 16);
+}
+
+/// A fence on the channel ring of a cross-domain context that opened no
+/// channel could never signal (rutabaga keeps or drops it): the command is
+/// answered with an error at once, not held for ever.
+#[test]
+fn a_fence_that_could_never_signal_is_refused_not_held() {
+    let socket = UnservedSocket::new();
+    let backend = Backend::start(&["--wayland-socket", &socket.arg()]);
+    let mut dev = Device::connect(&backend.socket);
+    // INIT with no channel (channel type 0).
+    image_requirements(&mut dev, 16, 16);
+    let fenced = submit(
+        CTX,
+        &cross_domain(2, &[16, 16, XRGB8888, 0], &[]),
+        Some((9, Some(1))),
+    );
+    let (_, resp) = dev
+        .control_within(&fenced, 64, Duration::from_secs(5))
+        .expect("the fenced command is answered, not held");
+    assert_eq!(parse_hdr(&resp).0, RESP_ERR_INVALID_PARAMETER);
+    // A context that never sent INIT at all.
+    assert_eq!(
+        code(&mut dev, &ctx_create(2, CAPSET_CROSS_DOMAIN, "")),
+        RESP_OK_NODATA
+    );
+    let (_, resp) = dev
+        .control_within(
+            &submit(2, &[], Some((10, Some(1)))),
+            64,
+            Duration::from_secs(5),
+        )
+        .expect("answered");
+    assert_eq!(parse_hdr(&resp).0, RESP_ERR_INVALID_PARAMETER);
+    assert!(backend
+        .log
+        .wait_for(&["it would never signal"], Duration::from_secs(5))
+        .is_some());
 }
