@@ -227,6 +227,23 @@ impl GpuBackend {
         };
         for chain in chains {
             let head = chain.head_index();
+            // A head held for a fence is the device's until it is used: a
+            // guest making it available again breaks the virtqueue rules.
+            // Ignoring it keeps the held list within one entry per head.
+            let held = self
+                .fenced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|c| c.head == head);
+            if kind == QueueKind::Control && held {
+                guest_warn!(
+                    self.log,
+                    "{kind:?} queue: descriptor {head} is held for a fence, yet was made \
+                     available again; ignoring it"
+                );
+                continue;
+            }
             let done = self.device.process_chain_fenced(&mem, chain, kind);
             if let Some(fence) = done.fence {
                 // Its used entry waits for the fence, and for every earlier

@@ -415,6 +415,16 @@ fn a_fence_that_has_not_signalled_holds_its_command_back_and_only_it() {
         None,
         "the fenced command is held until its fence signals"
     );
+    // The guest makes the held head available again: ignored (the head is
+    // the device's until used), so the held list cannot grow by it.
+    dev.controlq.push_raw(&mem, 4, &descs, 4);
+    assert!(backend
+        .log
+        .wait_for(
+            &["descriptor 4 is held for a fence"],
+            Duration::from_secs(5)
+        )
+        .is_some());
     // Everything else is answered meanwhile.
     let (len, resp) = dev.control(&ctrl_hdr(CMD_GET_DISPLAY_INFO, 0, 0), 1024);
     assert_eq!((len, parse_hdr(&resp).0), (408, RESP_OK_DISPLAY_INFO));
