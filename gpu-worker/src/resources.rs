@@ -254,7 +254,8 @@ impl Resources {
     /// Makes (or keeps, if its layout is unchanged) the host copy of a
     /// guest-memory blob that SET_SCANOUT_BLOB shows: `width`×`height` in
     /// `format`, rows `stride` apart from `offset` in the blob's `backing`.
-    /// Returns whether a previous copy, now replaced, had been shared.
+    /// Returns whether a previous copy, now gone, had been shared (the
+    /// broker must let go of it), even when the new one cannot be made.
     #[allow(clippy::too_many_arguments)]
     pub fn blob_shadow(
         &mut self,
@@ -265,16 +266,19 @@ impl Resources {
         backing: &[(GuestAddress, u32)],
         offset: u64,
         stride: u32,
-    ) -> Result<bool, Refusal> {
+    ) -> (bool, Result<(), Refusal>) {
         if let Some(r) = self.resources.get(&id) {
             if (r.width, r.height, r.format, r.blob_layout)
                 == (width, height, format, Some((offset, stride)))
             {
-                return Ok(false);
+                return (false, Ok(()));
             }
         }
         let was_shared = match self.resources.contains_key(&id) {
-            true => self.unref(id)?,
+            true => match self.unref(id) {
+                Ok(shared) => shared,
+                Err(r) => return (false, Err(r)),
+            },
             false => false,
         };
         let create = ResourceCreate2d {
@@ -283,12 +287,14 @@ impl Resources {
             width: width.into(),
             height: height.into(),
         };
-        self.create_2d(&create)?;
+        if let Err(r) = self.create_2d(&create) {
+            return (was_shared, Err(r));
+        }
         if let Some(r) = self.resources.get_mut(&id) {
             r.backing = Backing::new(backing.to_vec());
             r.blob_layout = Some((offset, stride));
         }
-        Ok(was_shared)
+        (was_shared, Ok(()))
     }
 
     /// Copies `rect` of a blob shadow from the blob's guest memory; no-op

@@ -604,3 +604,52 @@ fn linux_dumb_buffers_as_blobs_transfer_flush_and_cursor() {
         .is_some());
     no_bad_events(&display.events());
 }
+
+/// SET_SCANOUT_BLOB with a new layout replaces the host copy; when the new
+/// one cannot be made (past --max-resource-memory), the old one is gone
+/// all the same, and the broker is told to let go of it (its scanout goes
+/// dark) rather than keep its descriptor and mapping.
+#[test]
+fn a_failed_shadow_swap_still_releases_the_old_surface() {
+    let backend = Backend::start(&["--display", "64x32", "--max-resource-memory", "1"]);
+    let (mut dev, display) = Device::connect_with_display(
+        &backend.socket,
+        DisplayConfig {
+            modes: vec![(64, 32)],
+            edid: true,
+        },
+    );
+    let size = 2u32 << 20;
+    assert_eq!(
+        dev.answer(&guest_blob(5, 0, u64::from(size), &[(0x40_0000, size)])),
+        RESP_OK_NODATA
+    );
+    let scanout_blob = |w: u32, h: u32, stride: u32| {
+        cmd(
+            harness::CMD_SET_SCANOUT_BLOB,
+            &[
+                0, 0, w, h, 0, 5, w, h, B8G8R8X8, 0, stride, 0, 0, 0, 0, 0, 0, 0,
+            ],
+        )
+    };
+    assert_eq!(dev.answer(&scanout_blob(64, 32, 256)), RESP_OK_NODATA);
+    assert_eq!(
+        dev.answer(&cmd(CMD_RESOURCE_FLUSH, &[0, 0, 64, 32, 5, 0])),
+        RESP_OK_NODATA
+    );
+    display.wait_for(WAIT, |e| update_count(e) == 1);
+    // 1024x512 needs 2 MiB of host copy: past the 1 MiB limit.
+    assert_eq!(
+        dev.answer(&scanout_blob(1024, 512, 4096)),
+        RESP_ERR_OUT_OF_MEMORY
+    );
+    display.wait_for(WAIT, |e| {
+        e.last()
+            == Some(&Event::Scanout {
+                scanout: 0,
+                width: 0,
+                height: 0,
+            })
+    });
+    no_bad_events(&display.events());
+}

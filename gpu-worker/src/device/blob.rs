@@ -509,13 +509,15 @@ impl GpuDevice {
                 ),
             );
         }
-        let was_shared = self
+        let (was_shared, made) = self
             .resources()
-            .blob_shadow(id, w, h, format, &ranges, offset, stride)?;
+            .blob_shadow(id, w, h, format, &ranges, offset, stride);
+        // The old copy is gone either way: the broker lets go of it.
         if was_shared {
             self.display
                 .command(&ipc::GpuToDisplay::ReleaseSurface { resource_id: id }, &[]);
         }
+        made?;
         self.set_scanout(&plain)
     }
 
