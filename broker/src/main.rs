@@ -504,9 +504,6 @@ fn start_workers(
     }
     gpu.set_recv_timeout(None).map_err(|e| e.to_string())?;
     render
-        .set_recv_timeout(timeout)
-        .map_err(|e| e.to_string())?;
-    render
         .send(&BrokerToRender::Ping { nonce: 1 }, &[])
         .map_err(|e| format!("render-worker: {e}"))?;
     match render.recv() {

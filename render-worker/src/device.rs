@@ -72,25 +72,8 @@ fn runs_as(context_init: u32, wayland: bool) -> u32 {
 
 /// `CROSS_DOMAIN_CHANNEL_RING`.
 const CROSS_DOMAIN_CHANNEL_RING: u8 = 1;
-
-/// Whether a (framing-checked) cross-domain stream holds an INIT that
-/// opens a channel: CROSS_DOMAIN_CMD_INIT (1) with a channel type, the
-/// word 16 bytes in.
-fn inits_a_channel(commands: &[u8]) -> bool {
-    let mut at = 0;
-    while let Some(hdr) = commands.get(at..at + CROSS_DOMAIN_HEADER) {
-        let size = usize::from(u16::from_le_bytes([hdr[2], hdr[3]])).max(CROSS_DOMAIN_HEADER);
-        if hdr[0] == 1 {
-            if let Some(t) = commands.get(at + 16..at + 20) {
-                if u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 0 {
-                    return true;
-                }
-            }
-        }
-        at += size;
-    }
-    false
-}
+/// `CROSS_DOMAIN_CMD_INIT`.
+const CROSS_DOMAIN_CMD_INIT: u8 = 1;
 
 /// `CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND` (rutabaga's cross_domain_protocol).
 const CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND: u32 = 1;
@@ -220,9 +203,12 @@ const CROSS_DOMAIN_HEADER: usize = 8;
 /// Checks the framing of a cross-domain command stream before rutabaga
 /// walks it: rutabaga advances by each header's `cmd_size` until the
 /// stream is empty, so a `cmd_size` of 0 would spin its thread forever, and
-/// one past the end is refused only after the command ran.
-fn check_cross_domain_framing(commands: &[u8]) -> Result<(), String> {
+/// one past the end is refused only after the command ran. Returns whether
+/// the stream holds an INIT that opens a channel (CROSS_DOMAIN_CMD_INIT
+/// with a channel type, the word 16 bytes in).
+fn check_cross_domain_framing(commands: &[u8]) -> Result<bool, String> {
     let mut at = 0;
+    let mut opens_channel = false;
     while at < commands.len() {
         let hdr = commands
             .get(at..at + CROSS_DOMAIN_HEADER)
@@ -234,9 +220,14 @@ fn check_cross_domain_framing(commands: &[u8]) -> Result<(), String> {
                 commands.len()
             ));
         }
+        if hdr[0] == CROSS_DOMAIN_CMD_INIT {
+            if let Some(t) = commands[at..at + size].get(16..20) {
+                opens_channel |= u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 0;
+            }
+        }
         at += size;
     }
-    Ok(())
+    Ok(opens_channel)
 }
 
 impl RenderDevice {
@@ -312,14 +303,13 @@ impl RenderDevice {
                 ctx_id,
                 mut commands,
             } => {
-                let cross_domain =
-                    self.contexts.get(&ctx_id) == Some(&RUTABAGA_CAPSET_CROSS_DOMAIN);
-                if cross_domain {
-                    if let Err(why) = check_cross_domain_framing(&commands) {
-                        return refused(ERR_INVALID_PARAMETER, why);
+                let mut opens_channel = false;
+                if self.contexts.get(&ctx_id) == Some(&RUTABAGA_CAPSET_CROSS_DOMAIN) {
+                    match check_cross_domain_framing(&commands) {
+                        Ok(opens) => opens_channel = opens,
+                        Err(why) => return refused(ERR_INVALID_PARAMETER, why),
                     }
                 }
-                let opens_channel = cross_domain && inits_a_channel(&commands);
                 let done = self.rutabaga.submit_command(ctx_id, &mut commands, &[]);
                 if done.is_ok() && opens_channel {
                     self.channels.insert(ctx_id);
@@ -662,7 +652,14 @@ mod tests {
         check_cross_domain_framing(&[]).unwrap();
         let mut two = cmd(16, 16);
         two.extend(cmd(8, 8));
-        check_cross_domain_framing(&two).unwrap();
+        assert!(!check_cross_domain_framing(&two).unwrap());
+        // An INIT (command 1, 36 bytes) opens a channel when its channel
+        // type, 16 bytes in, is not 0.
+        let mut init = cmd(36, 36);
+        init[0] = CROSS_DOMAIN_CMD_INIT;
+        assert!(!check_cross_domain_framing(&init).unwrap());
+        init[16] = 1;
+        assert!(check_cross_domain_framing(&init).unwrap());
         assert!(
             check_cross_domain_framing(&cmd(0, 16)).is_err(),
             "size 0 would spin"

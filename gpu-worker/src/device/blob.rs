@@ -529,23 +529,20 @@ impl GpuDevice {
     /// answers the same. A host blob has no guest pages to transfer from.
     pub(super) fn transfer_to_blob(&self, t: &TransferToHost2d) -> Result<(), Refusal> {
         let id = t.resource_id.to_native();
-        let Some(blob) = self.blob(id) else {
+        let Some((size, guest)) = self.with_blob(id, |b| (b.size, b.guest.is_some())) else {
             return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}"));
         };
-        if blob.guest.is_none() {
+        if !guest {
             return refuse(
                 RESP_ERR_INVALID_PARAMETER,
                 format!("TRANSFER_TO_HOST_2D to host blob {id}, which has no guest pages"),
             );
         }
         let offset = t.offset.to_native();
-        if offset >= blob.size {
+        if offset >= size {
             return refuse(
                 RESP_ERR_INVALID_PARAMETER,
-                format!(
-                    "transfer offset {offset} past blob {id} of {} bytes",
-                    blob.size
-                ),
+                format!("transfer offset {offset} past blob {id} of {size} bytes"),
             );
         }
         Ok(())
@@ -567,25 +564,27 @@ impl GpuDevice {
                 format!("cursor on scanout {scanout}"),
             );
         }
-        let Some(blob) = self.blob(id) else {
-            return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}"));
-        };
-        let Some(ranges) = blob.guest else {
-            return refuse(
+        let mut image = vec![0u8; ipc::CURSOR_BYTES];
+        // Read in place: a blob may have many ranges, not worth a copy.
+        let read = self.with_blob(id, |blob| match &blob.guest {
+            None => refuse(
                 RESP_ERR_INVALID_PARAMETER,
                 format!("cursor from host blob {id}, which has no guest pages"),
-            );
-        };
-        let mut image = vec![0u8; ipc::CURSOR_BYTES];
-        if blob.size < image.len() as u64 || !read_ranges(mem, &ranges, 0, &mut image) {
-            return refuse(
-                RESP_ERR_INVALID_PARAMETER,
-                format!(
-                    "blob {id} of {} bytes holds no 64x64 cursor image",
-                    blob.size
-                ),
-            );
-        }
+            ),
+            Some(ranges)
+                if blob.size < image.len() as u64 || !read_ranges(mem, ranges, 0, &mut image) =>
+            {
+                refuse(
+                    RESP_ERR_INVALID_PARAMETER,
+                    format!(
+                        "blob {id} of {} bytes holds no 64x64 cursor image",
+                        blob.size
+                    ),
+                )
+            }
+            Some(_) => Ok(()),
+        });
+        read.unwrap_or_else(|| refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}")))?;
         self.display.command(
             &ipc::GpuToDisplay::CursorUpdate {
                 scanout,
@@ -601,13 +600,14 @@ impl GpuDevice {
         Ok(())
     }
 
-    fn blob(&self, id: u32) -> Option<Blob> {
+    /// `f` of blob `id`, under the registry's lock; None if `id` is none.
+    fn with_blob<R>(&self, id: u32, f: impl FnOnce(&Blob) -> R) -> Option<R> {
         self.blobs
             .blobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
-            .cloned()
+            .map(f)
     }
 
     /// A fence on a context (or a context's ring): render-worker's rutabaga
