@@ -72,6 +72,126 @@ pub fn get_image_requirements(width: u32, height: u32, drm_format: u32, flags: u
     )
 }
 
+/// `struct CrossDomainSendReceive` without its data: the header, the
+/// identifier count, the data size, and three arrays of
+/// [`MAX_IDENTIFIERS`] words (identifiers, their types, their sizes).
+pub const SEND_RECEIVE_SIZE: usize = HEADER_SIZE + 8 + 3 * 4 * MAX_IDENTIFIERS;
+/// `struct CrossDomainReadWrite` without its data.
+pub const READ_WRITE_SIZE: usize = HEADER_SIZE + 16;
+/// The most data the host puts into one RECEIVE or READ (rutabaga's
+/// 4 KiB receive buffer less the header), and so the size a channel
+/// ring must have beyond the header.
+pub const MAX_RECEIVE_DATA: usize = 4096 - SEND_RECEIVE_SIZE;
+
+/// One descriptor crossing the channel: an identifier of a kind
+/// (`ID_TYPE_*`), and for a blob the bytes it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identifier {
+    pub id: u32,
+    pub kind: u32,
+    pub size: u32,
+}
+
+/// CROSS_DOMAIN_CMD_SEND: `data` for the compositor, with at most
+/// [`MAX_IDENTIFIERS`] descriptors. None if there are more, or if the
+/// command would not fit its 16-bit size.
+pub fn send(data: &[u8], identifiers: &[Identifier]) -> Option<Vec<u8>> {
+    if identifiers.len() > MAX_IDENTIFIERS || SEND_RECEIVE_SIZE + data.len() > usize::from(u16::MAX)
+    {
+        return None;
+    }
+    let mut ids = [0u32; MAX_IDENTIFIERS];
+    let mut kinds = [0u32; MAX_IDENTIFIERS];
+    let mut sizes = [0u32; MAX_IDENTIFIERS];
+    for (i, ident) in identifiers.iter().enumerate() {
+        (ids[i], kinds[i], sizes[i]) = (ident.id, ident.kind, ident.size);
+    }
+    let mut body = words(&[identifiers.len() as u32, data.len() as u32]);
+    body.extend(words(&ids));
+    body.extend(words(&kinds));
+    body.extend(words(&sizes));
+    body.extend_from_slice(data);
+    Some(command(CMD_SEND, &body))
+}
+
+/// CROSS_DOMAIN_CMD_POLL: on the channel ring, fenced, it asks the host
+/// for the next thing the compositor sends.
+pub fn poll() -> Vec<u8> {
+    command(CMD_POLL, &[0; 8])
+}
+
+/// CROSS_DOMAIN_CMD_WRITE: bytes for the host's end of a write pipe
+/// (`hang_up` closes it). None if they do not fit the 16-bit size.
+pub fn write(identifier: u32, data: &[u8], hang_up: bool) -> Option<Vec<u8>> {
+    if READ_WRITE_SIZE + data.len() > usize::from(u16::MAX) {
+        return None;
+    }
+    let mut body = words(&[identifier, u32::from(hang_up), data.len() as u32, 0]);
+    body.extend_from_slice(data);
+    Some(command(CMD_WRITE, &body))
+}
+
+/// What the host wrote into the channel ring before signalling a poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RingMessage {
+    /// Bytes from the compositor, with the descriptors it sent.
+    Receive {
+        identifiers: Vec<Identifier>,
+        data: Vec<u8>,
+    },
+    /// Bytes from the host's end of a read pipe; `hang_up` when it closed.
+    Read {
+        identifier: u32,
+        hang_up: bool,
+        data: Vec<u8>,
+    },
+}
+
+impl RingMessage {
+    /// From the channel ring's bytes; an error names what does not fit.
+    pub fn parse(ring: &[u8]) -> Result<RingMessage, String> {
+        let cmd = *ring.first().ok_or("an empty channel ring")?;
+        match cmd {
+            CMD_RECEIVE => {
+                if ring.len() < SEND_RECEIVE_SIZE {
+                    return Err(format!("a channel ring of {} bytes", ring.len()));
+                }
+                let count = u32_at(ring, 8) as usize;
+                let size = u32_at(ring, 12) as usize;
+                if count > MAX_IDENTIFIERS || SEND_RECEIVE_SIZE + size > ring.len() {
+                    return Err(format!("a RECEIVE of {count} identifiers and {size} bytes"));
+                }
+                let array =
+                    |which: usize, i: usize| u32_at(ring, 16 + 4 * (which * MAX_IDENTIFIERS + i));
+                let identifiers = (0..count)
+                    .map(|i| Identifier {
+                        id: array(0, i),
+                        kind: array(1, i),
+                        size: array(2, i),
+                    })
+                    .collect();
+                let data = ring[SEND_RECEIVE_SIZE..SEND_RECEIVE_SIZE + size].to_vec();
+                Ok(RingMessage::Receive { identifiers, data })
+            }
+            CMD_READ => {
+                if ring.len() < READ_WRITE_SIZE {
+                    return Err(format!("a channel ring of {} bytes", ring.len()));
+                }
+                let size = u32_at(ring, 16) as usize;
+                if READ_WRITE_SIZE + size > ring.len() {
+                    return Err(format!("a READ of {size} bytes"));
+                }
+                Ok(RingMessage::Read {
+                    identifier: u32_at(ring, 8),
+                    hang_up: u32_at(ring, 12) != 0,
+                    data: ring[READ_WRITE_SIZE..READ_WRITE_SIZE + size].to_vec(),
+                })
+            }
+            other => Err(format!("channel ring command {other}")),
+        }
+    }
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
@@ -148,6 +268,59 @@ mod tests {
         assert_eq!(reqs.len(), GET_IMAGE_REQUIREMENTS_SIZE);
         assert_eq!(&reqs[..4], &[CMD_GET_IMAGE_REQUIREMENTS, 0, 24, 0]);
         assert_eq!(&reqs[16..20], b"XR24");
+    }
+
+    #[test]
+    fn send_and_receive_have_rutabagas_layout() {
+        assert_eq!(SEND_RECEIVE_SIZE, 352);
+        let blob = Identifier {
+            id: 9,
+            kind: ID_TYPE_VIRTGPU_BLOB,
+            size: 4096,
+        };
+        let cmd = send(b"hello", &[blob]).unwrap();
+        assert_eq!(cmd.len(), SEND_RECEIVE_SIZE + 5);
+        assert_eq!(&cmd[..4], &[CMD_SEND, 0, 101, 1]);
+        assert_eq!((u32_at(&cmd, 8), u32_at(&cmd, 12)), (1, 5));
+        assert_eq!(u32_at(&cmd, 16), 9);
+        assert_eq!(u32_at(&cmd, 16 + 4 * MAX_IDENTIFIERS), ID_TYPE_VIRTGPU_BLOB);
+        assert_eq!(u32_at(&cmd, 16 + 8 * MAX_IDENTIFIERS), 4096);
+        assert!(send(&[], &[blob; MAX_IDENTIFIERS + 1]).is_none());
+        // The host's RECEIVE has SEND's layout under another command.
+        let mut ring = vec![0u8; 4096];
+        ring[..cmd.len()].copy_from_slice(&cmd);
+        ring[0] = CMD_RECEIVE;
+        let got = RingMessage::parse(&ring).unwrap();
+        assert_eq!(
+            got,
+            RingMessage::Receive {
+                identifiers: vec![blob],
+                data: b"hello".to_vec()
+            }
+        );
+        ring[12..16].copy_from_slice(&4000u32.to_le_bytes());
+        assert!(RingMessage::parse(&ring).is_err());
+    }
+
+    #[test]
+    fn read_and_write_have_rutabagas_layout() {
+        let cmd = write(0x8000_0001, b"abc", true).unwrap();
+        assert_eq!(cmd.len(), READ_WRITE_SIZE + 3);
+        assert_eq!(
+            (u32_at(&cmd, 8), u32_at(&cmd, 12), u32_at(&cmd, 16)),
+            (0x8000_0001, 1, 3)
+        );
+        let mut ring = vec![0u8; 64];
+        ring[..cmd.len()].copy_from_slice(&cmd);
+        ring[0] = CMD_READ;
+        assert_eq!(
+            RingMessage::parse(&ring).unwrap(),
+            RingMessage::Read {
+                identifier: 0x8000_0001,
+                hang_up: true,
+                data: b"abc".to_vec()
+            }
+        );
     }
 
     #[test]

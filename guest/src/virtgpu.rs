@@ -47,6 +47,10 @@ pub const EXECBUF_FENCE_FD_IN: u32 = 1;
 pub const EXECBUF_FENCE_FD_OUT: u32 = 2;
 pub const EXECBUF_RING_IDX: u32 = 4;
 
+/// `VIRTGPU_EVENT_FENCE_SIGNALED`: the DRM event a context's polled ring
+/// delivers on the render node when one of its fences signals.
+pub const EVENT_FENCE_SIGNALED: u32 = 0x9000_0000;
+
 /// `VIRTGPU_WAIT_NOWAIT`.
 pub const WAIT_NOWAIT: u32 = 1;
 
@@ -403,6 +407,33 @@ impl Gpu {
         // SAFETY: `c` is the ioctl's structure, with no pointers.
         unsafe { ioctls::gem_close(self.fd.as_raw_fd(), &c) }.map_err(errno)?;
         Ok(())
+    }
+}
+
+impl AsFd for Gpu {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Gpu {
+    /// Reads the DRM events waiting on the node (call when it polls
+    /// readable) and counts the fence-signalled ones of polled rings.
+    pub fn fence_events(&self) -> io::Result<usize> {
+        let mut buf = [0u8; 1024];
+        let n = nix::unistd::read(&self.fd, &mut buf).map_err(errno)?;
+        // `struct drm_event`: type, then the length of the whole event.
+        let mut at = 0;
+        let mut fences = 0;
+        while at + 8 <= n {
+            let kind = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+            let len = u32::from_le_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
+            if kind == EVENT_FENCE_SIGNALED {
+                fences += 1;
+            }
+            at += (len as usize).max(8);
+        }
+        Ok(fences)
     }
 }
 

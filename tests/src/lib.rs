@@ -32,6 +32,7 @@ pub use gpu_wire::*;
 pub mod blob_wire;
 pub mod display;
 pub mod guest;
+pub mod pattern;
 pub mod shmem;
 pub mod wayland;
 

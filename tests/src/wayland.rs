@@ -44,6 +44,12 @@ impl Weston {
     /// installed; with GPU_AIRLOCK_REQUIRE_GUEST set (as `.ci/run` sets
     /// it), a missing weston fails the test instead.
     pub fn start() -> Option<Weston> {
+        Weston::start_with(&[])
+    }
+
+    /// weston with `extra` arguments (`--debug`, which lets
+    /// `weston-screenshooter` take screenshots).
+    pub fn start_with(extra: &[&str]) -> Option<Weston> {
         let installed = Command::new("weston")
             .arg("--version")
             .output()
@@ -69,6 +75,7 @@ impl Weston {
                 "--socket=wayland-airlock",
                 "--idle-time=0",
             ])
+            .args(extra)
             .env("XDG_RUNTIME_DIR", &dir.0)
             .env_remove("WAYLAND_DISPLAY")
             .env_remove("DISPLAY")
@@ -94,6 +101,36 @@ impl Weston {
 
     pub fn arg(&self) -> String {
         self.socket.display().to_string()
+    }
+
+    /// The whole output as RGB rows, from `weston-screenshooter` (weston
+    /// must run with `--debug`): (width, height, pixels).
+    pub fn screenshot(&self) -> (usize, usize, Vec<u8>) {
+        let dir = TempDir::new("screenshot");
+        let status = Command::new("weston-screenshooter")
+            .current_dir(&dir.0)
+            .env("XDG_RUNTIME_DIR", self.socket.parent().unwrap())
+            .env("WAYLAND_DISPLAY", &self.socket)
+            .status()
+            .expect("run weston-screenshooter");
+        assert!(status.success(), "weston-screenshooter: {status}");
+        let png = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "png"))
+            .expect("weston-screenshooter wrote a PNG");
+        let mut decoder = png::Decoder::new(std::fs::File::open(&png).unwrap());
+        decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        let channels = info.color_type.samples();
+        let rgb = buf[..info.buffer_size()]
+            .chunks(channels)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect();
+        (info.width as usize, info.height as usize, rgb)
     }
 
     /// The compositor goes away.

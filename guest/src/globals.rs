@@ -1,0 +1,114 @@
+//! The globals the proxy lets clients bind: the interfaces whose every
+//! message it can relay, because it knows each one's signature (from the
+//! protocol XML, through the interface descriptions wayland-client and
+//! wayland-protocols generate) and every descriptor any of them carries is
+//! one it translates (shared memory, compositor memfds, pipes). A global
+//! of any other interface is not announced to clients: a linux-dmabuf or a
+//! drm-lease descriptor, say, has no way across a cross-domain channel.
+//! Objects a global creates (a wl_surface from wl_compositor, a
+//! wl_data_offer from wl_data_device) come from the same descriptions.
+
+use wayland_backend::protocol::Interface;
+use wayland_client::protocol::{
+    wl_compositor::WlCompositor, wl_data_device_manager::WlDataDeviceManager,
+    wl_display::WlDisplay, wl_output::WlOutput, wl_seat::WlSeat, wl_shm::WlShm,
+    wl_subcompositor::WlSubcompositor,
+};
+use wayland_client::Proxy;
+use wayland_protocols::wp::presentation_time::client::wp_presentation::WpPresentation;
+use wayland_protocols::wp::primary_selection::zv1::client::zwp_primary_selection_device_manager_v1::ZwpPrimarySelectionDeviceManagerV1;
+use wayland_protocols::wp::viewporter::client::wp_viewporter::WpViewporter;
+use wayland_protocols::xdg::decoration::zv1::client::zxdg_decoration_manager_v1::ZxdgDecorationManagerV1;
+use wayland_protocols::xdg::shell::client::xdg_wm_base::XdgWmBase;
+use wayland_protocols::xdg::xdg_output::zv1::client::zxdg_output_manager_v1::ZxdgOutputManagerV1;
+
+/// wl_display: object 1 of every connection.
+pub fn display() -> &'static Interface {
+    WlDisplay::interface()
+}
+
+/// The interfaces of the globals clients may bind.
+pub fn relayed() -> [&'static Interface; 12] {
+    [
+        WlCompositor::interface(),
+        WlSubcompositor::interface(),
+        WlShm::interface(),
+        WlSeat::interface(),
+        WlOutput::interface(),
+        WlDataDeviceManager::interface(),
+        XdgWmBase::interface(),
+        ZxdgDecorationManagerV1::interface(),
+        ZxdgOutputManagerV1::interface(),
+        WpViewporter::interface(),
+        WpPresentation::interface(),
+        ZwpPrimarySelectionDeviceManagerV1::interface(),
+    ]
+}
+
+/// The relayed global named `name`.
+pub fn find(name: &[u8]) -> Option<&'static Interface> {
+    relayed().into_iter().find(|i| i.name.as_bytes() == name)
+}
+
+/// The opcode of `interface`'s request (or event, with `events`) `name`.
+pub fn opcode(interface: &Interface, name: &str, events: bool) -> u16 {
+    let list = if events {
+        interface.events
+    } else {
+        interface.requests
+    };
+    list.iter()
+        .position(|m| m.name == name)
+        .unwrap_or_else(|| panic!("{}.{name} is in the protocol", interface.name)) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wayland_backend::protocol::ArgumentType;
+
+    /// Every descriptor any relayed interface carries, reached through the
+    /// objects its messages create: the proxy translates exactly these.
+    #[test]
+    fn every_descriptor_a_relayed_interface_carries_is_one_the_proxy_translates() {
+        let mut seen = vec![display()];
+        let mut todo: Vec<&Interface> = relayed().to_vec();
+        todo.push(display());
+        let mut fds = Vec::new();
+        while let Some(i) = todo.pop() {
+            for (dir, list) in [("request", i.requests), ("event", i.events)] {
+                for m in list {
+                    if m.signature.contains(&ArgumentType::Fd) {
+                        fds.push(format!("{} {}.{}", dir, i.name, m.name));
+                    }
+                    if let Some(c) = m.child_interface {
+                        if !seen.iter().any(|s| s.name == c.name) {
+                            seen.push(c);
+                            todo.push(c);
+                        }
+                    }
+                }
+            }
+        }
+        fds.sort();
+        assert_eq!(
+            fds,
+            [
+                "event wl_data_source.send",
+                "event wl_keyboard.keymap",
+                "event zwp_primary_selection_source_v1.send",
+                "request wl_data_offer.receive",
+                "request wl_shm.create_pool",
+                "request zwp_primary_selection_offer_v1.receive",
+            ]
+        );
+    }
+
+    #[test]
+    fn opcodes_come_from_the_protocol() {
+        assert_eq!(opcode(display(), "delete_id", true), 1);
+        assert_eq!(opcode(WlShm::interface(), "create_pool", false), 0);
+        assert!(find(b"wl_shm").is_some());
+        assert!(find(b"zwp_linux_dmabuf_v1").is_none());
+    }
+}

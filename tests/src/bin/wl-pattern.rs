@@ -1,0 +1,300 @@
+//! A Wayland client for the guest tests, built on wayland-client (its
+//! pure-Rust backend, so it needs no libwayland in the initramfs):
+//!
+//! - `wl-pattern show W H`: a W×H xdg toplevel of [`harness::pattern`],
+//!   in a wl_shm buffer; says `PATTERN shown W H` once the compositor has
+//!   drawn it (its frame callback), then waits until /tmp/quit exists and
+//!   ends cleanly (`PATTERN exit`).
+//! - `wl-pattern bench W H FRAMES DAMAGE`: FRAMES frames into two
+//!   alternating buffers, each changing a DAMAGE×DAMAGE square (or `full`),
+//!   damaged, committed and round-tripped; prints
+//!   `BENCH wayland WxH damage=D frames=N fps=F`.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use wayland_client::protocol::{
+    wl_buffer::{self, WlBuffer},
+    wl_callback::{self, WlCallback},
+    wl_compositor::WlCompositor,
+    wl_registry::{self, WlRegistry},
+    wl_shm::{self, WlShm},
+    wl_shm_pool::WlShmPool,
+    wl_surface::WlSurface,
+};
+use wayland_client::{delegate_noop, Connection, Dispatch, QueueHandle};
+use wayland_protocols::xdg::shell::client::{
+    xdg_surface::{self, XdgSurface},
+    xdg_toplevel::{self, XdgToplevel},
+    xdg_wm_base::{self, XdgWmBase},
+};
+
+#[derive(Default)]
+struct App {
+    compositor: Option<WlCompositor>,
+    shm: Option<WlShm>,
+    wm: Option<XdgWmBase>,
+    configured: bool,
+    drawn: bool,
+    released: [bool; 2],
+}
+
+impl Dispatch<WlRegistry, ()> for App {
+    fn event(
+        app: &mut Self,
+        registry: &WlRegistry,
+        event: wl_registry::Event,
+        _: &(),
+        _: &Connection,
+        qh: &QueueHandle<Self>,
+    ) {
+        if let wl_registry::Event::Global {
+            name,
+            interface,
+            version,
+        } = event
+        {
+            match interface.as_str() {
+                "wl_compositor" => {
+                    app.compositor = Some(registry.bind(name, version.min(4), qh, ()))
+                }
+                "wl_shm" => app.shm = Some(registry.bind(name, 1, qh, ())),
+                "xdg_wm_base" => app.wm = Some(registry.bind(name, 1, qh, ())),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Dispatch<XdgWmBase, ()> for App {
+    fn event(
+        _: &mut Self,
+        wm: &XdgWmBase,
+        event: xdg_wm_base::Event,
+        _: &(),
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
+        if let xdg_wm_base::Event::Ping { serial } = event {
+            wm.pong(serial);
+        }
+    }
+}
+
+impl Dispatch<XdgSurface, ()> for App {
+    fn event(
+        app: &mut Self,
+        s: &XdgSurface,
+        event: xdg_surface::Event,
+        _: &(),
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
+        if let xdg_surface::Event::Configure { serial } = event {
+            s.ack_configure(serial);
+            app.configured = true;
+        }
+    }
+}
+
+impl Dispatch<XdgToplevel, ()> for App {
+    fn event(
+        _: &mut Self,
+        _: &XdgToplevel,
+        _: xdg_toplevel::Event,
+        _: &(),
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
+    }
+}
+
+impl Dispatch<WlBuffer, usize> for App {
+    fn event(
+        app: &mut Self,
+        _: &WlBuffer,
+        event: wl_buffer::Event,
+        which: &usize,
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
+        if let wl_buffer::Event::Release = event {
+            app.released[*which] = true;
+        }
+    }
+}
+
+impl Dispatch<WlCallback, ()> for App {
+    fn event(
+        app: &mut Self,
+        _: &WlCallback,
+        event: wl_callback::Event,
+        _: &(),
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
+        if let wl_callback::Event::Done { .. } = event {
+            app.drawn = true;
+        }
+    }
+}
+
+impl Dispatch<WlShm, ()> for App {
+    fn event(
+        _: &mut Self,
+        _: &WlShm,
+        _: wl_shm::Event,
+        _: &(),
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
+    }
+}
+
+delegate_noop!(App: ignore WlCompositor);
+delegate_noop!(App: ignore WlSurface);
+delegate_noop!(App: ignore WlShmPool);
+
+fn fail(what: &str) -> ! {
+    eprintln!("wl-pattern: {what}");
+    std::process::exit(1);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let num = |i: usize| -> u32 {
+        args.get(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| fail("usage: wl-pattern show W H | bench W H FRAMES DAMAGE|full"))
+    };
+    let (width, height) = (num(2), num(3));
+    let conn = Connection::connect_to_env().unwrap_or_else(|e| fail(&format!("connect: {e}")));
+    let mut queue = conn.new_event_queue();
+    let qh = queue.handle();
+    conn.display().get_registry(&qh, ());
+    let mut app = App::default();
+    queue
+        .roundtrip(&mut app)
+        .unwrap_or_else(|e| fail(&format!("roundtrip: {e}")));
+    let (Some(compositor), Some(shm), Some(wm)) =
+        (app.compositor.clone(), app.shm.clone(), app.wm.clone())
+    else {
+        fail("the compositor lacks wl_compositor, wl_shm or xdg_wm_base");
+    };
+
+    let stride = width * 4;
+    let size = (stride * height) as usize;
+    let memfd =
+        nix::sys::memfd::memfd_create(c"wl-pattern", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .unwrap_or_else(|e| fail(&format!("memfd: {e}")));
+    let file = File::from(memfd);
+    file.set_len(2 * size as u64).unwrap();
+    let pixels = harness::pattern::pixels(width, height);
+    file.write_all_at(&pixels, 0).unwrap();
+    file.write_all_at(&pixels, size as u64).unwrap();
+    let pool = shm.create_pool(file.as_fd(), 2 * size as i32, &qh, ());
+    let buffers = [0usize, 1].map(|i| {
+        pool.create_buffer(
+            (i * size) as i32,
+            width as i32,
+            height as i32,
+            stride as i32,
+            wl_shm::Format::Xrgb8888,
+            &qh,
+            i,
+        )
+    });
+    let surface = compositor.create_surface(&qh, ());
+    let xdg = wm.get_xdg_surface(&surface, &qh, ());
+    let toplevel = xdg.get_toplevel(&qh, ());
+    toplevel.set_title("airlock-pattern".into());
+    surface.commit();
+    while !app.configured {
+        queue
+            .blocking_dispatch(&mut app)
+            .unwrap_or_else(|e| fail(&format!("dispatch: {e}")));
+    }
+    surface.attach(Some(&buffers[0]), 0, 0);
+    surface.damage_buffer(0, 0, width as i32, height as i32);
+    surface.frame(&qh, ());
+    surface.commit();
+    while !app.drawn {
+        queue
+            .blocking_dispatch(&mut app)
+            .unwrap_or_else(|e| fail(&format!("dispatch: {e}")));
+    }
+
+    match args[1].as_str() {
+        "show" => {
+            println!("PATTERN shown {width} {height}");
+            while !Path::new("/tmp/quit").exists() {
+                std::thread::sleep(Duration::from_millis(50));
+                conn.flush().ok();
+                if let Some(guard) = queue.prepare_read() {
+                    // Reads what is there without blocking.
+                    let _ = guard.read();
+                }
+                queue
+                    .dispatch_pending(&mut app)
+                    .unwrap_or_else(|e| fail(&format!("dispatch: {e}")));
+            }
+        }
+        "bench" => {
+            let frames = num(4);
+            let damage = args.get(5).map(String::as_str).unwrap_or("full");
+            let (dw, dh) = match damage {
+                "full" => (width, height),
+                d => {
+                    let d: u32 = d
+                        .parse()
+                        .unwrap_or_else(|_| fail("DAMAGE is a number or full"));
+                    (d.min(width), d.min(height))
+                }
+            };
+            let mut row = vec![0u8; (dw * 4) as usize];
+            app.released = [true, true];
+            app.released[0] = false;
+            let start = Instant::now();
+            for frame in 0..frames {
+                let which = (frame as usize + 1) % 2;
+                while !app.released[which] {
+                    queue
+                        .blocking_dispatch(&mut app)
+                        .unwrap_or_else(|e| fail(&format!("dispatch: {e}")));
+                }
+                app.released[which] = false;
+                row.fill((frame & 0xff) as u8);
+                for y in 0..dh {
+                    let at = which * size + (y * stride) as usize;
+                    file.write_all_at(&row, at as u64).unwrap();
+                }
+                surface.attach(Some(&buffers[which]), 0, 0);
+                surface.damage_buffer(0, 0, dw as i32, dh as i32);
+                surface.commit();
+                queue
+                    .roundtrip(&mut app)
+                    .unwrap_or_else(|e| fail(&format!("roundtrip: {e}")));
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "BENCH wayland {width}x{height} damage={damage} frames={frames} fps={:.1}",
+                f64::from(frames) / secs
+            );
+        }
+        other => fail(&format!("unknown mode {other}")),
+    }
+    toplevel.destroy();
+    xdg.destroy();
+    surface.destroy();
+    for b in &buffers {
+        b.destroy();
+    }
+    pool.destroy();
+    queue
+        .roundtrip(&mut app)
+        .unwrap_or_else(|e| fail(&format!("roundtrip: {e}")));
+    println!("PATTERN exit");
+}

@@ -1,0 +1,166 @@
+//! Real guest applications on the host's compositor: Debian's 6.1 kernel
+//! under QEMU 11.1's generic vhost-user device against the jailed backend,
+//! `gpu-airlock-guest` serving Wayland inside the guest, and a headless
+//! weston on the host (pixman, `--debug` for `weston-screenshooter`).
+//!
+//! Debian's own `weston-simple-shm` (libwayland's client library) and the
+//! project's `wl-pattern` (wayland-client's pure-Rust one) draw through
+//! the proxy, and the host's screenshot shows both, the pattern pixel for
+//! pixel.
+//!
+//! Needs what `tests/guest/prepare.sh` makes and weston; without them
+//! each test says so loudly, or fails where GPU_AIRLOCK_REQUIRE_GUEST is
+//! set (`.ci/run`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use harness::guest::{error_responses, qemu11, Boot, Guest, GuestImage};
+use harness::wayland::Weston;
+use harness::{binary, pattern, Backend, TempDir};
+
+const DEVICE: &str = "vhost-user-test-device-pci,chardev=gpu,virtio-id=16,num_vqs=2,config_size=16";
+
+struct Setup {
+    image: GuestImage,
+    weston: Weston,
+}
+
+fn setup() -> Option<Setup> {
+    let image = GuestImage::find()?;
+    qemu11()?;
+    let weston = Weston::start_with(&["--use-pixman", "--debug"])?;
+    Some(Setup { image, weston })
+}
+
+fn boot(setup: &Setup, backend: &Backend, mode: &str) -> Guest {
+    let dir = TempDir::new("guest-wayland");
+    let init = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guest/init-wayland");
+    let proxy = binary("gpu-airlock-guest");
+    let client = Path::new(env!("CARGO_BIN_EXE_wl-pattern"));
+    let initrd = setup.image.with_files(
+        &dir.0,
+        &[
+            ("/init", &init),
+            ("/bin/gpu-airlock-guest", &proxy),
+            ("/bin/wl-pattern", client),
+            (
+                "/bin/weston-simple-shm",
+                Path::new("/usr/bin/weston-simple-shm"),
+            ),
+        ],
+    );
+    let append = format!("airlock.mode={mode}");
+    let boot = Boot {
+        kernel: &setup.image.kernel,
+        initrd: &initrd,
+        memory_mib: 512,
+        socket: &backend.socket,
+        device: DEVICE.into(),
+        append: &append,
+        reboot: false,
+        extra: Vec::new(),
+    };
+    Guest::boot(qemu11().expect("checked in setup"), boot, dir)
+}
+
+fn wait_for(guest: &mut Guest, line: &str, secs: u64) {
+    // A client's own failure ends the wait at once.
+    let seen = guest.wait_line(Duration::from_secs(secs), |l| {
+        l.contains(line) || l.starts_with("wl-pattern:") || l.contains("protocol error")
+    });
+    assert!(
+        seen.is_some_and(|l| l.contains(line)),
+        "the guest said `{line}`: {:#?}",
+        guest.lines
+    );
+}
+
+/// The bounding box of the pixels that differ between two screenshots,
+/// outside `skip` (x, y, width, height).
+fn changed(
+    a: &[u8],
+    b: &[u8],
+    width: usize,
+    skip: (usize, usize, usize, usize),
+) -> Option<(usize, usize, usize, usize)> {
+    let mut bbox: Option<(usize, usize, usize, usize)> = None;
+    for (i, (p, q)) in a.chunks(3).zip(b.chunks(3)).enumerate() {
+        let (x, y) = (i % width, i / width);
+        let inside = x >= skip.0 && x < skip.0 + skip.2 && y >= skip.1 && y < skip.1 + skip.3;
+        if p != q && !inside {
+            let (x0, y0, x1, y1) = bbox.unwrap_or((x, y, x, y));
+            bbox = Some((x0.min(x), y0.min(y), x1.max(x), y1.max(y)));
+        }
+    }
+    bbox.map(|(x0, y0, x1, y1)| (x0, y0, x1 - x0 + 1, y1 - y0 + 1))
+}
+
+#[test]
+fn guest_wayland_clients_draw_on_the_host_compositor_through_the_proxy() {
+    let Some(setup) = setup() else { return };
+    let backend = Backend::start(&["--wayland-socket", &setup.weston.arg()]);
+    let mut guest = boot(&setup, &backend, "show");
+    wait_for(&mut guest, "PATTERN shown 200 150", 120);
+
+    // The project's client: its window, pixel for pixel.
+    let (width, _, before) = setup.weston.screenshot();
+    let at = pattern::find(&before, width, 200, 150);
+    assert!(
+        at.is_some(),
+        "the host's screenshot shows the guest's 200x150 pattern"
+    );
+    let (px, py) = at.unwrap();
+
+    // Debian's weston-simple-shm (libwayland-client) beside it.
+    guest.type_line("simple-shm");
+    wait_for(&mut guest, "GUEST: simple-shm running", 60);
+    let (_, _, after) = setup.weston.screenshot();
+    let window = changed(&before, &after, width, (px, py, 200, 150));
+    let (_, _, w, h) = window.expect("weston-simple-shm's window changed the screen");
+    // simple-shm's window is 250x250; weston may place it over the
+    // pattern's, which hides part of it from this comparison.
+    assert!(
+        (100..=260).contains(&w) && (100..=260).contains(&h),
+        "weston-simple-shm's window is about 250x250: {window:?}"
+    );
+    assert_eq!(
+        pattern::find(&after, width, 200, 150),
+        Some((px, py)),
+        "the pattern is still whole beside simple-shm's window"
+    );
+
+    guest.type_line("quit");
+    wait_for(&mut guest, "GUEST: proxy exit", 60);
+    let console = guest.quit();
+    for want in [
+        "GUEST: simple-shm exit 0",
+        "PATTERN exit",
+        "GUEST: wl-pattern exit 0",
+        "GUEST: proxy exit 0",
+    ] {
+        assert!(
+            console.iter().any(|l| l.contains(want)),
+            "`{want}` in {console:#?}"
+        );
+    }
+    assert!(
+        !console
+            .iter()
+            .any(|l| l.contains("the proxy left its socket")),
+        "the proxy removed its socket: {console:#?}"
+    );
+    assert!(
+        !console
+            .iter()
+            .any(|l| l.contains("protocol error") || l.contains(" WARN ") || l.contains(" ERROR ")),
+        "no protocol errors or warnings in the guest: {console:#?}"
+    );
+    assert!(error_responses(&console).is_empty(), "{console:#?}");
+    let log = backend.log.lines();
+    let warnings: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(warnings.is_empty(), "the backend warned: {warnings:#?}");
+}
