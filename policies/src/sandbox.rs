@@ -125,6 +125,20 @@ fn pivot_into_empty_root(socket: Option<(&Path, &str)>) -> Result<(), Error> {
             None::<&str>,
         )
         .map_err(|e| bind_err(host, &e))?;
+        // rutabaga's cross-domain tells a descriptor the compositor sent
+        // (a keymap memfd, a dma-buf) by its /proc/self/fd link, and
+        // refuses what it cannot name; the process's own descriptor table,
+        // bound at that path, is all of /proc it sees.
+        let fds = Path::new(NEW_ROOT).join("proc/self/fd");
+        fs::create_dir_all(&fds).map_err(|e| bind_err(Path::new("/proc/self/fd"), &e))?;
+        mount(
+            Some("/proc/self/fd"),
+            &fds,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| bind_err(Path::new("/proc/self/fd"), &e))?;
     }
     chdir(NEW_ROOT).map_err(Error::Chdir)?;
     pivot_root(".", ".").map_err(Error::PivotRoot)?;

@@ -20,10 +20,48 @@ use rutabaga_gfx::{
     ResourceCreateBlob, Rutabaga, RutabagaBuilder, RutabagaComponentType, RutabagaError,
     RutabagaFence, RutabagaFenceHandler, RutabagaHandle, RutabagaIovec, RutabagaPath,
     RUTABAGA_BLOB_FLAG_USE_MAPPABLE, RUTABAGA_CAPSET_CROSS_DOMAIN, RUTABAGA_FLAG_FENCE,
-    RUTABAGA_FLAG_INFO_RING_IDX, RUTABAGA_MAP_CACHE_MASK,
+    RUTABAGA_FLAG_INFO_RING_IDX, RUTABAGA_MAP_ACCESS_MASK, RUTABAGA_MAP_ACCESS_READ,
+    RUTABAGA_MAP_CACHE_MASK,
 };
 use virtio_bindings::virtio_gpu as b;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+/// A memfd of `size` bytes holding the first `len` of `fd`'s, sealed
+/// against resizing.
+fn padded_copy(fd: &OwnedFd, len: u64, size: u64) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    use std::io::{Read, Seek, SeekFrom, Write};
+
+    let copy = memfd_create(
+        c"airlock-compositor-copy",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut from = File::from(fd.try_clone()?);
+    from.seek(SeekFrom::Start(0))?;
+    let mut to = File::from(copy);
+    to.set_len(size)?;
+    // By read and write: std::io::copy between files would reach for
+    // copy_file_range and sendfile, which the policy does not allow.
+    let mut buf = [0u8; 4096];
+    let mut left = len;
+    while left > 0 {
+        let n = from.read(&mut buf[..left.min(4096) as usize])?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    to.flush()?;
+    fcntl(
+        &to,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    Ok(to.into())
+}
 
 const ERR_UNSPEC: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_UNSPEC;
 const ERR_OUT_OF_MEMORY: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
@@ -532,8 +570,11 @@ impl RenderDevice {
                 format!("blob {resource_id} is already mapped"),
             );
         }
-        let map_info = match self.rutabaga.map_info(resource_id) {
-            Ok(i) => i & RUTABAGA_MAP_CACHE_MASK,
+        let (map_info, mut writable) = match self.rutabaga.map_info(resource_id) {
+            Ok(i) => (
+                i & RUTABAGA_MAP_CACHE_MASK,
+                i & RUTABAGA_MAP_ACCESS_MASK != RUTABAGA_MAP_ACCESS_READ,
+            ),
             Err(e) => return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {e}")),
         };
         let fd: OwnedFd = match self.rutabaga.export_blob(resource_id) {
@@ -555,11 +596,38 @@ impl RenderDevice {
                 )
             }
         };
+        // A descriptor the compositor sent (a keymap) holds just its bytes,
+        // and QEMU maps only whole pages of a file at least that long; it
+        // may be sealed against writing, and QEMU 11 maps every SHMEM_MAP
+        // writable whatever its flags say. Such a one reaches the guest as
+        // a private copy padded to the blob's size, which the compositor
+        // can then neither change nor truncate under the VM.
+        // (Its size by lseek, which the policy allows for rutabaga.)
+        let fd_len = fd
+            .try_clone()
+            .and_then(|f| std::io::Seek::seek(&mut File::from(f), std::io::SeekFrom::End(0)))
+            .unwrap_or(0);
+        let fd = if fd_len < blob.size || !writable {
+            match padded_copy(&fd, fd_len, blob.size) {
+                Ok(copy) => {
+                    writable = false;
+                    copy
+                }
+                Err(e) => {
+                    return refused(
+                        ERR_OUT_OF_MEMORY,
+                        format!("blob {resource_id}: a copy of its {fd_len} bytes: {e}"),
+                    )
+                }
+            }
+        } else {
+            fd
+        };
         let request = MapRequest::Map {
             resource_id,
             shm_offset: offset,
             size: blob.size,
-            writable: true,
+            writable,
         };
         if let Err(why) = self.map_request(&request, Some(&fd)) {
             return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {why}"));

@@ -30,6 +30,7 @@ pub use display::{DisplayConfig, DisplayPeer};
 pub use gpu_wire::*;
 
 pub mod blob_wire;
+pub mod compositor;
 pub mod display;
 pub mod guest;
 pub mod pattern;

@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use harness::compositor::{self, TestCompositor};
 use harness::guest::{error_responses, qemu11, Boot, Guest, GuestImage};
 use harness::wayland::Weston;
 use harness::{binary, pattern, Backend, TempDir};
@@ -157,6 +158,50 @@ fn guest_wayland_clients_draw_on_the_host_compositor_through_the_proxy() {
         "no protocol errors or warnings in the guest: {console:#?}"
     );
     assert!(error_responses(&console).is_empty(), "{console:#?}");
+    let log = backend.log.lines();
+    let warnings: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(warnings.is_empty(), "the backend warned: {warnings:#?}");
+}
+
+/// weston's headless backend has no seat: the harness's compositor sends a
+/// keymap and offers a clipboard, and takes the guest's.
+#[test]
+fn a_guest_client_gets_the_keymap_and_both_ways_of_the_clipboard_through_the_proxy() {
+    let Some(setup) = setup() else { return };
+    let test = TestCompositor::start();
+    let backend = Backend::start(&["--wayland-socket", &test.arg()]);
+    let mut guest = boot(&setup, &backend, "seat");
+    wait_for(&mut guest, "GUEST: proxy exit", 120);
+    let console = guest.quit();
+    let keymap = compositor::keymap();
+    for want in [
+        format!(
+            "KEYMAP bytes={} fnv={:08x} sealed=true",
+            keymap.len(),
+            compositor::fnv(&keymap)
+        ),
+        format!("CLIPBOARD {}", compositor::SELECTION),
+        "SENT".to_string(),
+        "GUEST: wl-pattern exit 0".to_string(),
+        "GUEST: proxy exit 0".to_string(),
+    ] {
+        assert!(
+            console.iter().any(|l| l.contains(&want)),
+            "`{want}` in {console:#?}"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while test.received.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        test.received.lock().unwrap().as_slice(),
+        ["the guest's clipboard, through a cross-domain write pipe"],
+        "the host compositor read the guest's selection"
+    );
     let log = backend.log.lines();
     let warnings: Vec<&String> = log
         .iter()

@@ -9,6 +9,10 @@
 //!   alternating buffers, each changing a DAMAGE×DAMAGE square (or `full`),
 //!   damaged, committed and round-tripped; prints
 //!   `BENCH wayland WxH damage=D frames=N fps=F`.
+//! - `wl-pattern seat`: takes the keyboard's keymap and the clipboard,
+//!   prints `KEYMAP bytes=N fnv=H sealed=S` and `CLIPBOARD text`, then
+//!   sets a selection of its own and writes [`GUEST_SELECTION`] when the
+//!   compositor asks (`SENT`).
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -20,12 +24,21 @@ use wayland_client::protocol::{
     wl_buffer::{self, WlBuffer},
     wl_callback::{self, WlCallback},
     wl_compositor::WlCompositor,
+    wl_data_device::{self, WlDataDevice},
+    wl_data_device_manager::WlDataDeviceManager,
+    wl_data_offer::{self, WlDataOffer},
+    wl_data_source::{self, WlDataSource},
+    wl_keyboard::{self, WlKeyboard},
     wl_registry::{self, WlRegistry},
+    wl_seat::WlSeat,
     wl_shm::{self, WlShm},
     wl_shm_pool::WlShmPool,
     wl_surface::WlSurface,
 };
-use wayland_client::{delegate_noop, Connection, Dispatch, QueueHandle};
+use wayland_client::{delegate_noop, event_created_child, Connection, Dispatch, QueueHandle};
+
+/// What the guest's selection holds.
+const GUEST_SELECTION: &str = "the guest's clipboard, through a cross-domain write pipe";
 use wayland_protocols::xdg::shell::client::{
     xdg_surface::{self, XdgSurface},
     xdg_toplevel::{self, XdgToplevel},
@@ -40,6 +53,11 @@ struct App {
     configured: bool,
     drawn: bool,
     released: [bool; 2],
+    seat: Option<WlSeat>,
+    data: Option<WlDataDeviceManager>,
+    keymap: Option<(Vec<u8>, bool)>,
+    selection: Option<WlDataOffer>,
+    sent: bool,
 }
 
 impl Dispatch<WlRegistry, ()> for App {
@@ -63,6 +81,10 @@ impl Dispatch<WlRegistry, ()> for App {
                 }
                 "wl_shm" => app.shm = Some(registry.bind(name, 1, qh, ())),
                 "xdg_wm_base" => app.wm = Some(registry.bind(name, 1, qh, ())),
+                "wl_seat" => app.seat = Some(registry.bind(name, version.min(5), qh, ())),
+                "wl_data_device_manager" => {
+                    app.data = Some(registry.bind(name, version.min(3), qh, ()))
+                }
                 _ => {}
             }
         }
@@ -154,6 +176,79 @@ impl Dispatch<WlShm, ()> for App {
     }
 }
 
+impl Dispatch<WlKeyboard, ()> for App {
+    fn event(
+        app: &mut Self,
+        _: &WlKeyboard,
+        event: wl_keyboard::Event,
+        _: &(),
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
+        if let wl_keyboard::Event::Keymap { fd, size, .. } = event {
+            let file = File::from(fd);
+            let mut bytes = vec![0u8; size as usize];
+            file.read_exact_at(&mut bytes, 0)
+                .unwrap_or_else(|e| fail(&format!("reading the keymap: {e}")));
+            let seals = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GET_SEALS).unwrap_or(0);
+            let wanted = nix::fcntl::SealFlag::F_SEAL_WRITE | nix::fcntl::SealFlag::F_SEAL_SHRINK;
+            let sealed = nix::fcntl::SealFlag::from_bits_truncate(seals).contains(wanted);
+            app.keymap = Some((bytes, sealed));
+        }
+    }
+}
+
+impl Dispatch<WlDataDevice, ()> for App {
+    fn event(
+        app: &mut Self,
+        _: &WlDataDevice,
+        event: wl_data_device::Event,
+        _: &(),
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
+        if let wl_data_device::Event::Selection { id } = event {
+            app.selection = id;
+        }
+    }
+
+    event_created_child!(App, WlDataDevice, [
+        wl_data_device::EVT_DATA_OFFER_OPCODE => (WlDataOffer, ()),
+    ]);
+}
+
+impl Dispatch<WlDataOffer, ()> for App {
+    fn event(
+        _: &mut Self,
+        _: &WlDataOffer,
+        _: wl_data_offer::Event,
+        _: &(),
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
+    }
+}
+
+impl Dispatch<WlDataSource, ()> for App {
+    fn event(
+        app: &mut Self,
+        _: &WlDataSource,
+        event: wl_data_source::Event,
+        _: &(),
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
+        if let wl_data_source::Event::Send { fd, .. } = event {
+            let mut pipe = File::from(fd);
+            std::io::Write::write_all(&mut pipe, GUEST_SELECTION.as_bytes())
+                .unwrap_or_else(|e| fail(&format!("writing the selection: {e}")));
+            app.sent = true;
+        }
+    }
+}
+
+delegate_noop!(App: ignore WlSeat);
+delegate_noop!(App: ignore WlDataDeviceManager);
 delegate_noop!(App: ignore WlCompositor);
 delegate_noop!(App: ignore WlSurface);
 delegate_noop!(App: ignore WlShmPool);
@@ -165,12 +260,14 @@ fn fail(what: &str) -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() < 2 {
+        fail("usage: wl-pattern show W H | bench W H FRAMES DAMAGE|full | seat");
+    }
     let num = |i: usize| -> u32 {
-        args.get(i)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| fail("usage: wl-pattern show W H | bench W H FRAMES DAMAGE|full"))
+        args.get(i).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+            fail("usage: wl-pattern show W H | bench W H FRAMES DAMAGE|full | seat")
+        })
     };
-    let (width, height) = (num(2), num(3));
     let conn = Connection::connect_to_env().unwrap_or_else(|e| fail(&format!("connect: {e}")));
     let mut queue = conn.new_event_queue();
     let qh = queue.handle();
@@ -179,6 +276,10 @@ fn main() {
     queue
         .roundtrip(&mut app)
         .unwrap_or_else(|e| fail(&format!("roundtrip: {e}")));
+    if args[1] == "seat" {
+        return seat(&conn, &mut queue, app);
+    }
+    let (width, height) = (num(2), num(3));
     let (Some(compositor), Some(shm), Some(wm)) =
         (app.compositor.clone(), app.shm.clone(), app.wm.clone())
     else {
@@ -296,5 +397,57 @@ fn main() {
     queue
         .roundtrip(&mut app)
         .unwrap_or_else(|e| fail(&format!("roundtrip: {e}")));
+    println!("PATTERN exit");
+}
+
+fn seat(conn: &Connection, queue: &mut wayland_client::EventQueue<App>, mut app: App) {
+    let qh = queue.handle();
+    let (Some(seat), Some(data)) = (app.seat.clone(), app.data.clone()) else {
+        fail("the compositor lacks wl_seat or wl_data_device_manager");
+    };
+    let keyboard = seat.get_keyboard(&qh, ());
+    let device = data.get_data_device(&seat, &qh, ());
+    let roundtrip = |queue: &mut wayland_client::EventQueue<App>, app: &mut App| {
+        queue
+            .roundtrip(app)
+            .unwrap_or_else(|e| fail(&format!("roundtrip: {e}")));
+    };
+    roundtrip(queue, &mut app);
+    roundtrip(queue, &mut app);
+    let Some((keymap, sealed)) = app.keymap.take() else {
+        fail("no keymap came")
+    };
+    println!(
+        "KEYMAP bytes={} fnv={:08x} sealed={sealed}",
+        keymap.len(),
+        harness::compositor::fnv(&keymap)
+    );
+    let Some(offer) = app.selection.take() else {
+        fail("no selection came")
+    };
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    offer.receive(harness::compositor::MIME.into(), write.as_fd());
+    drop(write);
+    conn.flush()
+        .unwrap_or_else(|e| fail(&format!("flush: {e}")));
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut File::from(read), &mut text)
+        .unwrap_or_else(|e| fail(&format!("reading the clipboard: {e}")));
+    println!("CLIPBOARD {text}");
+    let source = data.create_data_source(&qh, ());
+    source.offer(harness::compositor::MIME.into());
+    device.set_selection(Some(&source), 0);
+    while !app.sent {
+        queue
+            .blocking_dispatch(&mut app)
+            .unwrap_or_else(|e| fail(&format!("dispatch: {e}")));
+    }
+    println!("SENT");
+    roundtrip(queue, &mut app);
+    offer.destroy();
+    source.destroy();
+    device.release();
+    keyboard.release();
+    roundtrip(queue, &mut app);
     println!("PATTERN exit");
 }
