@@ -68,7 +68,7 @@ fn boot(setup: &Setup, backend: &Backend, mode: &str) -> Guest {
 fn wait_for(guest: &mut Guest, line: &str, secs: u64) {
     // A client's own failure ends the wait at once.
     let seen = guest.wait_line(Duration::from_secs(secs), |l| {
-        l.contains(line) || l.starts_with("wl-pattern:") || l.contains("protocol error")
+        l.contains(line) || l.starts_with("wl-pattern:")
     });
     assert!(
         seen.is_some_and(|l| l.contains(line)),
@@ -208,4 +208,67 @@ fn a_guest_client_gets_the_keymap_and_both_ways_of_the_clipboard_through_the_pro
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         .collect();
     assert!(warnings.is_empty(), "the backend warned: {warnings:#?}");
+}
+
+/// Clients that break the protocol get a protocol error each, on their
+/// own connection; a good client beside them keeps its window, and the
+/// backend and the proxy keep running.
+#[test]
+fn malformed_guest_clients_get_protocol_errors_and_others_keep_their_windows() {
+    let Some(setup) = setup() else { return };
+    let backend = Backend::start(&[
+        "--wayland-socket",
+        &setup.weston.arg(),
+        "--max-resource-memory",
+        "64",
+    ]);
+    let mut guest = boot(&setup, &backend, "bad");
+    wait_for(&mut guest, "PATTERN shown 200 150", 120);
+    guest.type_line("bad");
+    wait_for(&mut guest, "BAD done", 120);
+    let (width, _, screen) = setup.weston.screenshot();
+    assert!(
+        pattern::find(&screen, width, 200, 150).is_some(),
+        "the good client's window is still whole"
+    );
+    guest.type_line("quit");
+    wait_for(&mut guest, "GUEST: proxy exit", 60);
+    let console = guest.quit();
+    let bad = |name: &str| -> String {
+        console
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("BAD {name} ")).map(str::to_string))
+            .unwrap_or_else(|| panic!("no `BAD {name}` line: {console:#?}"))
+    };
+    for (name, object, code, says) in [
+        ("malformed", Some(1), 1, "a message of 6 bytes"),
+        ("unknown-object", Some(1), 0, "no object 99"),
+        ("short-arguments", Some(1), 1, "get_registry"),
+        ("fd-flood", Some(1), 3, "descriptors sent ahead"),
+        ("unannounced-global", Some(1), 0, "not announced"),
+        ("pool-on-a-pipe", None, 2, "not a file"),
+        ("buffer-outside-pool", None, 1, "in a pool of 4096 bytes"),
+        ("pool-past-budget", None, 2, "no host memory"),
+    ] {
+        let got = bad(name);
+        assert!(got.contains(&format!("code={code} ")), "{name}: {got}");
+        if let Some(o) = object {
+            assert!(got.starts_with(&format!("object={o} ")), "{name}: {got}");
+        }
+        assert!(got.contains(says), "{name}: `{says}` in {got}");
+    }
+    for want in ["GUEST: wl-pattern exit 0", "GUEST: proxy exit 0"] {
+        assert!(
+            console.iter().any(|l| l.contains(want)),
+            "`{want}` in {console:#?}"
+        );
+    }
+    // The host refused the blob past its budget, and said so; nothing
+    // else went wrong there.
+    let log = backend.log.lines();
+    assert!(
+        log.iter().any(|l| l.contains("--max-resource-memory")),
+        "{log:#?}"
+    );
+    assert!(!log.iter().any(|l| l.contains("ERROR")), "{log:#?}");
 }

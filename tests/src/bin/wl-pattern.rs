@@ -9,6 +9,8 @@
 //!   alternating buffers, each changing a DAMAGE×DAMAGE square (or `full`),
 //!   damaged, committed and round-tripped; prints
 //!   `BENCH wayland WxH damage=D frames=N fps=F`.
+//! - `wl-pattern bad`: clients that break the protocol in each way the
+//!   proxy must answer with a protocol error, each on its own connection.
 //! - `wl-pattern seat`: takes the keyboard's keymap and the clipboard,
 //!   prints `KEYMAP bytes=N fnv=H sealed=S` and `CLIPBOARD text`, then
 //!   sets a selection of its own and writes [`GUEST_SELECTION`] when the
@@ -261,11 +263,11 @@ fn fail(what: &str) -> ! {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 2 {
-        fail("usage: wl-pattern show W H | bench W H FRAMES DAMAGE|full | seat");
+        fail("usage: wl-pattern show W H | bench W H FRAMES DAMAGE|full | seat | bad");
     }
     let num = |i: usize| -> u32 {
         args.get(i).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
-            fail("usage: wl-pattern show W H | bench W H FRAMES DAMAGE|full | seat")
+            fail("usage: wl-pattern show W H | bench W H FRAMES DAMAGE|full | seat | bad")
         })
     };
     let conn = Connection::connect_to_env().unwrap_or_else(|e| fail(&format!("connect: {e}")));
@@ -278,6 +280,9 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("roundtrip: {e}")));
     if args[1] == "seat" {
         return seat(&conn, &mut queue, app);
+    }
+    if args[1] == "bad" {
+        return bad();
     }
     let (width, height) = (num(2), num(3));
     let (Some(compositor), Some(shm), Some(wm)) =
@@ -450,4 +455,250 @@ fn seat(conn: &Connection, queue: &mut wayland_client::EventQueue<App>, mut app:
     keyboard.release();
     roundtrip(queue, &mut app);
     println!("PATTERN exit");
+}
+
+/// A raw connection to the proxy, for the malformed clients of `bad`.
+struct Raw {
+    stream: std::os::unix::net::UnixStream,
+    next_id: u32,
+}
+
+impl Raw {
+    fn connect() -> Raw {
+        let dir = std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| fail("XDG_RUNTIME_DIR"));
+        let path = Path::new(&dir).join("wayland-0");
+        let stream = std::os::unix::net::UnixStream::connect(path)
+            .unwrap_or_else(|e| fail(&format!("connect: {e}")));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Raw { stream, next_id: 2 }
+    }
+
+    fn id(&mut self) -> u32 {
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
+    fn send(&self, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let iov = [std::io::IoSlice::new(bytes)];
+        let _ = sendmsg::<()>(
+            self.stream.as_raw_fd(),
+            &iov,
+            if raw.is_empty() { &[] } else { &cmsg },
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+    }
+
+    /// Events until `until` says stop or the connection ends: (object,
+    /// opcode, body).
+    fn events(&mut self, mut until: impl FnMut(u32, u16, &[u8]) -> bool) {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Ok(Some(h)) = airlock_guest::wire::Header::peek(&buf) {
+                if buf.len() < h.size {
+                    break;
+                }
+                let body = buf[8..h.size].to_vec();
+                buf.drain(..h.size);
+                if until(h.object, h.opcode, &body) {
+                    return;
+                }
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The wl_display.error the proxy sends, as `code message`, or what
+    /// happened instead.
+    fn error(&mut self) -> String {
+        use airlock_guest::wire::{parse, Arg};
+        use wayland_client::protocol::wl_display::WlDisplay;
+        use wayland_client::Proxy;
+        let mut got = "no error: the connection ended without one".to_string();
+        self.events(|object, opcode, body| {
+            if object == 1 && opcode == 0 {
+                let sig = WlDisplay::interface().events[0].signature;
+                got = match parse(body, sig).as_deref() {
+                    Ok([Arg::Object(o), Arg::Uint(code), Arg::Str(Some(m))]) => {
+                        format!("object={o} code={code} {}", String::from_utf8_lossy(m))
+                    }
+                    other => format!("a malformed error: {other:?}"),
+                };
+                return true;
+            }
+            false
+        });
+        got
+    }
+
+    /// get_registry, then the name of global `interface`.
+    fn global(&mut self, interface: &str) -> u32 {
+        use airlock_guest::wire::{message, parse, Arg};
+        use wayland_client::protocol::wl_registry::WlRegistry;
+        use wayland_client::Proxy;
+        let registry = self.id();
+        let sync = self.id();
+        let mut out = message(1, 1, &[Arg::NewId(registry)]);
+        out.extend(message(1, 0, &[Arg::NewId(sync)]));
+        self.send(&out, &[]);
+        let mut name = None;
+        self.events(|object, opcode, body| {
+            if object == registry && opcode == 0 {
+                if let Ok([Arg::Uint(n), Arg::Str(Some(i)), _]) =
+                    parse(body, WlRegistry::interface().events[0].signature).as_deref()
+                {
+                    if i == interface.as_bytes() {
+                        name = Some(*n);
+                    }
+                }
+            }
+            object == sync
+        });
+        name.unwrap_or_else(|| fail(&format!("no {interface} global")))
+    }
+
+    /// Binds wl_shm and creates a pool of `size` over `fd`: (shm, pool).
+    fn pool(&mut self, fd: std::os::fd::BorrowedFd<'_>, size: i32) -> (u32, u32) {
+        use airlock_guest::wire::{message, Arg};
+        let name = self.global("wl_shm");
+        let (shm, pool) = (self.id(), self.id());
+        let mut out = message(
+            2,
+            0,
+            &[
+                Arg::Uint(name),
+                Arg::Str(Some(b"wl_shm".to_vec())),
+                Arg::Uint(1),
+                Arg::NewId(shm),
+            ],
+        );
+        out.extend(message(
+            shm,
+            0,
+            &[Arg::NewId(pool), Arg::Fd, Arg::Int(size)],
+        ));
+        self.send(&out, &[fd]);
+        (shm, pool)
+    }
+}
+
+/// Clients that break the protocol, each on its own connection: each must
+/// get a protocol error (`BAD name object=O code=C message`).
+fn bad() {
+    use airlock_guest::wire::{message, Arg};
+    let memfd = |size: u64| {
+        let fd =
+            nix::sys::memfd::memfd_create(c"bad", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+        let f = File::from(fd);
+        f.set_len(size).unwrap();
+        f
+    };
+    let report = |name: &str, got: String| println!("BAD {name} {got}");
+
+    // A header whose size is not a whole number of words.
+    let mut raw = Raw::connect();
+    let mut m = message(1, 0, &[Arg::NewId(2)]);
+    m[4..8].copy_from_slice(&((6u32 << 16) | 0).to_ne_bytes());
+    raw.send(&m, &[]);
+    report("malformed", raw.error());
+
+    // A request to an object that does not exist.
+    let mut raw = Raw::connect();
+    raw.send(&message(99, 0, &[]), &[]);
+    report("unknown-object", raw.error());
+
+    // Arguments cut short (wl_display.get_registry without its id).
+    let mut raw = Raw::connect();
+    raw.send(&message(1, 1, &[]), &[]);
+    report("short-arguments", raw.error());
+
+    // Descriptors sent ahead of any message that carries them.
+    let mut raw = Raw::connect();
+    let f = memfd(4096);
+    let fds: Vec<std::os::fd::BorrowedFd<'_>> = (0..28).map(|_| f.as_fd()).collect();
+    for i in 0..3 {
+        raw.send(&message(1, 0, &[Arg::NewId(2 + i)]), &fds);
+    }
+    report("fd-flood", raw.error());
+
+    // A global the proxy did not announce.
+    let mut raw = Raw::connect();
+    let name = raw.global("wl_compositor");
+    raw.send(
+        &message(
+            2,
+            0,
+            &[
+                Arg::Uint(name + 1000),
+                Arg::Str(Some(b"zwp_linux_dmabuf_v1".to_vec())),
+                Arg::Uint(3),
+                Arg::NewId(9),
+            ],
+        ),
+        &[],
+    );
+    report("unannounced-global", raw.error());
+
+    // A pool on a pipe.
+    let mut raw = Raw::connect();
+    let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    raw.pool(r.as_fd(), 4096);
+    report("pool-on-a-pipe", raw.error());
+
+    // A buffer past the end of its pool.
+    let mut raw = Raw::connect();
+    let f = memfd(4096);
+    let (_, pool) = raw.pool(f.as_fd(), 4096);
+    let buffer = raw.id();
+    raw.send(
+        &message(
+            pool,
+            0,
+            &[
+                Arg::NewId(buffer),
+                Arg::Int(0),
+                Arg::Int(64),
+                Arg::Int(64),
+                Arg::Int(256),
+                Arg::Uint(1),
+            ],
+        ),
+        &[],
+    );
+    report("buffer-outside-pool", raw.error());
+
+    // A buffer larger than the host's blob budget (a sparse 256 MiB pool).
+    let mut raw = Raw::connect();
+    let f = memfd(256 << 20);
+    let (_, pool) = raw.pool(f.as_fd(), 256 << 20);
+    let buffer = raw.id();
+    raw.send(
+        &message(
+            pool,
+            0,
+            &[
+                Arg::NewId(buffer),
+                Arg::Int(0),
+                Arg::Int(8192),
+                Arg::Int(8192),
+                Arg::Int(32768),
+                Arg::Uint(1),
+            ],
+        ),
+        &[],
+    );
+    report("pool-past-budget", raw.error());
+
+    println!("BAD done");
 }
