@@ -609,7 +609,7 @@ fn bad() {
     // A header whose size is not a whole number of words.
     let mut raw = Raw::connect();
     let mut m = message(1, 0, &[Arg::NewId(2)]);
-    m[4..8].copy_from_slice(&((6u32 << 16) | 0).to_ne_bytes());
+    m[4..8].copy_from_slice(&(6u32 << 16).to_ne_bytes());
     raw.send(&m, &[]);
     report("malformed", raw.error());
 
