@@ -106,7 +106,7 @@ impl Channel {
                 .map_err(|e| io_error(format!("mapping the {what} ring: {e}")))?;
             Ok((blob, map))
         };
-        let (query, query_map) = ring("query")?;
+        let (query, mut query_map) = ring("query")?;
         let (channel_ring, ring_map) = ring("channel")?;
         let init = cross_domain::init(
             query.res,
@@ -117,6 +117,20 @@ impl Channel {
             .map_err(|e| io_error(format!("cross-domain INIT: {e}")))?;
         gpu.wait(query.bo)
             .map_err(|e| io_error(format!("waiting for cross-domain INIT: {e}")))?;
+        // EXECBUFFER is asynchronous: a refused INIT (no compositor to
+        // connect to) signals its fence all the same. Image requirements
+        // are answered only on a context that INIT set up.
+        query_map.as_mut_slice().fill(0);
+        let cmd = cross_domain::get_image_requirements(1, 1, cross_domain::DRM_FORMAT_XRGB8888, 0);
+        gpu.execbuffer(&cmd, &[query.bo], Some(cross_domain::QUERY_RING))
+            .and_then(|()| gpu.wait(query.bo))
+            .map_err(|e| io_error(format!("GET_IMAGE_REQUIREMENTS: {e}")))?;
+        if ImageRequirements::parse(query_map.as_slice()).is_none_or(|r| r.size == 0) {
+            return Err(io_error(
+                "the host's cross-domain INIT opened no channel (is its compositor running?)"
+                    .into(),
+            ));
+        }
         let channel = Channel {
             gpu,
             query,

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use airlock_guest::proxy::{End, Proxy};
 use airlock_guest::virtgpu::Gpu;
 use clap::Parser;
+use nix::sys::resource::{getrusage, UsageWho};
 use nix::sys::signal::{SigSet, Signal};
 
 /// A Wayland proxy for Linux guests of gpu-airlock: clients connect to
@@ -50,8 +51,13 @@ fn serve(stream: UnixStream, node: &Path, client: u64) {
         ),
         End::Host(why) => log::warn!("client {client}: ended: {why}"),
     }
+    // This thread served this client alone: its CPU time is the client's.
+    let cpu_us = getrusage(UsageWho::RUSAGE_THREAD).map_or(0, |u| {
+        let us = |t: nix::sys::time::TimeVal| t.tv_sec() * 1_000_000 + t.tv_usec();
+        us(u.user_time()) + us(u.system_time())
+    });
     log::info!(
-        "client {client}: {} commits, {} bytes copied",
+        "client {client}: {} commits, {} bytes copied, {cpu_us} us of CPU",
         stats.commits,
         stats.bytes_copied
     );

@@ -232,6 +232,16 @@ fn malformed_guest_clients_get_protocol_errors_and_others_keep_their_windows() {
         "the good client's window is still whole"
     );
     guest.type_line("quit");
+    wait_for(&mut guest, "GUEST: after restart exit", 60);
+    wait_for(&mut guest, "PATTERN shown 120 90", 60);
+    let mut setup = setup;
+    setup.weston.kill();
+    wait_for(&mut guest, "the compositor closed the connection", 60);
+    guest.type_line("gone");
+    // (The client that finds no compositor fails, as it should.)
+    guest.wait_line(Duration::from_secs(60), |l| {
+        l.contains("GUEST: without a compositor exit")
+    });
     wait_for(&mut guest, "GUEST: proxy exit", 60);
     let console = guest.quit();
     let bad = |name: &str| -> String {
@@ -257,12 +267,31 @@ fn malformed_guest_clients_get_protocol_errors_and_others_keep_their_windows() {
         }
         assert!(got.contains(says), "{name}: `{says}` in {got}");
     }
-    for want in ["GUEST: wl-pattern exit 0", "GUEST: proxy exit 0"] {
+    for want in [
+        "GUEST: wl-pattern exit 0",
+        "GUEST: after restart exit 0",
+        // The client saw its connection end; the proxy logged why.
+        "PATTERN connection ended",
+        "GUEST: after the compositor went exit 3",
+        // A client with no compositor to reach is turned away (the
+        // proxy's line saying so may interleave with others on the
+        // console).
+        "GUEST: without a compositor exit 1",
+        "GUEST: proxy exit 0",
+    ] {
         assert!(
             console.iter().any(|l| l.contains(want)),
             "`{want}` in {console:#?}"
         );
     }
+    assert_eq!(
+        console
+            .iter()
+            .filter(|l| l.contains("GUEST: proxy exit 0"))
+            .count(),
+        2,
+        "both proxies stopped cleanly: {console:#?}"
+    );
     // The host refused the blob past its budget, and said so; nothing
     // else went wrong there.
     let log = backend.log.lines();
@@ -271,4 +300,8 @@ fn malformed_guest_clients_get_protocol_errors_and_others_keep_their_windows() {
         "{log:#?}"
     );
     assert!(!log.iter().any(|l| l.contains("ERROR")), "{log:#?}");
+    assert!(
+        harness::process_alive(backend.pid()),
+        "the backend outlived its compositor"
+    );
 }

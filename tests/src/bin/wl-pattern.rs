@@ -340,8 +340,17 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(50));
                 conn.flush().ok();
                 if let Some(guard) = queue.prepare_read() {
-                    // Reads what is there without blocking.
-                    let _ = guard.read();
+                    // Reads what is there without blocking; the end of the
+                    // connection (the compositor gone) ends the client.
+                    match guard.read() {
+                        Ok(_) => {}
+                        Err(wayland_client::backend::WaylandError::Io(e))
+                            if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            println!("PATTERN connection ended: {e}");
+                            std::process::exit(3);
+                        }
+                    }
                 }
                 queue
                     .dispatch_pending(&mut app)
