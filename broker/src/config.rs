@@ -20,6 +20,8 @@ unsafe impl ByteValued for VirtioGpuConfig {}
 pub struct DeviceConfig {
     pub scanouts: Vec<ScanoutSize>,
     pub max_resource_memory: u64,
+    /// `--max-contexts`.
+    pub max_contexts: u32,
     /// Bytes in the host-visible region (`--shm-size`).
     pub shm_size: u64,
     /// Capsets render-worker's rutabaga offers (it says so once jailed).
@@ -36,6 +38,7 @@ impl DeviceConfig {
             max_resource_memory: self.max_resource_memory,
             jail: self.jail,
             contexts: self.num_capsets > 0,
+            max_contexts: self.max_contexts,
         }
     }
 
@@ -170,6 +173,7 @@ mod tests {
         let c = DeviceConfig {
             scanouts: vec![parse_scanout("640x480").unwrap(); 3],
             max_resource_memory: 1 << 28,
+            max_contexts: 64,
             shm_size: 1 << 33,
             num_capsets: 1,
             wayland_socket: None,

@@ -88,6 +88,15 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     max_resource_memory: u64,
 
+    /// Most contexts a guest may have at once (each is a rutabaga context;
+    /// a cross-domain one also a thread and a compositor connection in
+    /// render-worker); past it CTX_CREATE gets ERR_OUT_OF_MEMORY. The
+    /// default is far past what a desktop guest makes (one per Wayland
+    /// client and GL program).
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(ipc::MAX_CONTEXTS)))]
+    max_contexts: u32,
+
     /// Size of the host-visible shared memory region (shmid 1) that blob
     /// resources are mapped into, with a K, M or G suffix (like crosvm's
     /// default, 8G). Offered to front-ends that negotiate SHMEM. A power
@@ -170,6 +179,7 @@ fn run(args: Args) -> Result<(), String> {
     let mut config = DeviceConfig {
         scanouts,
         max_resource_memory: args.max_resource_memory << 20,
+        max_contexts: args.max_contexts,
         shm_size: args.shm_size,
         num_capsets: 0,
         wayland_socket,

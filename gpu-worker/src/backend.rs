@@ -96,11 +96,16 @@ impl GpuBackend {
         render: RenderLink,
         events: Option<Channel<Nothing, RenderEvent>>,
         contexts: bool,
+        max_contexts: u32,
     ) -> io::Result<Self> {
         let (exit_consumer, exit_notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
         Ok(GpuBackend {
             features: device_features(contexts),
-            device: GpuDevice::new(scanouts, max_resource_memory, display, render),
+            device: {
+                let device = GpuDevice::new(scanouts, max_resource_memory, display, render);
+                device.set_max_contexts(max_contexts);
+                device
+            },
             mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
             event_idx: AtomicBool::new(false),
             exit_consumer,

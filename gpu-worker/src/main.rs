@@ -140,6 +140,7 @@ fn serve_one(
             Link::new("render-worker", Channel::new(render)),
             Some(Channel::new(events)),
             config.contexts,
+            config.max_contexts,
         )
         .map_err(|e| e.to_string())?,
     );

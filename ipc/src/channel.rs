@@ -383,6 +383,7 @@ mod tests {
                 height: 800,
             }],
             max_resource_memory: 1 << 28,
+            max_contexts: 64,
             jail: JAIL,
             contexts: false,
         };
@@ -620,6 +621,7 @@ mod tests {
                 height: 1080,
             }],
             max_resource_memory: 1 << 28,
+            max_contexts: 64,
             jail: JAIL,
             contexts: false,
         };
@@ -627,6 +629,7 @@ mod tests {
         assert!(GpuConfig {
             scanouts: vec![],
             max_resource_memory: 1 << 28,
+            max_contexts: 64,
             jail: JAIL,
             contexts: false
         }
@@ -635,6 +638,7 @@ mod tests {
         let too_many = GpuConfig {
             scanouts: vec![ok.scanouts[0]; MAX_SCANOUTS + 1],
             max_resource_memory: 1 << 28,
+            max_contexts: 64,
             jail: JAIL,
             contexts: false,
         };
@@ -645,6 +649,7 @@ mod tests {
                 height: 10,
             }],
             max_resource_memory: 1 << 28,
+            max_contexts: 64,
             jail: JAIL,
             contexts: false,
         };

@@ -82,11 +82,24 @@ pub struct GpuConfig {
     /// EXECBUFFER, host blobs and context attachment on it, whatever the
     /// context type (crosvm offers it for cross-domain alone too).
     pub contexts: bool,
+    /// Most contexts a guest may have at once (each is a rutabaga context,
+    /// and a cross-domain one a thread and a compositor connection).
+    pub max_contexts: u32,
 }
+
+/// The most `--max-contexts` may be: virtio-gpu context ids are 32-bit,
+/// but each context costs render-worker a thread.
+pub const MAX_CONTEXTS: u32 = 4096;
 
 impl GpuConfig {
     /// Checks what a receiver must not take on trust.
     pub fn validate(&self) -> Result<(), String> {
+        if self.max_contexts == 0 || self.max_contexts > MAX_CONTEXTS {
+            return Err(format!(
+                "max_contexts {} is outside 1..={MAX_CONTEXTS}",
+                self.max_contexts
+            ));
+        }
         if self.scanouts.is_empty() || self.scanouts.len() > MAX_SCANOUTS {
             return Err(format!(
                 "{} scanouts configured; a virtio-gpu device has 1 to {MAX_SCANOUTS}",

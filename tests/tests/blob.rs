@@ -587,3 +587,42 @@ fn a_fence_that_could_never_signal_is_refused_not_held() {
         .wait_for(&["it would never signal"], Duration::from_secs(5))
         .is_some());
 }
+
+/// `--max-contexts` caps the contexts a guest has at once (each costs
+/// render-worker a rutabaga context, and a cross-domain one a thread and a
+/// compositor connection): past it CTX_CREATE gets ERR_OUT_OF_MEMORY, and a
+/// destroyed context makes room again.
+#[test]
+fn contexts_past_max_contexts_get_out_of_memory_until_one_is_destroyed() {
+    let socket = UnservedSocket::new();
+    let backend = Backend::start(&["--wayland-socket", &socket.arg(), "--max-contexts", "2"]);
+    let mut dev = Device::connect(&backend.socket);
+    assert_eq!(code(&mut dev, &ctx_create(11, 0, "a")), RESP_OK_NODATA);
+    assert_eq!(code(&mut dev, &ctx_create(12, 0, "b")), RESP_OK_NODATA);
+    assert_eq!(
+        code(&mut dev, &ctx_create(13, 0, "c")),
+        RESP_ERR_OUT_OF_MEMORY,
+        "a third context past --max-contexts 2"
+    );
+    // The same again: a refusal takes nothing.
+    assert_eq!(
+        code(&mut dev, &ctx_create(13, 0, "c")),
+        RESP_ERR_OUT_OF_MEMORY
+    );
+    assert_eq!(
+        code(&mut dev, &hdr(CMD_CTX_DESTROY, 11, None)),
+        RESP_OK_NODATA
+    );
+    assert_eq!(code(&mut dev, &ctx_create(13, 0, "c")), RESP_OK_NODATA);
+    assert!(
+        backend
+            .log
+            .wait_for(&["--max-contexts"], Duration::from_secs(5))
+            .is_some(),
+        "the refusal names the option"
+    );
+    // After a reset the guest starts with none.
+    dev.reset();
+    assert_eq!(code(&mut dev, &ctx_create(21, 0, "a")), RESP_OK_NODATA);
+    assert_eq!(code(&mut dev, &ctx_create(22, 0, "b")), RESP_OK_NODATA);
+}

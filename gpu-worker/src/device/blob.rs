@@ -5,8 +5,9 @@
 //! blobs (kept by render-worker); gpu-worker remembers which ids are blobs
 //! so every command reaches the process that holds the resource.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use ipc::{
@@ -43,18 +44,43 @@ impl Blob {
     }
 }
 
-/// The blob registry and resource UUIDs of one connection.
-#[derive(Debug, Default)]
+/// The blob registry, resource UUIDs and live contexts of one connection.
+#[derive(Debug)]
 pub struct Blobs {
     blobs: Mutex<HashMap<u32, Blob>>,
     uuids: Mutex<HashMap<u32, [u8; 16]>>,
+    contexts: Mutex<HashSet<u32>>,
+    /// `--max-contexts`.
+    max_contexts: AtomicU32,
 }
 
+impl Default for Blobs {
+    fn default() -> Self {
+        Blobs {
+            blobs: Mutex::default(),
+            uuids: Mutex::default(),
+            contexts: Mutex::default(),
+            max_contexts: AtomicU32::new(DEFAULT_MAX_CONTEXTS),
+        }
+    }
+}
+
+/// `--max-contexts`'s default.
+pub const DEFAULT_MAX_CONTEXTS: u32 = 256;
+
 impl Blobs {
-    /// Forgets every blob (the device was reset).
+    /// Forgets every blob and context (the device was reset).
     pub fn clear(&self) {
         self.blobs.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.uuids.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.contexts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    pub fn set_max_contexts(&self, n: u32) {
+        self.max_contexts.store(n, Ordering::Relaxed);
     }
 
     pub fn contains(&self, id: u32) -> bool {
@@ -181,16 +207,36 @@ impl GpuDevice {
                 let b: CtxCreate = body(reader)?;
                 let nlen = (b.nlen.to_native() as usize).min(b.debug_name.len());
                 let name = String::from_utf8_lossy(&b.debug_name[..nlen]).into_owned();
+                // Held across the request, so two queues cannot both take
+                // the last context.
+                let mut live = self
+                    .blobs
+                    .contexts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let max = self.blobs.max_contexts.load(Ordering::Relaxed);
+                if !live.contains(&ctx_id) && live.len() >= max as usize {
+                    return refuse(
+                        RESP_ERR_OUT_OF_MEMORY,
+                        format!("context {ctx_id}: {max} contexts exist (--max-contexts)"),
+                    );
+                }
                 self.render_done(&RenderCommand::CtxCreate {
                     ctx_id,
                     context_init: b.context_init.to_native(),
                     name,
                 })?;
+                live.insert(ctx_id);
                 Ok(Response::Ok)
             }
             CMD_CTX_DESTROY => {
                 let ctx_id = needs_ctx(ctx_id)?;
                 self.render_done(&RenderCommand::CtxDestroy { ctx_id })?;
+                self.blobs
+                    .contexts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&ctx_id);
                 Ok(Response::Ok)
             }
             CMD_CTX_ATTACH_RESOURCE | CMD_CTX_DETACH_RESOURCE => {
