@@ -626,3 +626,61 @@ fn contexts_past_max_contexts_get_out_of_memory_until_one_is_destroyed() {
     assert_eq!(code(&mut dev, &ctx_create(21, 0, "a")), RESP_OK_NODATA);
     assert_eq!(code(&mut dev, &ctx_create(22, 0, "b")), RESP_OK_NODATA);
 }
+
+/// A guest-memory blob that names image requirements on a cross-domain
+/// context makes rutabaga allocate the image in host memory all the same:
+/// it counts against --max-resource-memory like a host blob.
+#[test]
+fn a_guest_blob_naming_image_requirements_counts_against_the_memory_budget() {
+    let socket = UnservedSocket::new();
+    let backend = Backend::start(&[
+        "--wayland-socket",
+        &socket.arg(),
+        "--max-resource-memory",
+        "1",
+    ]);
+    let mut dev = Device::connect(&backend.socket);
+    // 1024x1024 XRGB: 4 MiB, past the 1 MiB budget.
+    let (blob_id, size, _) = image_requirements(&mut dev, 1024, 1024);
+    assert!(size > 1 << 20);
+    let guest_blob = create_blob(
+        CTX,
+        30,
+        BLOB_MEM_GUEST,
+        BLOB_FLAG_MAPPABLE,
+        u64::from(blob_id),
+        size,
+        &[(RING_AT, size as u32)],
+    );
+    assert_eq!(code(&mut dev, &guest_blob), RESP_ERR_OUT_OF_MEMORY);
+    // A small one fits, and its memory comes back with it.
+    let (small_id, small, _) = more_image_requirements(&mut dev, 128, 128);
+    let small_blob = |id: u32| {
+        create_blob(
+            CTX,
+            id,
+            BLOB_MEM_GUEST,
+            BLOB_FLAG_MAPPABLE,
+            u64::from(small_id),
+            small,
+            &[(RING_AT, small as u32)],
+        )
+    };
+    let fits = ((1u64 << 20) / small) as u32;
+    for i in 0..fits {
+        assert_eq!(
+            code(&mut dev, &small_blob(40 + i)),
+            RESP_OK_NODATA,
+            "small blob {i}"
+        );
+    }
+    assert_eq!(
+        code(&mut dev, &small_blob(40 + fits)),
+        RESP_ERR_OUT_OF_MEMORY
+    );
+    assert_eq!(
+        code(&mut dev, &cmd(CMD_RESOURCE_UNREF, &[40, 0])),
+        RESP_OK_NODATA
+    );
+    assert_eq!(code(&mut dev, &small_blob(40 + fits)), RESP_OK_NODATA);
+}

@@ -31,16 +31,13 @@ pub struct Blob {
     /// The guest memory behind a guest-memory blob (for SET_SCANOUT_BLOB);
     /// None for a host blob.
     guest: Option<Vec<(GuestAddress, u32)>>,
+    /// Host memory it takes, counted in `--max-resource-memory`.
+    host_bytes: u64,
 }
 
 impl Blob {
-    /// Host memory it takes (host blobs), counted in `--max-resource-memory`.
     fn host_bytes(&self) -> u64 {
-        if self.guest.is_some() {
-            0
-        } else {
-            self.size
-        }
+        self.host_bytes
     }
 }
 
@@ -437,14 +434,23 @@ impl GpuDevice {
                 format!("host blob {id} with {n} guest memory entries"),
             );
         }
-        let host_bytes = if guest_backed { 0 } else { size };
+        // A host blob takes host memory; so does any blob that names a
+        // blob id on a context: rutabaga's cross-domain context allocates
+        // the image its requirements describe (up to 4 GiB) whatever
+        // blob_mem says.
+        let blob_id = b.blob_id.to_native();
+        let host_bytes = if guest_backed && (ctx_id == 0 || blob_id == 0) {
+            0
+        } else {
+            size
+        };
         self.resources().reserve(host_bytes)?;
         let created = self.render_done(&RenderCommand::CreateBlob {
             ctx_id,
             resource_id: id,
             blob_mem,
             blob_flags: flags,
-            blob_id: b.blob_id.to_native(),
+            blob_id,
             size,
             entries: entries.clone(),
         });
@@ -458,7 +464,14 @@ impl GpuDevice {
             .blobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Blob { size, guest });
+            .insert(
+                id,
+                Blob {
+                    size,
+                    guest,
+                    host_bytes,
+                },
+            );
         Ok(Response::Ok)
     }
 
