@@ -27,6 +27,11 @@ use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 pub const SHMID_HOST_VISIBLE: u8 = 1;
 /// Mappings are made in pages.
 pub const PAGE: u64 = 4096;
+/// Most blob mappings live at once. Each is a memory slot of the VM in
+/// QEMU (KVM has a few hundred to a few thousand) and an entry of every
+/// memory table it sends: a worker that mapped without end would exhaust
+/// them; a desktop guest keeps far fewer (one per mapped buffer).
+pub const MAX_MAPPINGS: usize = 256;
 
 /// The host-visible region as one front-end connection set it up: its size
 /// and, once the front-end sent it, the back-end request channel.
@@ -170,6 +175,11 @@ impl Mapper {
         if self.by_resource.contains_key(&resource_id) {
             return Err(format!("resource {resource_id} is already mapped"));
         }
+        if self.by_resource.len() >= MAX_MAPPINGS {
+            return Err(format!(
+                "resource {resource_id}: {MAX_MAPPINGS} mappings are live, the most the broker keeps"
+            ));
+        }
         // The mapping that starts last before `end` is the only one that
         // can overlap (mappings never overlap each other).
         if let Some((&start, m)) = self.mappings.range(..end).next_back() {
@@ -221,6 +231,16 @@ impl Mapper {
                 if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
                     return Err(format!(
                         "resource {resource_id}: its descriptor is not mappable memory"
+                    ));
+                }
+                // Memory that could shrink under a mapping would fault the
+                // VM's access to it (the display path asks the same).
+                let seals = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GET_SEALS)
+                    .map(nix::fcntl::SealFlag::from_bits_truncate)
+                    .unwrap_or(nix::fcntl::SealFlag::empty());
+                if !seals.contains(nix::fcntl::SealFlag::F_SEAL_SHRINK) {
+                    return Err(format!(
+                        "resource {resource_id}: its memory is not sealed against shrinking"
                     ));
                 }
                 self.check(resource_id, shm_offset, size, st.st_size.max(0) as u64)?;

@@ -26,6 +26,15 @@ use rutabaga_gfx::{
 use virtio_bindings::virtio_gpu as b;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+/// Seals `fd` against resizing.
+fn fcntl_seal(fd: &OwnedFd) -> nix::Result<i32> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    fcntl(
+        fd,
+        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
+    )
+}
+
 /// A memfd of `size` bytes holding the first `len` of `fd`'s, sealed
 /// against resizing.
 fn padded_copy(fd: &OwnedFd, len: u64, size: u64) -> std::io::Result<OwnedFd> {
@@ -607,7 +616,12 @@ impl RenderDevice {
             .try_clone()
             .and_then(|f| std::io::Seek::seek(&mut File::from(f), std::io::SeekFrom::End(0)))
             .unwrap_or(0);
-        let fd = if fd_len < blob.size || !writable {
+        // The broker maps only memory sealed against shrinking (it would
+        // fault the VM's access). rutabaga's own memfds are made sealable
+        // and never resized once made: sealed here. One that refuses (a
+        // compositor's memfd sealed with F_SEAL_SEAL) goes through a copy.
+        let sealed = fcntl_seal(&fd).is_ok();
+        let fd = if fd_len < blob.size || !writable || !sealed {
             match padded_copy(&fd, fd_len, blob.size) {
                 Ok(copy) => {
                     writable = false;

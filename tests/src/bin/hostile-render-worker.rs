@@ -13,8 +13,26 @@ use ipc::{
 };
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
+/// Memory as render-worker sends it: sealed against resizing.
 fn memfd(len: i64) -> OwnedFd {
-    let fd = memfd_create("hostile", MFdFlags::MFD_CLOEXEC).unwrap();
+    let fd = unsealed(len);
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_ADD_SEALS(
+            nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW,
+        ),
+    )
+    .unwrap();
+    fd
+}
+
+/// Memory the worker could truncate under the VM's mapping.
+fn unsealed(len: i64) -> OwnedFd {
+    let fd = memfd_create(
+        "hostile",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .unwrap();
     nix::unistd::ftruncate(&fd, len).unwrap();
     fd
 }
@@ -90,6 +108,11 @@ fn attack(map: Channel<MapRequest, MapAnswer>, link: Channel<RenderAnswer, Rende
             map_req(1, 16 * page, page),
             memfd(4096),
         ),
+        (
+            "memory that can shrink",
+            map_req(10, 16 * page, page),
+            unsealed(4096),
+        ),
     ];
     for (what, request, fd) in cases {
         let answer = map
@@ -103,6 +126,28 @@ fn attack(map: Channel<MapRequest, MapAnswer>, link: Channel<RenderAnswer, Rende
         .and_then(|()| map.recv())
         .map(|(a, _)| a);
     eprintln!("HOSTILE: unmap of what is not mapped -> {answer:?}");
+    // Mappings without end, one page each: the broker keeps a bounded
+    // number (each is a memory slot of the VM).
+    let mut accepted = 0;
+    let mut refusal = String::new();
+    for i in 0..300u64 {
+        let request = map_req(100 + i as u32, (64 + i) * page, page);
+        match map
+            .send(&request, &[memfd(4096).as_fd()])
+            .and_then(|()| map.recv())
+        {
+            Ok((MapAnswer::Done, _)) => accepted += 1,
+            Ok((MapAnswer::Refused(why), _)) => {
+                refusal = why;
+                break;
+            }
+            Err(e) => {
+                refusal = e.to_string();
+                break;
+            }
+        }
+    }
+    eprintln!("HOSTILE: mappings accepted {accepted}, then: {refusal}");
     // A flood of refusable requests, then one more after the broker's log
     // window has passed.
     for i in 0..200u32 {
