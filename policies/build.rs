@@ -49,6 +49,25 @@ fn main() {
         }
     }
 
+    // The threads filter, the same for every mode: installed before a
+    // worker's policy, it answers clone3 ENOSYS.
+    let path = "seccomp/threads.json";
+    println!("cargo:rerun-if-changed={path}");
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut map = seccompiler::compile_from_json(Cursor::new(text.into_bytes()), arch)
+        .unwrap_or_else(|e| panic!("{path} does not compile: {e}"));
+    let program = map
+        .remove("threads")
+        .expect("threads.json has a \"threads\" filter");
+    let mut bytes = Vec::with_capacity(program.len() * 8);
+    for insn in &program {
+        bytes.extend_from_slice(&insn.code.to_ne_bytes());
+        bytes.push(insn.jt);
+        bytes.push(insn.jf);
+        bytes.extend_from_slice(&insn.k.to_ne_bytes());
+    }
+    fs::write(out.join("threads.bpf"), bytes).unwrap();
+
     // Syscall names, from the kernel headers when they are installed.
     let header = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
     println!("cargo:rerun-if-changed={header}");

@@ -134,8 +134,12 @@ pub fn apply_seccomp(profile: Profile, config: &JailConfig) -> Result<(), Error>
             if config.seccomp == SeccompMode::Trap {
                 seccomp::install_trap_handler(profile).map_err(Error::TrapHandler)?;
             }
-            // Sets no_new_privs first, then installs the filter on every
-            // thread of the process (TSYNC).
+            // Sets no_new_privs first, then installs the filters on every
+            // thread of the process (TSYNC): the threads filter first, as
+            // the policy itself does not allow `seccomp`.
+            if let Some(threads) = seccomp::threads_program(profile) {
+                seccompiler::apply_filter_all_threads(&threads).map_err(Error::Seccomp)?;
+            }
             seccompiler::apply_filter_all_threads(&program).map_err(Error::Seccomp)?;
         }
     }

@@ -57,8 +57,24 @@ fn program_bytes(profile: Profile, mode: SeccompMode) -> Option<&'static [u8]> {
 
 /// The compiled filter of `profile` for `mode` (`None` for `SeccompMode::None`).
 pub fn program(profile: Profile, mode: SeccompMode) -> Option<Vec<sock_filter>> {
-    let bytes = program_bytes(profile, mode)?;
-    Some(
+    Some(decode(program_bytes(profile, mode)?))
+}
+
+/// The workers' threads filter (`seccomp/threads.json`): clone3 gets
+/// ENOSYS, so glibc creates threads with clone, whose flags the worker's
+/// policy pins. Installed before the policy (which has no `seccomp`).
+pub fn threads_program(profile: Profile) -> Option<Vec<sock_filter>> {
+    match profile {
+        Profile::GpuWorker | Profile::RenderWorker => Some(decode(include_bytes!(concat!(
+            env!("OUT_DIR"),
+            "/threads.bpf"
+        )))),
+        Profile::Broker => None,
+    }
+}
+
+fn decode(bytes: &[u8]) -> Vec<sock_filter> {
+    {
         bytes
             .chunks_exact(8)
             .map(|i| sock_filter {
@@ -67,8 +83,8 @@ pub fn program(profile: Profile, mode: SeccompMode) -> Option<Vec<sock_filter>> 
                 jf: i[3],
                 k: u32::from_ne_bytes([i[4], i[5], i[6], i[7]]),
             })
-            .collect(),
-    )
+            .collect()
+    }
 }
 
 /// The process name the trap handler prints, set once before the filter.

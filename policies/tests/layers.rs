@@ -56,6 +56,15 @@ fn attempt(what: &str) -> (i64, i32) {
             }
             "ptrace" => libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0),
             "getpid" => libc::syscall(libc::SYS_getpid),
+            // A thread, as std makes one (clone3 first, then clone).
+            "thread" => match std::thread::spawn(|| 7).join() {
+                Ok(7) => 0,
+                _ => -2,
+            },
+            // A child process, as fork makes one (clone with SIGCHLD).
+            "fork" => libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0),
+            // clone3 straight: the flags it would carry cannot be seen.
+            "clone3" => libc::syscall(libc::SYS_clone3, 0, 0),
             // Signal 0 to init: harmless, but a process that may call kill
             // may name any process.
             "kill-init" => libc::syscall(libc::SYS_kill, 1, 0),
@@ -159,6 +168,28 @@ fn assert_errno(profile: &str, what: &str, errno: i32) {
         err.contains(&format!("PROBE-SURVIVED {what} returned -1 errno {errno}")),
         "{profile}: {what} must fail with errno {errno}: {err}"
     );
+}
+
+/// Workers create threads (clone3 answered ENOSYS, then clone with a
+/// thread's flags) but no process: clone with any other flags kills.
+#[test]
+fn workers_make_threads_and_no_processes() {
+    for profile in ["gpu-worker", "render-worker"] {
+        let err = probe(profile, "namespace", "kill", "thread");
+        assert!(
+            err.contains("PROBE-SURVIVED thread returned 0"),
+            "{profile}: {err}"
+        );
+        let err = probe(profile, "namespace", "kill", "clone3");
+        assert!(
+            err.contains(&format!(
+                "PROBE-SURVIVED clone3 returned -1 errno {}",
+                libc::ENOSYS
+            )),
+            "{profile}: {err}"
+        );
+        assert_sigsys(profile, "namespace", "fork");
+    }
 }
 
 #[test]

@@ -64,6 +64,7 @@ fn dangerous_syscalls_are_pinned_to_their_arguments() {
                 "prctl",
                 "pidfd_send_signal",
                 "madvise",
+                "clone",
             ]
             .contains(&syscall)
             {
