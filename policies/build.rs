@@ -32,9 +32,32 @@ fn main() {
             let mut doc: serde_json::Value =
                 serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
             doc["main"]["default_action"] = serde_json::Value::String(action.into());
+            // A policy may also have a filter per thread kind (gpu-worker's
+            // "vring"), installed by that thread on itself.
+            let threads: Vec<String> = doc
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != "main")
+                .cloned()
+                .collect();
+            for t in &threads {
+                doc[t.as_str()]["default_action"] = serde_json::Value::String(action.into());
+            }
             let json = serde_json::to_vec(&doc).unwrap();
             let mut map = seccompiler::compile_from_json(Cursor::new(json), arch)
                 .unwrap_or_else(|e| panic!("{path} does not compile: {e}"));
+            for t in &threads {
+                let program = map.remove(t.as_str()).unwrap();
+                let mut bytes = Vec::with_capacity(program.len() * 8);
+                for insn in &program {
+                    bytes.extend_from_slice(&insn.code.to_ne_bytes());
+                    bytes.push(insn.jt);
+                    bytes.push(insn.jf);
+                    bytes.extend_from_slice(&insn.k.to_ne_bytes());
+                }
+                fs::write(out.join(format!("{profile}-{t}-{flag}.bpf")), bytes).unwrap();
+            }
             let program = map
                 .remove("main")
                 .expect("each policy has a \"main\" filter");

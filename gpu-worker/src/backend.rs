@@ -13,7 +13,6 @@ use ipc::{Channel, Nothing, RenderEvent};
 use log::warn;
 use vhost_user_backend::VringEpollHandler;
 
-use ipc::ScanoutSize;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -79,6 +78,13 @@ pub struct GpuBackend {
     /// the order the guest sent them.
     fenced: Mutex<VecDeque<FencedChain>>,
     log: LogLimiter,
+    /// The jail, for the vring thread's own filter.
+    jail: Option<ipc::JailConfig>,
+}
+
+thread_local! {
+    /// Whether this thread has installed its thread kind's filter.
+    static THREAD_FILTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[derive(Debug)]
@@ -89,21 +95,25 @@ struct FencedChain {
 }
 
 impl GpuBackend {
+    /// The device `config` describes, on one front-end connection's
+    /// channels.
     pub fn new(
-        scanouts: Vec<ScanoutSize>,
-        max_resource_memory: u64,
+        config: &ipc::GpuConfig,
         display: DisplayLink,
         render: RenderLink,
         events: Option<Channel<Nothing, RenderEvent>>,
-        contexts: bool,
-        max_contexts: u32,
     ) -> io::Result<Self> {
         let (exit_consumer, exit_notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
         Ok(GpuBackend {
-            features: device_features(contexts),
+            features: device_features(config.contexts),
             device: {
-                let device = GpuDevice::new(scanouts, max_resource_memory, display, render);
-                device.set_max_contexts(max_contexts);
+                let device = GpuDevice::new(
+                    config.scanouts.clone(),
+                    config.max_resource_memory,
+                    display,
+                    render,
+                );
+                device.set_max_contexts(config.max_contexts);
                 device
             },
             mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
@@ -114,6 +124,7 @@ impl GpuBackend {
             events: Mutex::new(events),
             epoll: Mutex::new(Weak::new()),
             fenced: Mutex::new(VecDeque::new()),
+            jail: Some(config.jail),
             log: LogLimiter::default(),
         })
     }
@@ -359,6 +370,15 @@ impl VhostUserBackend for GpuBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        // The vring thread parses every chain the guest posts: before the
+        // first, it narrows its own syscalls to what serving them needs.
+        if let Some(jail) = &self.jail {
+            if !THREAD_FILTERED.get() {
+                policies::apply_thread_seccomp(policies::ThreadKind::Vring, jail)
+                    .map_err(|e| io::Error::other(format!("the vring thread's filter: {e}")))?;
+                THREAD_FILTERED.set(true);
+            }
+        }
         if evset != EventSet::IN && device_event != RENDER_EVENTS {
             return Err(io::Error::other(format!(
                 "unexpected event set {evset:?} on queue {device_event}"

@@ -134,13 +134,10 @@ fn serve_one(
 ) -> Result<(), String> {
     let backend = Arc::new(
         GpuBackend::new(
-            config.scanouts.clone(),
-            config.max_resource_memory,
+            config,
             DisplayLink::new(Channel::new(display)),
             Link::new("render-worker", Channel::new(render)),
             Some(Channel::new(events)),
-            config.contexts,
-            config.max_contexts,
         )
         .map_err(|e| e.to_string())?,
     );

@@ -18,7 +18,7 @@ use ipc::{JailConfig, SandboxMode, SeccompMode};
 use nix::sys::signal::Signal;
 
 pub use sandbox::{enter_namespaces, enter_namespaces_with};
-pub use seccomp::{Profile, TRAP_EXIT_STATUS};
+pub use seccomp::{Profile, ThreadKind, TRAP_EXIT_STATUS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -142,6 +142,16 @@ pub fn apply_seccomp(profile: Profile, config: &JailConfig) -> Result<(), Error>
             }
             seccompiler::apply_filter_all_threads(&program).map_err(Error::Seccomp)?;
         }
+    }
+    Ok(())
+}
+
+/// Installs thread kind `kind`'s filter on the calling thread alone (the
+/// process's filter stays; the tighter of the two decides), as
+/// `config.seccomp` asks. no_new_privs is already set by the process's.
+pub fn apply_thread_seccomp(kind: ThreadKind, config: &JailConfig) -> Result<(), Error> {
+    if let Some(program) = seccomp::thread_program(kind, config.seccomp) {
+        seccompiler::apply_filter(&program).map_err(Error::Seccomp)?;
     }
     Ok(())
 }

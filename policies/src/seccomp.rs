@@ -60,6 +60,27 @@ pub fn program(profile: Profile, mode: SeccompMode) -> Option<Vec<sock_filter>> 
     Some(decode(program_bytes(profile, mode)?))
 }
 
+/// The thread kinds with a filter of their own, tighter than their
+/// process's: installed by the thread on itself once it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// vhost-user-backend's vring thread in gpu-worker: it parses every
+    /// descriptor chain the guest posts.
+    Vring,
+}
+
+/// The filter of thread kind `kind` for `mode`.
+pub fn thread_program(kind: ThreadKind, mode: SeccompMode) -> Option<Vec<sock_filter>> {
+    use SeccompMode::*;
+    let bytes: &[u8] = match (kind, mode) {
+        (_, None) => return Option::None,
+        (ThreadKind::Vring, Kill) => program_bytes!("gpu-worker-vring", "kill"),
+        (ThreadKind::Vring, Trap) => program_bytes!("gpu-worker-vring", "trap"),
+        (ThreadKind::Vring, Log) => program_bytes!("gpu-worker-vring", "log"),
+    };
+    Some(decode(bytes))
+}
+
 /// The workers' threads filter (`seccomp/threads.json`): clone3 gets
 /// ENOSYS, so glibc creates threads with clone, whose flags the worker's
 /// policy pins. Installed before the policy (which has no `seccomp`).

@@ -56,6 +56,11 @@ fn attempt(what: &str) -> (i64, i32) {
             }
             "ptrace" => libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0),
             "getpid" => libc::syscall(libc::SYS_getpid),
+            "memfd" => libc::syscall(
+                libc::SYS_memfd_create,
+                c"probe".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            ),
             // A thread, as std makes one (clone3 first, then clone).
             "thread" => match std::thread::spawn(|| 7).join() {
                 Ok(7) => 0,
@@ -125,6 +130,21 @@ fn probe_child() {
                 // SAFETY: leave the forked child at once.
                 unsafe { libc::_exit(3) };
             }
+            // "vring-X": X from gpu-worker's vring thread, under its own
+            // filter on top of the process's.
+            let what = match what.strip_prefix("vring-") {
+                Some(rest) => {
+                    if let Err(e) =
+                        policies::apply_thread_seccomp(policies::ThreadKind::Vring, &jail)
+                    {
+                        say(&format!("PROBE-JAIL-FAILED {e}\n"));
+                        // SAFETY: leave the forked child at once.
+                        unsafe { libc::_exit(3) };
+                    }
+                    rest.to_string()
+                }
+                None => what,
+            };
             let (ret, errno) = attempt(&what);
             say(&format!(
                 "PROBE-SURVIVED {what} returned {ret} errno {errno}\n"
@@ -168,6 +188,28 @@ fn assert_errno(profile: &str, what: &str, errno: i32) {
         err.contains(&format!("PROBE-SURVIVED {what} returned -1 errno {errno}")),
         "{profile}: {what} must fail with errno {errno}: {err}"
     );
+}
+
+/// gpu-worker's vring thread, under its own filter, reads and writes
+/// eventfds but makes no thread, no socket and no ipc it was not given.
+#[test]
+fn the_vring_thread_filter_is_tighter_than_gpu_workers() {
+    let err = probe("gpu-worker", "namespace", "kill", "vring-getpid");
+    assert!(
+        err.contains(&format!("PROBE-STATUS signal {}", libc::SIGSYS)),
+        "{err}"
+    );
+    let err = probe("gpu-worker", "namespace", "kill", "vring-thread");
+    assert!(
+        err.contains(&format!("PROBE-STATUS signal {}", libc::SIGSYS)),
+        "a thread from the vring thread: {err}"
+    );
+    // The process itself still may.
+    let err = probe("gpu-worker", "namespace", "kill", "thread");
+    assert!(err.contains("PROBE-SURVIVED thread returned 0"), "{err}");
+    let err = probe("gpu-worker", "namespace", "kill", "vring-memfd");
+    assert!(err.contains("PROBE-SURVIVED memfd returned"), "{err}");
+    assert!(!err.contains("returned -1"), "{err}");
 }
 
 /// Workers create threads (clone3 answered ENOSYS, then clone with a

@@ -17,6 +17,22 @@ fn rules(name: &str) -> Vec<Value> {
     policy(name)["main"]["filter"].as_array().unwrap().clone()
 }
 
+/// A thread kind's own filter: (kind, its rules, the target count).
+const THREADS: [(&str, &str, usize); 1] = [("gpu-worker", "vring", 20)];
+
+fn thread_rules(name: &str, kind: &str) -> Vec<Value> {
+    policy(name)[kind]["filter"].as_array().unwrap().clone()
+}
+
+/// Every rule of every filter of `name`'s file.
+fn all_rules(name: &str) -> Vec<Value> {
+    let mut all = rules(name);
+    for (_, kind, _) in THREADS.iter().filter(|(n, _, _)| *n == name) {
+        all.extend(thread_rules(name, kind));
+    }
+    all
+}
+
 fn syscalls(name: &str) -> BTreeSet<String> {
     rules(name)
         .iter()
@@ -33,7 +49,7 @@ fn has_comment(v: &Value) -> bool {
 #[test]
 fn every_rule_and_argument_filter_says_why() {
     for (name, _) in PROFILES {
-        for rule in rules(name) {
+        for rule in all_rules(name) {
             assert!(
                 has_comment(&rule),
                 "{name}.json: rule for {} has no comment saying which code needs it",
@@ -53,7 +69,7 @@ fn every_rule_and_argument_filter_says_why() {
 #[test]
 fn dangerous_syscalls_are_pinned_to_their_arguments() {
     for (name, _) in PROFILES {
-        for rule in rules(name) {
+        for rule in all_rules(name) {
             let syscall = rule["syscall"].as_str().unwrap();
             if [
                 "ioctl",
@@ -92,13 +108,25 @@ fn policies_never_allow_what_the_jail_exists_to_stop() {
             "bpf",
             "process_vm_readv",
             "process_vm_writev",
-            "seccomp",
             "setuid",
             "unshare",
         ] {
             assert!(
                 !allowed.contains(forbidden),
                 "{name}.json allows {forbidden}"
+            );
+        }
+        // seccomp only to add a filter to the calling thread (which can
+        // only narrow what it may do): no TSYNC, no listener.
+        for rule in rules(name).iter().filter(|r| r["syscall"] == "seccomp") {
+            let args = rule["args"].as_array().expect("seccomp is pinned");
+            let pinned = |index: u64, val: u64| {
+                args.iter()
+                    .any(|a| a["index"] == index && a["op"] == "eq" && a["val"] == val)
+            };
+            assert!(
+                pinned(0, 1) && pinned(1, 0),
+                "{name}.json: seccomp must be pinned to SECCOMP_SET_MODE_FILTER without flags"
             );
         }
     }
@@ -114,7 +142,36 @@ fn table() -> String {
             syscalls(name).len()
         );
     }
+    for (name, kind, target) in THREADS {
+        let n: BTreeSet<String> = thread_rules(name, kind)
+            .iter()
+            .map(|r| r["syscall"].as_str().unwrap().to_string())
+            .collect();
+        t += &format!(
+            "| {name}, {kind} thread | {} | {target} | `policies/seccomp/{name}.json` (`{kind}`) |\n",
+            n.len()
+        );
+    }
     t
+}
+
+/// A thread's filter narrows its process's: every rule in it is one the
+/// process allows too, with the same argument pins.
+#[test]
+fn thread_filters_allow_nothing_their_process_does_not() {
+    for (name, kind, _) in THREADS {
+        let process = rules(name);
+        for rule in thread_rules(name, kind) {
+            let same = process
+                .iter()
+                .any(|p| p["syscall"] == rule["syscall"] && p.get("args") == rule.get("args"));
+            assert!(
+                same,
+                "{name}.json `{kind}`: {} is not the process's own rule",
+                rule["syscall"]
+            );
+        }
+    }
 }
 
 #[test]
