@@ -78,6 +78,10 @@ pub struct Channel {
     ring: Blob,
     ring_map: Mapping,
     next_read_pipe: u32,
+    /// Image requirements by (width, height): rutabaga keeps each answer
+    /// for the context's life and lets it back any number of blobs, so one
+    /// is asked per size, not per buffer.
+    requirements: std::collections::HashMap<(u32, u32), ImageRequirements>,
 }
 
 impl Channel {
@@ -138,6 +142,7 @@ impl Channel {
             ring: channel_ring,
             ring_map,
             next_read_pipe: FIRST_READ_PIPE,
+            requirements: std::collections::HashMap::new(),
         };
         channel.poll()?;
         Ok(channel)
@@ -237,9 +242,20 @@ impl Channel {
     /// A host image of `rows` rows of at least `row_bytes` bytes, mapped,
     /// to back a shared-memory buffer: asked of the host as a 32-bit image
     /// of that width, so any format of that row size fits.
-    pub fn image(&self, row_bytes: u32, rows: u32) -> io::Result<HostImage> {
+    pub fn image(&mut self, row_bytes: u32, rows: u32) -> io::Result<HostImage> {
         let width = row_bytes.div_ceil(4);
-        let reqs = self.requirements(width, rows, cross_domain::DRM_FORMAT_XRGB8888)?;
+        let reqs = match self.requirements.get(&(width, rows)) {
+            Some(r) => *r,
+            None => {
+                let r = self.requirements(width, rows, cross_domain::DRM_FORMAT_XRGB8888)?;
+                // Bounded: a client cycling through sizes costs one entry each.
+                if self.requirements.len() >= 64 {
+                    self.requirements.clear();
+                }
+                self.requirements.insert((width, rows), r);
+                r
+            }
+        };
         if u64::from(reqs.strides[0]) < u64::from(row_bytes)
             || reqs.size < u64::from(reqs.strides[0]) * u64::from(rows)
         {
