@@ -16,6 +16,19 @@ const PROFILES: [&str; 3] = ["broker", "gpu-worker", "render-worker"];
 /// `--seccomp` value → the JSON action a syscall outside the policy gets.
 const ACTIONS: [(&str, &str); 3] = [("kill", "kill_process"), ("trap", "trap"), ("log", "log")];
 
+/// Writes a compiled filter as the raw `sock_filter` array that
+/// `src/seccomp.rs` includes.
+fn write_program(program: &[seccompiler::sock_filter], path: &std::path::Path) {
+    let mut bytes = Vec::with_capacity(program.len() * 8);
+    for insn in program {
+        bytes.extend_from_slice(&insn.code.to_ne_bytes());
+        bytes.push(insn.jt);
+        bytes.push(insn.jf);
+        bytes.extend_from_slice(&insn.k.to_ne_bytes());
+    }
+    fs::write(path, bytes).unwrap();
+}
+
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let arch = match std::env::var("CARGO_CFG_TARGET_ARCH").unwrap().as_str() {
@@ -49,26 +62,12 @@ fn main() {
                 .unwrap_or_else(|e| panic!("{path} does not compile: {e}"));
             for t in &threads {
                 let program = map.remove(t.as_str()).unwrap();
-                let mut bytes = Vec::with_capacity(program.len() * 8);
-                for insn in &program {
-                    bytes.extend_from_slice(&insn.code.to_ne_bytes());
-                    bytes.push(insn.jt);
-                    bytes.push(insn.jf);
-                    bytes.extend_from_slice(&insn.k.to_ne_bytes());
-                }
-                fs::write(out.join(format!("{profile}-{t}-{flag}.bpf")), bytes).unwrap();
+                write_program(&program, &out.join(format!("{profile}-{t}-{flag}.bpf")));
             }
             let program = map
                 .remove("main")
                 .expect("each policy has a \"main\" filter");
-            let mut bytes = Vec::with_capacity(program.len() * 8);
-            for insn in &program {
-                bytes.extend_from_slice(&insn.code.to_ne_bytes());
-                bytes.push(insn.jt);
-                bytes.push(insn.jf);
-                bytes.extend_from_slice(&insn.k.to_ne_bytes());
-            }
-            fs::write(out.join(format!("{profile}-{flag}.bpf")), bytes).unwrap();
+            write_program(&program, &out.join(format!("{profile}-{flag}.bpf")));
         }
     }
 
@@ -82,14 +81,7 @@ fn main() {
     let program = map
         .remove("threads")
         .expect("threads.json has a \"threads\" filter");
-    let mut bytes = Vec::with_capacity(program.len() * 8);
-    for insn in &program {
-        bytes.extend_from_slice(&insn.code.to_ne_bytes());
-        bytes.push(insn.jt);
-        bytes.push(insn.jf);
-        bytes.extend_from_slice(&insn.k.to_ne_bytes());
-    }
-    fs::write(out.join("threads.bpf"), bytes).unwrap();
+    write_program(&program, &out.join("threads.bpf"));
 
     // Syscall names, from the kernel headers when they are installed.
     let header = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";

@@ -21,8 +21,6 @@ use harness::guest::{qemu11, Boot, Guest, GuestImage};
 use harness::wayland::Weston;
 use harness::*;
 
-const DEVICE: &str = "vhost-user-test-device-pci,chardev=gpu,virtio-id=16,num_vqs=2,config_size=16";
-
 /// `p50_us=N` and friends from the guest's BENCH line.
 fn field(line: &str, key: &str) -> f64 {
     line.split_whitespace()
@@ -50,16 +48,7 @@ fn main() {
     let check = binary("virtgpu-check");
     let initrd = image.with_files(&dir.0, &[("/init", &init), ("/bin/virtgpu-check", &check)]);
     let append = format!("quiet airlock.mode=bench airlock.bench={n}");
-    let boot = Boot {
-        kernel: &image.kernel,
-        initrd: &initrd,
-        memory_mib: 512,
-        socket: &backend.socket,
-        device: DEVICE.into(),
-        append: &append,
-        reboot: false,
-        extra: Vec::new(),
-    };
+    let boot = Boot::qemu11(&image, &initrd, &backend.socket, &append, 512);
     let mut guest = Guest::boot(qemu11().unwrap(), boot, dir);
     let line = guest
         .wait_line(Duration::from_secs(600), |l| {

@@ -22,7 +22,6 @@ use harness::guest::{qemu11, Boot, Guest, GuestImage};
 use harness::wayland::Weston;
 use harness::*;
 
-const DEVICE: &str = "vhost-user-test-device-pci,chardev=gpu,virtio-id=16,num_vqs=2,config_size=16";
 const CASES: [(u32, u32, &str); 4] = [
     (512, 512, "full"),
     (512, 512, "64"),
@@ -104,16 +103,7 @@ fn main() {
         ],
     );
     let append = format!("quiet airlock.mode=bench airlock.frames={frames}");
-    let boot = Boot {
-        kernel: &image.kernel,
-        initrd: &initrd,
-        memory_mib: 1024,
-        socket: &backend.socket,
-        device: DEVICE.into(),
-        append: &append,
-        reboot: false,
-        extra: Vec::new(),
-    };
+    let boot = Boot::qemu11(&image, &initrd, &backend.socket, &append, 1024);
     let mut guest = Guest::boot(qemu11().unwrap(), boot, dir);
     guest
         .wait_line(Duration::from_secs(1200), |l| {

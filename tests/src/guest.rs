@@ -176,6 +176,34 @@ pub struct Boot<'a> {
     pub extra: Vec<OsString>,
 }
 
+/// QEMU 11's generic vhost-user device, as virtio-gpu (id 16, two queues,
+/// the 16-byte virtio_gpu_config).
+pub const QEMU11_GPU_DEVICE: &str =
+    "vhost-user-test-device-pci,chardev=gpu,virtio-id=16,num_vqs=2,config_size=16";
+
+impl<'a> Boot<'a> {
+    /// A boot of `image`'s kernel with `initrd` on QEMU 11's generic
+    /// device against `socket`, no reboot, nothing extra.
+    pub fn qemu11(
+        image: &'a GuestImage,
+        initrd: &'a Path,
+        socket: &'a Path,
+        append: &'a str,
+        memory_mib: u32,
+    ) -> Boot<'a> {
+        Boot {
+            kernel: &image.kernel,
+            initrd,
+            memory_mib,
+            socket,
+            device: QEMU11_GPU_DEVICE.into(),
+            append,
+            reboot: false,
+            extra: Vec::new(),
+        }
+    }
+}
+
 /// A booted guest: its QEMU, serial console and QMP monitor.
 pub struct Guest {
     qemu: Child,

@@ -20,10 +20,6 @@ use harness::guest::{error_responses, qemu11, qemu_complaints, Boot, Guest, Gues
 use harness::wayland::Weston;
 use harness::{Backend, TempDir};
 
-/// QEMU 11's generic vhost-user device, as virtio-gpu (id 16, two queues,
-/// the 16-byte virtio_gpu_config).
-const DEVICE: &str = "vhost-user-test-device-pci,chardev=gpu,virtio-id=16,num_vqs=2,config_size=16";
-
 /// What `virtgpu-check checks` reports, in order.
 const CHECKS: [&str; 10] = [
     "render-node",
@@ -60,14 +56,8 @@ fn boot(setup: &Setup, backend: &Backend, append: &str, reboot: bool) -> Guest {
         .image
         .with_files(&dir.0, &[("/init", &init), ("/bin/virtgpu-check", check)]);
     let boot = Boot {
-        kernel: &setup.image.kernel,
-        initrd: &initrd,
-        memory_mib: 512,
-        socket: &backend.socket,
-        device: DEVICE.into(),
-        append,
         reboot,
-        extra: Vec::new(),
+        ..Boot::qemu11(&setup.image, &initrd, &backend.socket, append, 512)
     };
     Guest::boot(qemu11().expect("checked in setup"), boot, dir)
 }

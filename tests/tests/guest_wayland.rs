@@ -20,8 +20,6 @@ use harness::guest::{error_responses, qemu11, Boot, Guest, GuestImage};
 use harness::wayland::Weston;
 use harness::{binary, pattern, Backend, TempDir};
 
-const DEVICE: &str = "vhost-user-test-device-pci,chardev=gpu,virtio-id=16,num_vqs=2,config_size=16";
-
 struct Setup {
     image: GuestImage,
     weston: Weston,
@@ -52,16 +50,7 @@ fn boot(setup: &Setup, backend: &Backend, mode: &str) -> Guest {
         ],
     );
     let append = format!("airlock.mode={mode}");
-    let boot = Boot {
-        kernel: &setup.image.kernel,
-        initrd: &initrd,
-        memory_mib: 512,
-        socket: &backend.socket,
-        device: DEVICE.into(),
-        append: &append,
-        reboot: false,
-        extra: Vec::new(),
-    };
+    let boot = Boot::qemu11(&setup.image, &initrd, &backend.socket, &append, 512);
     Guest::boot(qemu11().expect("checked in setup"), boot, dir)
 }
 
