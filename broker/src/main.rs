@@ -149,6 +149,9 @@ impl From<SeccompArg> for SeccompMode {
 type CurrentConnection = Arc<Mutex<Option<UnixStream>>>;
 
 fn main() -> ExitCode {
+    // Before any thread: the broker's threads allocate from the main arena
+    // (see policies::one_malloc_arena).
+    policies::one_malloc_arena();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();

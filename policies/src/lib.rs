@@ -96,6 +96,7 @@ pub fn enter_with_socket(
     socket: Option<(&std::path::Path, &str)>,
 ) -> Result<(), Error> {
     ensure_single_threaded()?;
+    one_malloc_arena();
     if config.sandbox == SandboxMode::Namespace {
         sandbox::enter_namespaces_with(profile, None, socket)?;
     } else {
@@ -106,6 +107,18 @@ pub fn enter_with_socket(
     }
     drop_capabilities()?;
     apply_seccomp(profile, config)
+}
+
+/// Makes every thread allocate from glibc's main arena. A thread arena
+/// that shrinks makes glibc open /proc/sys/vm/overcommit_memory (once, in
+/// `check_may_shrink_heap`), which no policy allows: a guest that made
+/// render-worker free a few hundred kilobytes on its connection thread
+/// (destroying a context with thousands of image requirements) killed it
+/// with SIGSYS. The main arena shrinks with brk. Call before the jail.
+pub fn one_malloc_arena() {
+    // SAFETY: mallopt changes a malloc parameter; M_ARENA_MAX takes any
+    // positive count and affects only arenas created later.
+    unsafe { nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1) };
 }
 
 /// Fails unless the process has exactly one thread: user namespaces and

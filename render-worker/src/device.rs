@@ -121,6 +121,21 @@ fn runs_as(context_init: u32, wayland: bool) -> u32 {
 const CROSS_DOMAIN_CHANNEL_RING: u8 = 1;
 /// `CROSS_DOMAIN_CMD_INIT`.
 const CROSS_DOMAIN_CMD_INIT: u8 = 1;
+const CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS: u8 = 2;
+/// Most GET_IMAGE_REQUIREMENTS one context may send: rutabaga keeps every
+/// answer in the context's table for the context's life, so without a cap
+/// a guest grows render-worker's memory without bound. A guest proxy asks
+/// once per buffer size.
+const MAX_REQUIREMENTS_PER_CONTEXT: usize = 4096;
+
+/// What one walk of a cross-domain stream found.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Walk {
+    /// An INIT that opens a channel.
+    opens_channel: bool,
+    /// GET_IMAGE_REQUIREMENTS commands.
+    requirements: usize,
+}
 
 /// `CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND` (rutabaga's cross_domain_protocol).
 const CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND: u32 = 1;
@@ -240,6 +255,8 @@ pub struct RenderDevice {
     /// Cross-domain contexts whose INIT opened a channel (and so a worker
     /// that signals channel-ring fences).
     channels: BTreeSet<u32>,
+    /// GET_IMAGE_REQUIREMENTS each cross-domain context has sent.
+    requirements: BTreeMap<u32, usize>,
     /// The compositor, for a rutabaga built anew after a reset.
     wayland: Option<PathBuf>,
 }
@@ -252,10 +269,11 @@ const CROSS_DOMAIN_HEADER: usize = 8;
 /// stream is empty, so a `cmd_size` of 0 would spin its thread forever, and
 /// one past the end is refused only after the command ran. Returns whether
 /// the stream holds an INIT that opens a channel (CROSS_DOMAIN_CMD_INIT
-/// with a channel type, the word 16 bytes in).
-fn check_cross_domain_framing(commands: &[u8]) -> Result<bool, String> {
+/// with a channel type, the word 16 bytes in), and how many image
+/// requirements it asks.
+fn check_cross_domain_framing(commands: &[u8]) -> Result<Walk, String> {
     let mut at = 0;
-    let mut opens_channel = false;
+    let mut walk = Walk::default();
     while at < commands.len() {
         let hdr = commands
             .get(at..at + CROSS_DOMAIN_HEADER)
@@ -267,14 +285,17 @@ fn check_cross_domain_framing(commands: &[u8]) -> Result<bool, String> {
                 commands.len()
             ));
         }
+        if hdr[0] == CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS {
+            walk.requirements += 1;
+        }
         if hdr[0] == CROSS_DOMAIN_CMD_INIT {
             if let Some(t) = commands[at..at + size].get(16..20) {
-                opens_channel |= u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 0;
+                walk.opens_channel |= u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 0;
             }
         }
         at += size;
     }
-    Ok(opens_channel)
+    Ok(walk)
 }
 
 impl RenderDevice {
@@ -296,6 +317,7 @@ impl RenderDevice {
             blobs: BTreeMap::new(),
             contexts: BTreeMap::new(),
             channels: BTreeSet::new(),
+            requirements: BTreeMap::new(),
             wayland,
         })
     }
@@ -336,6 +358,7 @@ impl RenderDevice {
             RenderCommand::CtxDestroy { ctx_id } => {
                 self.contexts.remove(&ctx_id);
                 self.channels.remove(&ctx_id);
+                self.requirements.remove(&ctx_id);
                 self.rutabaga.destroy_context(ctx_id)
             }
             RenderCommand::CtxAttach {
@@ -350,15 +373,29 @@ impl RenderDevice {
                 ctx_id,
                 mut commands,
             } => {
-                let mut opens_channel = false;
+                let mut walk = Walk::default();
                 if self.contexts.get(&ctx_id) == Some(&RUTABAGA_CAPSET_CROSS_DOMAIN) {
                     match check_cross_domain_framing(&commands) {
-                        Ok(opens) => opens_channel = opens,
+                        Ok(w) => walk = w,
                         Err(why) => return refused(ERR_INVALID_PARAMETER, why),
                     }
                 }
+                let asked = self.requirements.get(&ctx_id).copied().unwrap_or(0);
+                if asked + walk.requirements > MAX_REQUIREMENTS_PER_CONTEXT {
+                    return refused(
+                        ERR_OUT_OF_MEMORY,
+                        format!(
+                            "context {ctx_id}: more than {MAX_REQUIREMENTS_PER_CONTEXT} image \
+                             requirements (rutabaga keeps each for the context's life)"
+                        ),
+                    );
+                }
                 let done = self.rutabaga.submit_command(ctx_id, &mut commands, &[]);
-                if done.is_ok() && opens_channel {
+                if walk.requirements > 0 {
+                    // Counted whether or not rutabaga answered them all.
+                    self.requirements.insert(ctx_id, asked + walk.requirements);
+                }
+                if done.is_ok() && walk.opens_channel {
                     self.channels.insert(ctx_id);
                 }
                 done
@@ -518,6 +555,7 @@ impl RenderDevice {
         self.blobs.clear();
         self.contexts.clear();
         self.channels.clear();
+        self.requirements.clear();
         {
             let mut f = self.fences.lock().unwrap_or_else(|e| e.into_inner());
             f.signalled.clear();
@@ -734,14 +772,23 @@ mod tests {
         check_cross_domain_framing(&[]).unwrap();
         let mut two = cmd(16, 16);
         two.extend(cmd(8, 8));
-        assert!(!check_cross_domain_framing(&two).unwrap());
+        assert_eq!(check_cross_domain_framing(&two).unwrap(), Walk::default());
         // An INIT (command 1, 36 bytes) opens a channel when its channel
         // type, 16 bytes in, is not 0.
         let mut init = cmd(36, 36);
         init[0] = CROSS_DOMAIN_CMD_INIT;
-        assert!(!check_cross_domain_framing(&init).unwrap());
+        assert!(!check_cross_domain_framing(&init).unwrap().opens_channel);
         init[16] = 1;
-        assert!(check_cross_domain_framing(&init).unwrap());
+        assert!(check_cross_domain_framing(&init).unwrap().opens_channel);
+        // Image requirements are counted.
+        let mut reqs = cmd(24, 24);
+        reqs[0] = CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS;
+        let mut three = reqs.clone();
+        three.extend(&reqs);
+        three.extend(&init);
+        three.extend(&reqs);
+        let walk = check_cross_domain_framing(&three).unwrap();
+        assert_eq!((walk.requirements, walk.opens_channel), (3, true));
         assert!(
             check_cross_domain_framing(&cmd(0, 16)).is_err(),
             "size 0 would spin"

@@ -684,3 +684,75 @@ fn a_guest_blob_naming_image_requirements_counts_against_the_memory_budget() {
     );
     assert_eq!(code(&mut dev, &small_blob(40 + fits)), RESP_OK_NODATA);
 }
+
+/// rutabaga keeps every image-requirements answer for its context's life:
+/// a context may ask 4096 times, and the next is ERR_OUT_OF_MEMORY, so a
+/// guest cannot grow render-worker's memory without bound; a new context
+/// starts afresh.
+#[test]
+fn image_requirements_past_the_per_context_cap_are_refused() {
+    let socket = UnservedSocket::new();
+    let backend = Backend::start(&["--wayland-socket", &socket.arg()]);
+    let mut dev = Device::connect(&backend.socket);
+    // One asked here.
+    image_requirements(&mut dev, 16, 16);
+    let many = |n: usize| -> Vec<u8> {
+        let one = cross_domain(2, &[16, 16, XRGB8888, 0], &[]);
+        one.repeat(n)
+    };
+    assert_eq!(
+        code(&mut dev, &submit(CTX, &many(2048), None)),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        code(&mut dev, &submit(CTX, &many(2047), None)),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        code(&mut dev, &submit(CTX, &many(1), None)),
+        RESP_ERR_OUT_OF_MEMORY,
+        "the 4097th"
+    );
+    assert!(
+        backend
+            .log
+            .wait_for(&["image requirements"], Duration::from_secs(5))
+            .is_some(),
+        "the refusal says why"
+    );
+    // A destroyed context takes its count with it (and render-worker,
+    // freeing thousands of answers on its connection thread, lives on).
+    assert_eq!(
+        code(&mut dev, &hdr(CMD_CTX_DESTROY, CTX, None)),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        code(&mut dev, &ctx_create(CTX, CAPSET_CROSS_DOMAIN, "again")),
+        RESP_OK_NODATA
+    );
+    // A new query ring: rutabaga hands a guest blob's pages to the first
+    // context it is attached to.
+    assert_eq!(
+        code(
+            &mut dev,
+            &create_blob(0, 11, BLOB_MEM_GUEST, 0, 0, 4096, &[(RING_AT, 4096)])
+        ),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        code(
+            &mut dev,
+            &words(hdr(CMD_CTX_ATTACH_RESOURCE, CTX, None), &[11, 0])
+        ),
+        RESP_OK_NODATA
+    );
+    let init = cross_domain(1, &[11, 0, 0], &[0; 16]);
+    assert_eq!(code(&mut dev, &submit(CTX, &init, None)), RESP_OK_NODATA);
+    more_image_requirements(&mut dev, 16, 16);
+    assert_eq!(
+        code(&mut dev, &submit(CTX, &many(2048), None)),
+        RESP_OK_NODATA
+    );
+    let (r, _) = backend.worker_pids();
+    assert!(process_alive(r), "render-worker is alive");
+}
