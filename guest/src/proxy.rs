@@ -768,16 +768,23 @@ impl Proxy {
             )
         })?;
         let (shm, file) = (pool.shm, pool.file.clone());
-        let host_pool = self.host_id();
-        self.proxy_owned.insert(host_pool);
-        let host_buffer = self.map_id(buffer);
+        // The pool's wl_shm may have been released, and its id even reused
+        // for another object, since the pool was made.
+        let shm_iface = self
+            .objects
+            .get(&shm)
+            .map(|o| o.interface)
+            .filter(|i| i.name == "wl_shm")
+            .ok_or_else(|| client_error(pool_id, INVALID_OBJECT, "the pool's wl_shm is gone"))?;
         let host_shm = self
             .host_side(shm)
             .ok_or_else(|| client_error(shm, INVALID_OBJECT, "wl_shm is not on the host"))?;
         let blob = image.blob.identifier();
         let size = i32::try_from(image.blob.blob.size)
             .map_err(|_| client_error(pool_id, NO_MEMORY, "a host image past 2 GiB"))?;
-        let shm_iface = self.objects[&shm].interface;
+        let host_pool = self.host_id();
+        self.proxy_owned.insert(host_pool);
+        let host_buffer = self.map_id(buffer);
         let pool_iface = globals::find(b"wl_shm")
             .and_then(|s| s.requests[0].child_interface)
             .expect("wl_shm.create_pool makes a wl_shm_pool");

@@ -86,6 +86,27 @@ fn changed(
     bbox.map(|(x0, y0, x1, y1)| (x0, y0, x1 - x0 + 1, y1 - y0 + 1))
 }
 
+/// Every one of `wants` is part of a console line.
+fn assert_console_has<S: AsRef<str>>(console: &[String], wants: &[S]) {
+    for want in wants {
+        let want = want.as_ref();
+        assert!(
+            console.iter().any(|l| l.contains(want)),
+            "`{want}` in {console:#?}"
+        );
+    }
+}
+
+/// The backend logged no warning or error.
+fn assert_backend_quiet(backend: &Backend) {
+    let log = backend.log.lines();
+    let warnings: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(warnings.is_empty(), "the backend warned: {warnings:#?}");
+}
+
 #[test]
 fn guest_wayland_clients_draw_on_the_host_compositor_through_the_proxy() {
     let Some(setup) = setup() else { return };
@@ -123,17 +144,15 @@ fn guest_wayland_clients_draw_on_the_host_compositor_through_the_proxy() {
     guest.type_line("quit");
     wait_for(&mut guest, "GUEST: proxy exit", 60);
     let console = guest.quit();
-    for want in [
-        "GUEST: simple-shm exit 0",
-        "PATTERN exit",
-        "GUEST: wl-pattern exit 0",
-        "GUEST: proxy exit 0",
-    ] {
-        assert!(
-            console.iter().any(|l| l.contains(want)),
-            "`{want}` in {console:#?}"
-        );
-    }
+    assert_console_has(
+        &console,
+        &[
+            "GUEST: simple-shm exit 0",
+            "PATTERN exit",
+            "GUEST: wl-pattern exit 0",
+            "GUEST: proxy exit 0",
+        ],
+    );
     assert!(
         !console
             .iter()
@@ -147,12 +166,7 @@ fn guest_wayland_clients_draw_on_the_host_compositor_through_the_proxy() {
         "no protocol errors or warnings in the guest: {console:#?}"
     );
     assert!(error_responses(&console).is_empty(), "{console:#?}");
-    let log = backend.log.lines();
-    let warnings: Vec<&String> = log
-        .iter()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .collect();
-    assert!(warnings.is_empty(), "the backend warned: {warnings:#?}");
+    assert_backend_quiet(&backend);
 }
 
 /// weston's headless backend has no seat: the harness's compositor sends a
@@ -166,22 +180,20 @@ fn a_guest_client_gets_the_keymap_and_both_ways_of_the_clipboard_through_the_pro
     wait_for(&mut guest, "GUEST: proxy exit", 120);
     let console = guest.quit();
     let keymap = compositor::keymap();
-    for want in [
-        format!(
-            "KEYMAP bytes={} fnv={:08x} sealed=true",
-            keymap.len(),
-            compositor::fnv(&keymap)
-        ),
-        format!("CLIPBOARD {}", compositor::SELECTION),
-        "SENT".to_string(),
-        "GUEST: wl-pattern exit 0".to_string(),
-        "GUEST: proxy exit 0".to_string(),
-    ] {
-        assert!(
-            console.iter().any(|l| l.contains(&want)),
-            "`{want}` in {console:#?}"
-        );
-    }
+    assert_console_has(
+        &console,
+        &[
+            format!(
+                "KEYMAP bytes={} fnv={:08x} sealed=true",
+                keymap.len(),
+                compositor::fnv(&keymap)
+            ),
+            format!("CLIPBOARD {}", compositor::SELECTION),
+            "SENT".to_string(),
+            "GUEST: wl-pattern exit 0".to_string(),
+            "GUEST: proxy exit 0".to_string(),
+        ],
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while test.received.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -191,12 +203,7 @@ fn a_guest_client_gets_the_keymap_and_both_ways_of_the_clipboard_through_the_pro
         ["the guest's clipboard, through a cross-domain write pipe"],
         "the host compositor read the guest's selection"
     );
-    let log = backend.log.lines();
-    let warnings: Vec<&String> = log
-        .iter()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .collect();
-    assert!(warnings.is_empty(), "the backend warned: {warnings:#?}");
+    assert_backend_quiet(&backend);
 }
 
 /// Clients that break the protocol get a protocol error each, on their
@@ -256,23 +263,21 @@ fn malformed_guest_clients_get_protocol_errors_and_others_keep_their_windows() {
         }
         assert!(got.contains(says), "{name}: `{says}` in {got}");
     }
-    for want in [
-        "GUEST: wl-pattern exit 0",
-        "GUEST: after restart exit 0",
-        // The client saw its connection end; the proxy logged why.
-        "PATTERN connection ended",
-        "GUEST: after the compositor went exit 3",
-        // A client with no compositor to reach is turned away (the
-        // proxy's line saying so may interleave with others on the
-        // console).
-        "GUEST: without a compositor exit 1",
-        "GUEST: proxy exit 0",
-    ] {
-        assert!(
-            console.iter().any(|l| l.contains(want)),
-            "`{want}` in {console:#?}"
-        );
-    }
+    assert_console_has(
+        &console,
+        &[
+            "GUEST: wl-pattern exit 0",
+            "GUEST: after restart exit 0",
+            // The client saw its connection end; the proxy logged why.
+            "PATTERN connection ended",
+            "GUEST: after the compositor went exit 3",
+            // A client with no compositor to reach is turned away (the
+            // proxy's line saying so may interleave with others on the
+            // console).
+            "GUEST: without a compositor exit 1",
+            "GUEST: proxy exit 0",
+        ],
+    );
     assert_eq!(
         console
             .iter()
