@@ -17,7 +17,7 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueOwnedT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -233,6 +233,12 @@ impl GpuBackend {
     }
 
     fn process_queue(&self, vring: &VringRwLock, kind: QueueKind) -> io::Result<()> {
+        // A queue the front-end has stopped (GET_VRING_BASE, as QEMU does
+        // when the VM ends) has nothing to serve: a kick or a fence that
+        // races its stop is not the guest's error.
+        if !vring.get_ref().get_queue().ready() {
+            return Ok(());
+        }
         let mem = self.mem.read().unwrap_or_else(|e| e.into_inner()).memory();
         let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
             Ok(iter) => iter.collect(),
