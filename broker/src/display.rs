@@ -42,23 +42,38 @@ use vm_memory::{FileOffset, VolatileMemory};
 
 /// The front-end's display socket, as the vhost-user session received it.
 /// QEMU sends a new one on every DRIVER_OK; each gets a new generation.
+/// Beside it, a duplicate of its descriptor, for cutting it off when the
+/// VMM does not answer in time (crate::deadline).
 #[derive(Default)]
 pub struct DisplaySocket {
-    current: Mutex<Option<(u64, GpuBackend)>>,
+    current: Mutex<Option<(u64, GpuBackend, crate::deadline::Cutoff)>>,
+    /// The duplicate the front-end thread peeked from the SET_SOCKET
+    /// message being handled; the next `set` takes it.
+    peeked: Mutex<crate::deadline::Cutoff>,
 }
 
 impl DisplaySocket {
+    /// The duplicate of the socket the next [`DisplaySocket::set`] brings.
+    pub fn expect(&self, dup: OwnedFd) {
+        *self.peeked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(dup));
+    }
+
     pub fn set(&self, display: GpuBackend) {
+        let dup = self.peeked.lock().unwrap_or_else(|e| e.into_inner()).take();
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = current.as_ref().map_or(1, |(g, _)| g + 1);
-        *current = Some((generation, display));
+        let generation = current.as_ref().map_or(1, |(g, _, _)| g + 1);
+        *current = Some((generation, display, dup));
     }
 
     fn get(&self) -> Option<(u64, GpuBackend)> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.as_ref().map(|(g, b, _)| (*g, b.clone()))
+    }
+
+    /// The current socket's duplicate, to arm a deadline with.
+    fn cutoff(&self) -> Option<Arc<OwnedFd>> {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.as_ref().and_then(|(_, _, dup)| dup.clone())
     }
 }
 
@@ -69,12 +84,28 @@ type WorkerChannel = Channel<DisplayToGpu, GpuToDisplay>;
 /// not its bit, so `contains(EDID)` holds for every set: not usable.)
 const PROTOCOL_F_EDID: u64 = 1 << 0;
 
-/// Serves one connection's display channel until gpu-worker closes it.
-pub fn serve(channel: WorkerChannel, socket: Arc<DisplaySocket>, scanouts: usize, max_bytes: u64) {
+/// Serves one connection's display channel until gpu-worker closes it or
+/// the next connection's work arrives on `next` (returned).
+pub fn serve<W>(
+    channel: WorkerChannel,
+    socket: Arc<DisplaySocket>,
+    scanouts: usize,
+    max_bytes: u64,
+    next: &std::sync::mpsc::Receiver<W>,
+) -> Option<W> {
     let mut display = Display::new(socket, scanouts, max_bytes);
-    crate::serve::requests(&channel, "gpu-worker's display", |request, fd| {
-        display.handle(request, fd)
-    });
+    crate::serve::requests(&channel, "gpu-worker's display", next, |request, fd| {
+        // Every display message of one request, replies included, within
+        // the VMM's deadline: past it the socket is cut off and marked
+        // failed, and gpu-worker gets its answer before its own deadline.
+        let socket = display.socket.cutoff();
+        crate::deadline::within(
+            socket.as_ref(),
+            "the display socket",
+            ipc::deadline::VMM_REPLY,
+            || display.handle(request, fd),
+        )
+    })
 }
 
 /// A resource's pixels, mapped read-only.

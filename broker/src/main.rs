@@ -6,15 +6,16 @@
 //! dies.
 
 mod config;
+mod deadline;
 mod display;
+mod internal;
 mod mapper;
 mod serve;
 mod session;
 mod workers;
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -264,13 +265,20 @@ fn run(args: Args) -> Result<(), String> {
     let (mapper_tx, mapper_rx) = std::sync::mpsc::channel::<MapWork>();
     let display_started = started_tx.clone();
     let mapper_started = started_tx.clone();
+    let started_tx_deadlines = started_tx.clone();
     thread::Builder::new()
         .name("mapper".into())
         .spawn(move || {
             let _ = mapper_started.send(());
-            // One connection's map channel at a time, in order.
-            for (channel, region) in mapper_rx {
-                mapper::serve(channel, region);
+            // One connection's map channel at a time; the next one's work
+            // ends the service of the one before.
+            let mut work = mapper_rx.recv().ok();
+            while let Some((channel, region)) = work {
+                work = mapper::serve(channel, region, &mapper_rx).or_else(|| mapper_rx.recv().ok());
+            }
+            // The front-end thread is gone: the process is ending.
+            loop {
+                thread::park();
             }
         })
         .map_err(|e| format!("cannot start the mapper thread: {e}"))?;
@@ -279,17 +287,24 @@ fn run(args: Args) -> Result<(), String> {
         .name("display".into())
         .spawn(move || {
             let _ = display_started.send(());
-            // One connection's display channel at a time, in order.
-            for (channel, socket) in display_rx {
-                display::serve(channel, socket, scanout_count, max_bytes);
+            // One connection's display channel at a time; the next one's
+            // work ends the service of the one before.
+            let mut work = display_rx.recv().ok();
+            while let Some((channel, socket)) = work {
+                work = display::serve(channel, socket, scanout_count, max_bytes, &display_rx)
+                    .or_else(|| display_rx.recv().ok());
+            }
+            loop {
+                thread::park();
             }
         })
         .map_err(|e| format!("cannot start the display thread: {e}"))?;
     let (ended, ended_watch) =
         UnixStream::pair().map_err(|e| format!("cannot make the end-of-service pair: {e}"))?;
+    let internal = Arc::new(internal);
     let frontends = FrontendService {
         ended,
-        internal,
+        internal: internal.clone(),
         config: config.clone(),
         current: current.clone(),
         gpu: gpu_ch.clone(),
@@ -304,9 +319,11 @@ fn run(args: Args) -> Result<(), String> {
             frontends.serve(listener)
         })
         .map_err(|e| format!("cannot start the front-end thread: {e}"))?;
-    // The filter below covers every thread at once (TSYNC); let both
+    deadline::start(started_tx_deadlines)
+        .map_err(|e| format!("cannot start the deadline thread: {e}"))?;
+    // The filter below covers every thread at once (TSYNC); let them all
     // finish starting (signal stack, name) first.
-    for _ in 0..3 {
+    for _ in 0..4 {
         started_rx
             .recv()
             .map_err(|_| "a broker thread did not start".to_string())?;
@@ -348,6 +365,7 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(path) = &args.socket_path {
         remove_socket(path, socket_dir.as_ref());
     }
+    internal.remove();
     std::process::exit(status);
 }
 
@@ -464,7 +482,7 @@ fn start_workers(
     render: &Channel<BrokerToRender, RenderToBroker>,
     config: &mut DeviceConfig,
     socket_dir: Option<&OwnedFd>,
-) -> Result<SocketAddr, String> {
+) -> Result<internal::Internal, String> {
     gpu.handshake(Role::Broker, Role::GpuWorker)
         .map_err(|e| format!("gpu-worker: {e}"))?;
     render
@@ -503,7 +521,7 @@ fn start_workers(
     gpu.send(&BrokerToGpu::Configure(config.gpu_config()), &[])
         .map_err(|e| format!("gpu-worker: {e}"))?;
 
-    let (listener, addr) = internal_listener()?;
+    let (listener, internal) = internal::listener(config.jail.sandbox)?;
     gpu.send(&BrokerToGpu::VhostUserListener, &[listener.as_fd()])
         .map_err(|e| format!("gpu-worker: {e}"))?;
     drop(listener);
@@ -524,29 +542,7 @@ fn start_workers(
         other => return Err(format!("render-worker did not become ready: {other:?}")),
     }
     render.set_recv_timeout(None).map_err(|e| e.to_string())?;
-    Ok(addr)
-}
-
-/// The socket gpu-worker serves vhost-user on, for the broker alone: an
-/// abstract name with 128 random bits, so only a process that can read
-/// /proc/net/unix in the broker's network namespace could even find it.
-fn internal_listener() -> Result<(UnixListener, SocketAddr), String> {
-    let mut random = [0u8; 16];
-    // getrandom(2), not /dev/urandom: this runs inside the empty root.
-    // SAFETY: the kernel writes at most random.len() bytes into the buffer.
-    let n = unsafe { nix::libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
-    if usize::try_from(n).ok() != Some(random.len()) {
-        return Err(format!(
-            "cannot draw a random socket name: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let name = format!("gpu-airlock/{}/{hex}", std::process::id());
-    let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;
-    let listener = UnixListener::bind_addr(&addr)
-        .map_err(|e| format!("cannot create the internal vhost-user socket: {e}"))?;
-    Ok((listener, addr))
+    Ok(internal)
 }
 
 /// One front-end connection's display work: the broker's end of its
@@ -560,15 +556,11 @@ type DisplayWork = (
 /// map channel and the region its session fills in.
 type MapWork = (Channel<MapAnswer, MapRequest>, Arc<mapper::HostVisible>);
 
-/// How long a worker waits for an answer on a per-connection channel
-/// before it gives up on that peer for the connection.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What the front-end thread needs to serve connections.
 struct FrontendService {
     /// Closed when the one connected front-end (`--fd`) has gone.
     ended: UnixStream,
-    internal: SocketAddr,
+    internal: Arc<internal::Internal>,
     config: DeviceConfig,
     current: CurrentConnection,
     gpu: Arc<Channel<BrokerToGpu, GpuToBroker>>,
@@ -638,15 +630,21 @@ impl FrontendService {
         let (map_ours, map_render) = pair("map")?;
         let (link_gpu, link_render) = pair("render link")?;
         let (events_gpu, events_render) = pair("render events")?;
-        // The receive timeouts of the ends that wait for answers.
-        let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as i64, 0);
-        for (fd, what) in [
-            (&display_gpu, "display"),
-            (&link_gpu, "render link"),
-            (&map_render, "map"),
+        // The receive timeouts of the ends that wait for answers, nested
+        // (ipc::deadline): a worker waits for the broker less long than
+        // gpu-worker waits for render-worker, which may be waiting on a map.
+        use ipc::deadline::{timeval, BROKER_ANSWER, RENDER_ANSWER};
+        for (fd, what, deadline) in [
+            (&display_gpu, "display", BROKER_ANSWER),
+            (&map_render, "map", BROKER_ANSWER),
+            (&link_gpu, "render link", RENDER_ANSWER),
         ] {
-            nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
-                .map_err(|e| format!("cannot set the {what} channel's timeout: {e}"))?;
+            nix::sys::socket::setsockopt(
+                fd,
+                nix::sys::socket::sockopt::ReceiveTimeout,
+                &timeval(deadline),
+            )
+            .map_err(|e| format!("cannot set the {what} channel's timeout: {e}"))?;
         }
         self.render
             .send(
@@ -672,8 +670,7 @@ impl FrontendService {
         self.mapper
             .send((Channel::new(map_ours), region.clone()))
             .map_err(|_| "the mapper thread is gone".to_string())?;
-        let stream = UnixStream::connect_addr(&self.internal)
-            .map_err(|e| format!("cannot reach gpu-worker: {e}"))?;
+        let stream = self.internal.connect()?;
         Ok(Relay {
             stream,
             display,
@@ -691,6 +688,15 @@ impl FrontendService {
                 std::process::exit(1);
             }
         };
+        let (display, region) = (relay.display.clone(), relay.region.clone());
+        // gpu-worker's answers may wait on render-worker: each relayed
+        // request within ipc::deadline::RELAY_ANSWER, or the relay is cut
+        // off (and the connection ends).
+        let relay_cutoff = relay
+            .stream
+            .try_clone()
+            .map(|s| Arc::new(OwnedFd::from(s)))
+            .map_err(|e| format!("cannot keep the relay: {e}"))?;
         let session = Session::new(
             Frontend::from_stream(relay.stream, session::NUM_QUEUES),
             self.config.clone(),
@@ -698,11 +704,26 @@ impl FrontendService {
             relay.region,
         )
         .map_err(|e| format!("gpu-worker refused the relay: {e}"))?;
+        let peek = stream
+            .try_clone()
+            .map_err(|e| format!("cannot keep the front-end connection: {e}"))?;
         let mut handler = BackendReqHandler::from_stream(stream, Arc::new(Mutex::new(session)));
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
             handler.try_clone_connection().ok();
         loop {
-            match handler.handle_request() {
+            // Blocks until the front-end's next request is there.
+            match deadline::peek_vmm_socket(&peek) {
+                Some((deadline::VmmSocket::Display, dup)) => display.expect(dup),
+                Some((deadline::VmmSocket::BackendRequests, dup)) => region.expect(dup),
+                None => {}
+            }
+            let handled = deadline::within(
+                Some(&relay_cutoff),
+                "the relay to gpu-worker",
+                ipc::deadline::RELAY_ANSWER,
+                || handler.handle_request(),
+            );
+            match handled {
                 Ok(()) => {}
                 Err(VhostUserError::Disconnected)
                 | Err(VhostUserError::PartialMessage)

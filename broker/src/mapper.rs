@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use ipc::limited_warn;
 use ipc::ratelimit::LogLimiter;
 use ipc::{Channel, MapAnswer, MapRequest};
-use log::info;
+use log::{info, warn};
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 
@@ -37,7 +37,10 @@ pub const MAX_MAPPINGS: usize = 256;
 /// and, once the front-end sent it, the back-end request channel.
 pub struct HostVisible {
     pub size: u64,
-    channel: Mutex<Option<(Backend, bool)>>,
+    channel: Mutex<Option<(Backend, bool, crate::deadline::Cutoff)>>,
+    /// The duplicate the front-end thread peeked from the
+    /// SET_BACKEND_REQ_FD message being handled.
+    peeked: Mutex<crate::deadline::Cutoff>,
     /// Bumped each time the front-end dropped every mapping on its own
     /// (QEMU 11's generic device does at a device reset, and sends no
     /// RESET_DEVICE): the mapper then forgets its mappings, and answers
@@ -50,6 +53,7 @@ impl HostVisible {
         HostVisible {
             size,
             channel: Mutex::new(None),
+            peeked: Mutex::new(None),
             dropped: AtomicU64::new(0),
         }
     }
@@ -62,38 +66,74 @@ impl HostVisible {
     /// The front-end's back-end request channel, and whether it negotiated
     /// SHMEM.
     pub fn set_channel(&self, backend: Backend, shmem: bool) {
-        *self.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some((backend, shmem));
+        let dup = self.peeked.lock().unwrap_or_else(|e| e.into_inner()).take();
+        *self.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some((backend, shmem, dup));
     }
 
-    fn channel(&self) -> Result<Backend, String> {
+    /// The duplicate of the channel the next [`HostVisible::set_channel`]
+    /// brings, for cutting it off when the VMM does not answer in time.
+    pub fn expect(&self, dup: OwnedFd) {
+        *self.peeked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(dup));
+    }
+
+    fn channel(&self) -> Result<(Backend, crate::deadline::Cutoff), String> {
         match &*self.channel.lock().unwrap_or_else(|e| e.into_inner()) {
             None => Err("the front-end sent no back-end request channel".into()),
-            Some((_, false)) => Err(
+            Some((_, false, _)) => Err(
                 "the front-end did not negotiate SHMEM (QEMU 10 does not): blobs cannot be \
                  mapped into the guest"
                     .into(),
             ),
-            Some((backend, true)) => Ok(backend.clone()),
+            Some((backend, true, dup)) => Ok((backend.clone(), dup.clone())),
         }
     }
 }
 
+/// The front-end's answer to a back-end request. A refusal (a nonzero
+/// reply) leaves the channel in step; anything else (the VMM silent past
+/// [`ipc::deadline::VMM_REPLY`], so that crate::deadline cut the channel
+/// off; a malformed reply; a closed socket) does not, so the channel is
+/// marked failed and the connection maps no more.
+fn answered(backend: &Backend, what: &str, result: std::io::Result<u64>) -> Result<(), String> {
+    let Err(e) = result else {
+        return Ok(());
+    };
+    use vhost::vhost_user::Error as E;
+    match e.get_ref().and_then(|i| i.downcast_ref::<E>()) {
+        Some(E::FrontendInternalError) => return Err(format!("the front-end refused {what}")),
+        // Failed before, and said so then.
+        Some(E::SocketBroken(_)) => return Err(format!("{what}: the channel failed earlier")),
+        _ => {}
+    }
+    backend.set_failed(nix::libc::ETIMEDOUT);
+    warn!("the back-end request channel failed on {what}: {e}; no more maps for this connection");
+    Err(format!("the front-end did not answer {what}: {e}"))
+}
+
 type MapChannel = Channel<MapAnswer, MapRequest>;
 
-/// Serves one connection's map channel until render-worker closes it.
-pub fn serve(channel: MapChannel, region: Arc<HostVisible>) {
+/// Serves one connection's map channel until render-worker closes it or
+/// the next connection's work arrives on `next` (returned).
+pub fn serve<W>(
+    channel: MapChannel,
+    region: Arc<HostVisible>,
+    next: &std::sync::mpsc::Receiver<W>,
+) -> Option<W> {
     let mut mapper = Mapper::new(region.size);
     // A compromised render-worker may send refusable requests without end.
     let log = LogLimiter::default();
-    crate::serve::requests(&channel, "render-worker's map", |request, fd| match mapper
-        .handle(&region, request, fd)
-    {
-        Ok(()) => MapAnswer::Done,
-        Err(why) => {
-            limited_warn!(log, "refused a map request from render-worker: {why}");
-            MapAnswer::Refused(why)
-        }
-    });
+    crate::serve::requests(
+        &channel,
+        "render-worker's map",
+        next,
+        |request, fd| match mapper.handle(&region, request, fd) {
+            Ok(()) => MapAnswer::Done,
+            Err(why) => {
+                limited_warn!(log, "refused a map request from render-worker: {why}");
+                MapAnswer::Refused(why)
+            }
+        },
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,7 +284,7 @@ impl Mapper {
                     ));
                 }
                 self.check(resource_id, shm_offset, size, st.st_size.max(0) as u64)?;
-                let backend = region.channel()?;
+                let (backend, cutoff) = region.channel()?;
                 let mut flags = VhostUserMMapFlags::empty();
                 if writable {
                     flags |= VhostUserMMapFlags::WRITABLE;
@@ -257,9 +297,13 @@ impl Mapper {
                     flags: flags.bits(),
                     ..Default::default()
                 };
-                backend
-                    .shmem_map(&msg, &fd)
-                    .map_err(|e| format!("the front-end refused SHMEM_MAP: {e}"))?;
+                let result = crate::deadline::within(
+                    cutoff.as_ref(),
+                    "the back-end request channel (SHMEM_MAP)",
+                    ipc::deadline::VMM_REPLY,
+                    || backend.shmem_map(&msg, &fd),
+                );
+                answered(&backend, "SHMEM_MAP", result)?;
                 info!("mapped resource {resource_id} at {shm_offset:#x} ({size} bytes)");
                 self.record(resource_id, shm_offset, size);
                 Ok(())
@@ -275,16 +319,20 @@ impl Mapper {
                 let (offset, len) = self
                     .forget(resource_id)
                     .ok_or(format!("resource {resource_id} is not mapped"))?;
-                let backend = region.channel()?;
+                let (backend, cutoff) = region.channel()?;
                 let msg = VhostUserMMap {
                     shmid: SHMID_HOST_VISIBLE,
                     shm_offset: offset,
                     len,
                     ..Default::default()
                 };
-                backend
-                    .shmem_unmap(&msg)
-                    .map_err(|e| format!("the front-end refused SHMEM_UNMAP: {e}"))?;
+                let result = crate::deadline::within(
+                    cutoff.as_ref(),
+                    "the back-end request channel (SHMEM_UNMAP)",
+                    ipc::deadline::VMM_REPLY,
+                    || backend.shmem_unmap(&msg),
+                );
+                answered(&backend, "SHMEM_UNMAP", result)?;
                 Ok(())
             }
         }

@@ -10,6 +10,7 @@
 //! can change in one file.
 
 mod channel;
+pub mod deadline;
 pub mod messages;
 pub mod ratelimit;
 

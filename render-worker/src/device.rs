@@ -249,6 +249,10 @@ pub struct RenderDevice {
     memory: Vec<MemoryMap>,
     next_generation: u64,
     map: Channel<MapRequest, MapAnswer>,
+    /// Set once the map channel failed (a timeout, a close, a malformed
+    /// answer): an answer that came late would otherwise be read as the
+    /// next request's, so the channel is not used again.
+    map_lost: std::cell::Cell<bool>,
     blobs: BTreeMap<u32, Blob>,
     /// Each context's capset id as rutabaga runs it (see `runs_as`).
     contexts: BTreeMap<u32, u32>,
@@ -314,6 +318,7 @@ impl RenderDevice {
             memory: Vec::new(),
             next_generation: 0,
             map,
+            map_lost: std::cell::Cell::new(false),
             blobs: BTreeMap::new(),
             contexts: BTreeMap::new(),
             channels: BTreeSet::new(),
@@ -593,11 +598,18 @@ impl RenderDevice {
     }
 
     fn map_request(&self, request: &MapRequest, fd: Option<&OwnedFd>) -> Result<(), String> {
+        if self.map_lost.get() {
+            return Err("the map channel failed earlier in this connection".into());
+        }
         let fds: Vec<_> = fd.map(|f| f.as_fd()).into_iter().collect();
         match self.map.send(request, &fds).and_then(|()| self.map.recv()) {
             Ok((MapAnswer::Done, _)) => Ok(()),
             Ok((MapAnswer::Refused(why), _)) => Err(format!("the broker refused: {why}")),
-            Err(e) => Err(format!("map channel: {e}")),
+            Err(e) => {
+                self.map_lost.set(true);
+                warn!("render-worker: map channel: {e}; no more maps for this connection");
+                Err(format!("map channel: {e}"))
+            }
         }
     }
 

@@ -667,6 +667,13 @@ impl Device {
     /// `Frontend` has no method for it, so the 12-byte header (request,
     /// flags = version 1, size 0) goes out here with the descriptor.
     pub fn set_display(&mut self, config: DisplayConfig) -> DisplayPeer {
+        DisplayPeer::serve(self.set_display_socket(), config)
+    }
+
+    /// Sends VHOST_USER_GPU_SET_SOCKET as [`Device::set_display`] does and
+    /// returns the front-end's end of the display socket, unserved: a
+    /// display that never answers (a stalled VMM main loop).
+    pub fn set_display_socket(&mut self) -> UnixStream {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let mut hdr = Vec::with_capacity(12);
         for word in [33u32, 0x1, 0] {
@@ -687,7 +694,7 @@ impl Device {
         self.frontend
             .get_features()
             .expect("GET_FEATURES after SET_SOCKET");
-        DisplayPeer::serve(ours, config)
+        ours
     }
 
     /// Resets the device as QEMU does on a virtio reset (a guest reboot):

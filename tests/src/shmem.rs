@@ -77,6 +77,9 @@ pub struct HostVisibleRegion {
     /// While the front-end waits on a request of its own (RESET_DEVICE),
     /// it cannot send a table; it sends the latest when that returns.
     tables_held: Mutex<bool>,
+    /// How long each map request waits before it is handled (a stalled
+    /// VMM; see `stall_maps`).
+    map_stall: Mutex<std::time::Duration>,
 }
 
 // SAFETY: the reservation is only ever changed under `state`'s lock, and
@@ -104,6 +107,7 @@ impl HostVisibleRegion {
             tables: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
             tables_held: Mutex::new(false),
+            map_stall: Mutex::new(std::time::Duration::ZERO),
         })
     }
 
@@ -144,6 +148,13 @@ impl HostVisibleRegion {
                 self.apply(change).expect("memory change");
             }
         }
+    }
+
+    /// Makes every later map request wait `stall` before it is handled
+    /// and answered: a VMM whose main loop is stuck, whose answers come
+    /// late or not in time at all.
+    pub fn stall_maps(&self, stall: std::time::Duration) {
+        *self.map_stall.lock().unwrap() = stall;
     }
 
     /// The region info of the mapping at `offset`, if it is still mapped.
@@ -407,6 +418,8 @@ impl VhostUserFrontendReqHandler for Shmem {
             .0
             .as_ref()
             .ok_or_else(|| std::io::Error::other("SHMEM was not negotiated"))?;
+        let stall = *region.map_stall.lock().unwrap();
+        std::thread::sleep(stall);
         // SAFETY: the descriptor came with the request and stays open for
         // the duration of this call.
         let fd = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };

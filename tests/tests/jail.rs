@@ -99,6 +99,94 @@ fn sandbox_none_keeps_the_host_namespaces() {
         .is_some());
 }
 
+/// The socket inodes a process holds, from its descriptor table.
+fn socket_inodes(pid: u32) -> Vec<String> {
+    fd_targets(pid)
+        .into_iter()
+        .filter_map(|t| Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string()))
+        .collect()
+}
+
+/// The bound unix socket names in this network namespace (/proc/net/unix:
+/// `@name` for abstract ones), by inode.
+fn unix_socket_names() -> Vec<(String, String)> {
+    fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let fields: Vec<_> = l.split_whitespace().collect();
+            Some((fields.get(6)?.to_string(), fields.get(7)?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn sandbox_none_keeps_the_internal_link_in_a_private_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let backend = Backend::start(&["--sandbox", "none"]);
+    let mut dev = Device::connect(&backend.socket);
+    let (len, _) = dev.control(&ctrl_hdr(CMD_GET_DISPLAY_INFO, 0, 0), 1024);
+    assert!(len > 0, "the device serves through the internal link");
+    let (gpu, _) = backend.worker_pids();
+    let held = socket_inodes(gpu);
+    // The listener and the connection it accepted carry the same name.
+    let mut names: Vec<_> = unix_socket_names()
+        .into_iter()
+        .filter(|(inode, _)| held.contains(inode))
+        .map(|(_, name)| name)
+        .collect();
+    names.sort();
+    names.dedup();
+    // Without a network namespace of its own, an abstract name would be
+    // reachable by every local user.
+    assert!(
+        !names.iter().any(|n| n.starts_with('@')),
+        "gpu-worker listens on an abstract name: {names:?}"
+    );
+    let [socket] = names.as_slice() else {
+        panic!("gpu-worker listens on one named socket, found {names:?}");
+    };
+    let socket = std::path::PathBuf::from(socket);
+    let dir = socket.parent().unwrap().to_path_buf();
+    let mode = fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+    // Another user cannot connect. Credentials belong to threads: a raw
+    // setresuid changes this thread's alone (glibc's setuid would change
+    // every thread of the test process).
+    let other_user = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            // SAFETY: raw setresgid/setresuid on this thread only; it ends
+            // right after the connect below.
+            let dropped = unsafe {
+                nix::libc::syscall(nix::libc::SYS_setresgid, 65534, 65534, 65534) == 0
+                    && nix::libc::syscall(nix::libc::SYS_setresuid, 65534, 65534, 65534) == 0
+            };
+            assert!(dropped, "cannot become uid 65534 on this thread");
+            std::os::unix::net::UnixStream::connect(&socket).map(|_| ())
+        })
+        .join()
+        .unwrap()
+    };
+    assert_eq!(
+        other_user.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::PermissionDenied),
+        "uid 65534 reaches {}",
+        socket.display()
+    );
+    // The broker removes the directory when it stops.
+    drop(dev);
+    let pid = backend.pid();
+    // SAFETY: signalling our own child.
+    unsafe { nix::libc::kill(pid as i32, nix::libc::SIGTERM) };
+    let mut backend = backend;
+    assert!(backend
+        .wait_exit(std::time::Duration::from_secs(10))
+        .is_some());
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+}
+
 #[test]
 fn every_thread_of_every_process_is_confined() {
     let backend = Backend::start(&[]);
