@@ -5,6 +5,8 @@
 //! gpu-worker (see `session`), and ends the device cleanly when a worker
 //! dies.
 
+mod capabilities;
+mod cli;
 mod config;
 mod deadline;
 mod display;
@@ -12,6 +14,7 @@ mod internal;
 mod mapper;
 mod serve;
 mod session;
+mod supervisor;
 mod workers;
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
@@ -25,7 +28,7 @@ use std::time::Duration;
 use clap::Parser;
 use ipc::{
     BrokerToGpu, BrokerToRender, Channel, DisplayToGpu, GpuToBroker, GpuToDisplay, JailConfig,
-    MapAnswer, MapRequest, RenderToBroker, Role, SandboxMode, ScanoutSize, SeccompMode,
+    MapAnswer, MapRequest, RenderToBroker, Role, SandboxMode,
 };
 use log::{error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -33,118 +36,10 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vhost::vhost_user::{BackendReqHandler, Error as VhostUserError, Frontend, Listener};
 
-use config::{parse_scanout, scanouts_or_default, DeviceConfig};
+use cli::{Args, SandboxArg};
+use config::{scanouts_or_default, DeviceConfig};
 use session::Session;
 use workers::{describe, Worker, GPU_WORKER_BIN, RENDER_WORKER_BIN};
-
-/// A jailed vhost-user virtio-gpu device backend.
-///
-/// Serves one virtio-gpu device to a vhost-user front-end such as QEMU's
-/// `-device vhost-user-gpu-pci,chardev=...` or crosvm's
-/// `--vhost-user type=gpu,socket=...`. Three processes: this broker (owns
-/// the socket), gpu-worker (reads the virtqueues) and render-worker (holds
-/// GPU and Wayland descriptors), started from binaries installed beside
-/// this one.
-#[derive(Parser, Debug)]
-#[command(name = "gpu-airlock", version, about, long_about = None)]
-#[command(after_help = "Logs go to stderr; set RUST_LOG=debug for more.\n\
-Example: gpu-airlock --socket-path /run/gpu.sock --display 1920x1080")]
-struct Args {
-    /// Listen for the front-end on this Unix socket path (created; an old
-    /// socket file there is replaced).
-    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
-    socket_path: Option<PathBuf>,
-
-    /// Use this already-listening Unix socket descriptor (socket
-    /// activation), instead of --socket-path.
-    #[arg(long, value_name = "N")]
-    fd: Option<RawFd>,
-
-    /// Print this backend's capabilities as JSON (QEMU's vhost-user backend
-    /// program convention) and exit.
-    #[arg(long)]
-    print_capabilities: bool,
-
-    /// Add a scanout of this size. Repeat for more scanouts (at most 16);
-    /// default: one 1280x800 scanout.
-    #[arg(long = "display", value_name = "WIDTHxHEIGHT", value_parser = parse_scanout)]
-    displays: Vec<ScanoutSize>,
-
-    /// Namespaces, an empty root and landlock for every process
-    /// (namespace), or none of them (none; debugging, or a kernel that
-    /// permits none of them).
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = SandboxArg::Namespace)]
-    sandbox: SandboxArg,
-
-    /// What a syscall outside a process's seccomp policy gets: kill the
-    /// process (SIGSYS), trap (log the syscall's name, then exit), log (the
-    /// kernel logs it and lets it run), or none (no filter; debugging only).
-    #[arg(long, value_enum, value_name = "ACTION", default_value_t = SeccompArg::Kill)]
-    seccomp: SeccompArg,
-
-    /// Most memory, in MiB, that all of a guest's 2D resources may take
-    /// together; a guest asking for more gets VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY.
-    /// The default fits two 3840x2160 frames and more, as QEMU's 256 MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 256,
-          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
-    max_resource_memory: u64,
-
-    /// Most contexts a guest may have at once (each is a rutabaga context;
-    /// a cross-domain one also a thread and a compositor connection in
-    /// render-worker); past it CTX_CREATE gets ERR_OUT_OF_MEMORY. The
-    /// default is far past what a desktop guest makes (one per Wayland
-    /// client and GL program).
-    #[arg(long, value_name = "N", default_value_t = 256,
-          value_parser = clap::value_parser!(u32).range(1..=i64::from(ipc::MAX_CONTEXTS)))]
-    max_contexts: u32,
-
-    /// Size of the host-visible shared memory region (shmid 1) that blob
-    /// resources are mapped into, with a K, M or G suffix (like crosvm's
-    /// default, 8G). Offered to front-ends that negotiate SHMEM. A power
-    /// of two from 4K to 1024G: QEMU 11 needs whole pages and crosvm
-    /// rounds up to a power of two, so this is the size both give the
-    /// guest.
-    #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = config::parse_size)]
-    shm_size: u64,
-
-    /// The Wayland compositor's socket that guests reach through
-    /// cross-domain contexts (capset 5, offered only with a socket).
-    /// Default: $XDG_RUNTIME_DIR/$WAYLAND_DISPLAY when both are set and it
-    /// exists. render-worker sees this one socket in its empty root and
-    /// nothing else of the host's filesystem.
-    #[arg(long, value_name = "PATH")]
-    wayland_socket: Option<PathBuf>,
-
-    /// Directory holding gpu-airlock-gpu-worker and
-    /// gpu-airlock-render-worker; default: the directory of this binary.
-    #[arg(long, value_name = "DIR")]
-    worker_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum SandboxArg {
-    Namespace,
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum SeccompArg {
-    Kill,
-    Trap,
-    Log,
-    None,
-}
-
-impl From<SeccompArg> for SeccompMode {
-    fn from(a: SeccompArg) -> Self {
-        match a {
-            SeccompArg::Kill => SeccompMode::Kill,
-            SeccompArg::Trap => SeccompMode::Trap,
-            SeccompArg::Log => SeccompMode::Log,
-            SeccompArg::None => SeccompMode::None,
-        }
-    }
-}
 
 /// The front-end connection being served, so the watchdog can close it.
 type CurrentConnection = Arc<Mutex<Option<UnixStream>>>;
@@ -153,15 +48,24 @@ fn main() -> ExitCode {
     // Before any thread: the broker's threads allocate from the main arena
     // (see policies::one_malloc_arena).
     policies::one_malloc_arena();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    ipc::logging::init();
     let args = Args::parse();
     if args.print_capabilities {
-        println!("{{\n  \"type\": \"gpu\",\n  \"features\": [\n    \"edid\"\n  ]\n}}");
+        print!("{}", capabilities::json());
         return ExitCode::SUCCESS;
     }
-    match run(args) {
+    // Where front-ends come from, checked before anything is started: a
+    // wrong choice is bad input (exit 2, as clap's own errors), and leaves
+    // nothing behind.
+    let frontend = match choose_frontend(&args) {
+        Ok(f) => f,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let notifier = supervisor::Notifier::connect();
+    match run(args, frontend, &notifier) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -170,7 +74,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+/// The front-end socket as the command line and the environment give it.
+enum Chosen {
+    Path(PathBuf),
+    Socket(FrontendSocket),
+}
+
+fn choose_frontend(args: &Args) -> Result<Chosen, String> {
+    let activated = supervisor::listen_fd()?;
+    match (&args.socket_path, args.fd, activated) {
+        (Some(path), None, None) => Ok(Chosen::Path(path.clone())),
+        (None, Some(fd), None) => frontend_from_fd(fd, &format!("--fd {fd}")).map(Chosen::Socket),
+        (None, None, Some(fd)) => {
+            frontend_from_fd(fd, "the socket systemd passed (LISTEN_FDS)").map(Chosen::Socket)
+        }
+        (None, None, None) => Err(
+            "give --socket-path PATH or --fd N, or start from a systemd socket unit (see --help)"
+                .into(),
+        ),
+        _ => Err("give only one of --socket-path, --fd and a systemd socket (LISTEN_FDS)".into()),
+    }
+}
+
+fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<(), String> {
     let scanouts = scanouts_or_default(args.displays)?;
     let jail = JailConfig {
         sandbox: match args.sandbox {
@@ -190,15 +116,12 @@ fn run(args: Args) -> Result<(), String> {
         jail,
     };
 
-    let listener = match (&args.socket_path, args.fd) {
-        (Some(path), None) => FrontendSocket::Listening(
-            Listener::new(path, true)
+    let listener = match frontend {
+        Chosen::Path(path) => FrontendSocket::Listening(
+            Listener::new(&path, true)
                 .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
         ),
-        (None, Some(fd)) => frontend_from_fd(fd)?,
-        _ => {
-            return Err("give --socket-path PATH or --fd N (see --help)".into());
-        }
+        Chosen::Socket(socket) => socket,
     };
 
     // After pivot_root the socket's path is gone from the broker's view; a
@@ -338,8 +261,14 @@ fn run(args: Args) -> Result<(), String> {
             p.display(),
             config.scanouts.len()
         ),
-        None => info!("gpu-airlock ready on fd {:?}", args.fd),
+        None => info!(
+            "gpu-airlock ready on the socket it was given ({}; {} scanout(s))",
+            args.fd
+                .map_or_else(|| "systemd's".to_string(), |fd| format!("--fd {fd}")),
+            config.scanouts.len()
+        ),
     }
+    notifier.ready();
 
     let stop = watch_workers(&mut workers, &gpu_ch, &render_ch, &stops, &ended_watch);
     let status = match &stop {
@@ -356,6 +285,7 @@ fn run(args: Args) -> Result<(), String> {
             0
         }
     };
+    notifier.stopping();
     if let Some(conn) = current.lock().unwrap_or_else(|e| e.into_inner()).take() {
         let _ = conn.shutdown(std::net::Shutdown::Both);
     }
@@ -441,29 +371,36 @@ enum FrontendSocket {
     Connected(UnixStream),
 }
 
-fn frontend_from_fd(fd: RawFd) -> Result<FrontendSocket, String> {
-    // SAFETY: the user handed this descriptor over with --fd; fstat and
-    // getsockopt on a borrowed descriptor only read its metadata.
+/// Takes over descriptor `fd` (named `what` in errors) as the front-end
+/// socket: a Unix stream socket, listening or connected.
+fn frontend_from_fd(fd: RawFd, what: &str) -> Result<FrontendSocket, String> {
+    // SAFETY: the user or the service manager handed this descriptor over;
+    // fstat and getsockopt on a borrowed descriptor only read its metadata.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let st = nix::sys::stat::fstat(borrowed)
-        .map_err(|e| format!("--fd {fd} is not an open descriptor: {e}"))?;
+        .map_err(|e| format!("{what} is not an open descriptor: {e}"))?;
     if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
-        return Err(format!("--fd {fd} is not a socket"));
+        return Err(format!("{what} is not a socket"));
     }
     use nix::sys::socket::{getsockopt, sockopt};
-    let kind = getsockopt(&borrowed, sockopt::SockType).map_err(|e| format!("--fd {fd}: {e}"))?;
+    let family = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd)
+        .map_err(|e| format!("{what}: {e}"))?;
+    let family = nix::sys::socket::SockaddrLike::family(&family);
+    if family != Some(nix::sys::socket::AddressFamily::Unix) {
+        let family = family.map_or_else(|| "unknown".to_string(), |f| format!("{f:?}"));
+        return Err(format!("{what} is not a Unix socket (family {family})"));
+    }
+    let kind = getsockopt(&borrowed, sockopt::SockType).map_err(|e| format!("{what}: {e}"))?;
     if kind != nix::sys::socket::SockType::Stream {
-        return Err(format!(
-            "--fd {fd} is a {kind:?} socket, not a stream socket"
-        ));
+        return Err(format!("{what} is a {kind:?} socket, not a stream socket"));
     }
     let listening =
-        getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| format!("--fd {fd}: {e}"))?;
+        getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| format!("{what}: {e}"))?;
     nix::fcntl::fcntl(
         borrowed,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
-    .map_err(|e| format!("--fd {fd}: {e}"))?;
+    .map_err(|e| format!("{what}: {e}"))?;
     // SAFETY: the descriptor is an open stream socket we now own (checked
     // above).
     Ok(if listening {

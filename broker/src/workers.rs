@@ -35,26 +35,42 @@ pub struct Worker {
     pidfd: OwnedFd,
 }
 
-/// Where the worker binaries are: `--worker-dir`, else beside this binary.
+/// Where the worker binaries are: `--worker-dir`; else beside this binary
+/// (a build tree: `target/release/`); else, for an installed broker in
+/// `PREFIX/bin`, `PREFIX/libexec/gpu-airlock/` (the Debian package's
+/// layout: the workers are not commands of their own).
 pub fn worker_path(dir: Option<&Path>, bin: &str) -> io::Result<PathBuf> {
-    let dir = match dir {
-        Some(d) => d.to_path_buf(),
-        None => std::env::current_exe()?
-            .parent()
-            .map(Path::to_path_buf)
-            .ok_or_else(|| io::Error::other("the broker's own path has no directory"))?,
+    let candidates = match dir {
+        Some(d) => vec![d.to_path_buf()],
+        None => {
+            let exe = std::env::current_exe()?;
+            let here = exe
+                .parent()
+                .ok_or_else(|| io::Error::other("the broker's own path has no directory"))?;
+            let mut dirs = vec![here.to_path_buf()];
+            if let Some(prefix) = here.parent() {
+                dirs.push(prefix.join("libexec/gpu-airlock"));
+            }
+            dirs
+        }
     };
-    let path = dir.join(bin);
-    if !path.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!(
-                "{} not found; install it beside gpu-airlock or pass --worker-dir",
-                path.display()
-            ),
-        ));
+    for d in &candidates {
+        let path = d.join(bin);
+        if path.is_file() {
+            return Ok(path);
+        }
     }
-    Ok(path)
+    let tried: Vec<String> = candidates
+        .iter()
+        .map(|d| d.join(bin).display().to_string())
+        .collect();
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "{bin} not found (looked for {}); install it beside gpu-airlock or pass --worker-dir",
+            tried.join(", ")
+        ),
+    ))
 }
 
 /// Starts `exe` with `broker_end` at fd 3 and `peer_end` at fd 4.
@@ -63,6 +79,15 @@ pub fn spawn(role: Role, exe: &Path, broker_end: OwnedFd, peer_end: OwnedFd) -> 
     let (b, p) = (broker_end.as_raw_fd(), peer_end.as_raw_fd());
     let mut cmd = Command::new(exe);
     cmd.stdin(Stdio::null());
+    // What systemd gave the broker is the broker's alone.
+    for var in [
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+    ] {
+        cmd.env_remove(var);
+    }
     // SAFETY: the closure runs in the forked child before exec and makes
     // only async-signal-safe system calls (fcntl, dup2, prctl, getppid); it
     // allocates nothing.

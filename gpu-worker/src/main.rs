@@ -18,9 +18,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    ipc::logging::init();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

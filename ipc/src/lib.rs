@@ -11,6 +11,7 @@
 
 mod channel;
 pub mod deadline;
+pub mod logging;
 pub mod messages;
 pub mod ratelimit;
 

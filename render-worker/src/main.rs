@@ -18,9 +18,7 @@ use ipc::{
 use log::{error, info, warn};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    ipc::logging::init();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

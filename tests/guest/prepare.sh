@@ -39,11 +39,15 @@ command -v busybox >/dev/null && busybox --list | grep -qx insmod || need+=(busy
 command -v cpio >/dev/null || need+=(cpio)
 [ -x /sbin/depmod ] || need+=(kmod)
 command -v weston >/dev/null || need+=(weston)
+command -v systemd-socket-activate >/dev/null || need+=(systemd)
+command -v man >/dev/null || need+=(man-db)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-system-gui >/dev/null
     # weston (headless) is the real compositor of the cross-domain tests.
     apt-get install -y -qq busybox-static cpio kmod weston >/dev/null
+    # The operators' tests: systemd-analyze, systemd-socket-activate, man.
+    apt-get install -y -qq systemd man-db >/dev/null
 fi
 
 # QEMU 11.1, the first with SHMEM on its generic vhost-user device, is

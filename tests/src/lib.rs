@@ -243,7 +243,10 @@ impl Backend {
         assert!(
             backend
                 .log
-                .wait_for(&["ready on fd"], Duration::from_secs(20))
+                .wait_for(
+                    &["ready on the socket it was given"],
+                    Duration::from_secs(20)
+                )
                 .is_some(),
             "gpu-airlock started on the connected fd: {:#?}",
             backend.log.lines()
@@ -251,7 +254,9 @@ impl Backend {
         (backend, ours)
     }
 
-    fn spawn(mut cmd: Command, dir: TempDir, socket: PathBuf) -> Backend {
+    /// Starts `cmd` (a gpu-airlock command line, perhaps behind a
+    /// launcher) with the harness's logging, without waiting for it.
+    pub fn spawn(mut cmd: Command, dir: TempDir, socket: PathBuf) -> Backend {
         // For writing policies: GPU_AIRLOCK_TEST_SECCOMP=trap names the
         // syscall a filter refused.
         if let Some(mode) = std::env::var_os("GPU_AIRLOCK_TEST_SECCOMP") {
