@@ -41,6 +41,7 @@ command -v cpio >/dev/null || need+=(cpio)
 command -v weston >/dev/null || need+=(weston)
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
 command -v man >/dev/null || need+=(man-db)
+[ -x /usr/sbin/libvirtd ] && command -v virsh >/dev/null || need+=(libvirt)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-system-gui >/dev/null
@@ -48,6 +49,9 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq busybox-static cpio kmod weston >/dev/null
     # The operators' tests: systemd-analyze, systemd-socket-activate, man.
     apt-get install -y -qq systemd man-db >/dev/null
+    # The libvirt test: Debian's libvirt 9 (daemon, QEMU driver, virsh);
+    # the test starts the daemons itself where nothing else has.
+    apt-get install -y -qq --no-install-recommends libvirt-daemon-system libvirt-clients >/dev/null
 fi
 
 # QEMU 11.1, the first with SHMEM on its generic vhost-user device, is

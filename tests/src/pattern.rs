@@ -44,3 +44,19 @@ pub fn find(screen: &[u8], screen_width: usize, width: u32, height: u32) -> Opti
     }
     None
 }
+
+/// A PNG file (a compositor's or QEMU's screenshot) as width, height and
+/// RGB rows.
+pub fn read_png(path: &std::path::Path) -> (usize, usize, Vec<u8>) {
+    let mut decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    let rgb = buf[..info.buffer_size()]
+        .chunks(channels)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    (info.width as usize, info.height as usize, rgb)
+}

@@ -120,17 +120,7 @@ impl Weston {
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "png"))
             .expect("weston-screenshooter wrote a PNG");
-        let mut decoder = png::Decoder::new(std::fs::File::open(&png).unwrap());
-        decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-        let mut reader = decoder.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        let channels = info.color_type.samples();
-        let rgb = buf[..info.buffer_size()]
-            .chunks(channels)
-            .flat_map(|p| [p[0], p[1], p[2]])
-            .collect();
-        (info.width as usize, info.height as usize, rgb)
+        crate::pattern::read_png(&png)
     }
 
     /// The compositor goes away.
