@@ -219,7 +219,14 @@ impl GpuDevice {
                 self.log,
                 "{queue:?} queue: refusing chain at head {head}: {e}"
             );
-            // Answer on whatever writable space there is, if it is sound.
+            // Answer on whatever writable space there is, if it is sound:
+            // not on a chain that loops, whose writable space the queue's
+            // iterator yields once per lap (the fuzzer found an answer of
+            // 24 bytes claimed for a 21-byte descriptor that pointed at
+            // itself).
+            if !writable_ranges_disjoint(chain.clone()) {
+                return 0;
+            }
             return match Writer::new(mem, chain) {
                 Ok(mut w) => write_response(&mut w, &err_hdr(RESP_ERR_UNSPEC, None)),
                 Err(_) => 0,
@@ -655,6 +662,20 @@ fn body<T: ByteValued>(reader: &mut Reader<'_>) -> Result<T, Refusal> {
     })
 }
 
+/// Whether the writable descriptors a refused chain yields are distinct
+/// ranges of memory (a chain that loops yields the same ones again).
+fn writable_ranges_disjoint<T>(chain: DescriptorChain<T>) -> bool
+where
+    T: Deref<Target = GuestMemoryMmap>,
+{
+    let mut ranges: Vec<(u64, u64)> = chain
+        .filter(|d| d.is_write_only())
+        .map(|d| (d.addr().0, d.addr().0.saturating_add(u64::from(d.len()))))
+        .collect();
+    ranges.sort_unstable();
+    ranges.windows(2).all(|w| w[0].1 <= w[1].0)
+}
+
 /// Checks the shape of a whole chain before any of it is trusted.
 pub fn validate_chain<T>(chain: DescriptorChain<T>) -> Result<(), ChainError>
 where
@@ -1004,6 +1025,19 @@ mod tests {
         );
         assert_eq!(n, 24);
         assert_eq!(response_hdr(&m).type_.to_native(), RESP_ERR_UNSPEC);
+    }
+
+    #[test]
+    fn a_looping_chain_gets_no_answer_written_around_its_loop() {
+        let m = mem();
+        request(&m, CMD_GET_DISPLAY_INFO, 0, &[]);
+        // One 21-byte writable descriptor that points at itself: the
+        // iterator yields it until its time-to-live runs out.
+        let n = run(
+            &m,
+            &[desc(RESP, 21, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 0)],
+        );
+        assert_eq!(n, 0, "no answer claimed past the 21 bytes there are");
     }
 
     #[test]

@@ -307,12 +307,19 @@ impl<Tx: Message, Rx: Message> Channel<Tx, Rx> {
             // A zero-length read on a SEQPACKET socket is the peer's close.
             return Err(Error::Closed);
         }
-        let (value, used) = bincode::serde::decode_from_slice::<T, _>(&buf[..len], wire_config())?;
-        if used != len {
-            return Err(Error::TrailingBytes(len - used));
-        }
-        Ok((value, fds))
+        Ok((decode_frame(&buf[..len])?, fds))
     }
+}
+
+/// Decodes one received frame's bytes: exactly one message of type `T`,
+/// nothing after it. What every `recv` runs on bytes a peer wrote (and
+/// what the ipc fuzz target runs on arbitrary ones).
+pub fn decode_frame<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<T, Error> {
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(frame, wire_config())?;
+    if used != frame.len() {
+        return Err(Error::TrailingBytes(frame.len() - used));
+    }
+    Ok(value)
 }
 
 impl<Tx, Rx> AsFd for Channel<Tx, Rx> {

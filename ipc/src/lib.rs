@@ -18,7 +18,9 @@ pub mod ratelimit;
 #[doc(hidden)]
 pub use log as __log;
 
-pub use channel::{Channel, Error, Role, BUILD_ID, MAX_FDS, MAX_FRAME, PROTOCOL_VERSION};
+pub use channel::{
+    decode_frame, Channel, Error, Role, BUILD_ID, MAX_FDS, MAX_FRAME, PROTOCOL_VERSION,
+};
 pub use messages::*;
 
 use serde::de::DeserializeOwned;

@@ -6,6 +6,7 @@
 //! checks again is what it alone can: guest ranges against its own mapping
 //! of guest memory, and everything rutabaga refuses.
 
+use gpu_airlock_render_worker::framing::{check_cross_domain_framing, Walk};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -119,23 +120,11 @@ fn runs_as(context_init: u32, wayland: bool) -> u32 {
 
 /// `CROSS_DOMAIN_CHANNEL_RING`.
 const CROSS_DOMAIN_CHANNEL_RING: u8 = 1;
-/// `CROSS_DOMAIN_CMD_INIT`.
-const CROSS_DOMAIN_CMD_INIT: u8 = 1;
-const CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS: u8 = 2;
 /// Most GET_IMAGE_REQUIREMENTS one context may send: rutabaga keeps every
 /// answer in the context's table for the context's life, so without a cap
 /// a guest grows render-worker's memory without bound. A guest proxy asks
 /// once per buffer size.
 const MAX_REQUIREMENTS_PER_CONTEXT: usize = 4096;
-
-/// What one walk of a cross-domain stream found.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Walk {
-    /// An INIT that opens a channel.
-    opens_channel: bool,
-    /// GET_IMAGE_REQUIREMENTS commands.
-    requirements: usize,
-}
 
 /// `CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND` (rutabaga's cross_domain_protocol).
 const CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND: u32 = 1;
@@ -263,43 +252,6 @@ pub struct RenderDevice {
     requirements: BTreeMap<u32, usize>,
     /// The compositor, for a rutabaga built anew after a reset.
     wayland: Option<PathBuf>,
-}
-
-/// The size of a cross-domain command header (`CrossDomainHeader`).
-const CROSS_DOMAIN_HEADER: usize = 8;
-
-/// Checks the framing of a cross-domain command stream before rutabaga
-/// walks it: rutabaga advances by each header's `cmd_size` until the
-/// stream is empty, so a `cmd_size` of 0 would spin its thread forever, and
-/// one past the end is refused only after the command ran. Returns whether
-/// the stream holds an INIT that opens a channel (CROSS_DOMAIN_CMD_INIT
-/// with a channel type, the word 16 bytes in), and how many image
-/// requirements it asks.
-fn check_cross_domain_framing(commands: &[u8]) -> Result<Walk, String> {
-    let mut at = 0;
-    let mut walk = Walk::default();
-    while at < commands.len() {
-        let hdr = commands
-            .get(at..at + CROSS_DOMAIN_HEADER)
-            .ok_or(format!("a cross-domain header cut short at byte {at}"))?;
-        let size = usize::from(u16::from_le_bytes([hdr[2], hdr[3]]));
-        if size < CROSS_DOMAIN_HEADER || at + size > commands.len() {
-            return Err(format!(
-                "a cross-domain command of {size} bytes at byte {at} of {}",
-                commands.len()
-            ));
-        }
-        if hdr[0] == CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS {
-            walk.requirements += 1;
-        }
-        if hdr[0] == CROSS_DOMAIN_CMD_INIT {
-            if let Some(t) = commands[at..at + size].get(16..20) {
-                walk.opens_channel |= u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 0;
-            }
-        }
-        at += size;
-    }
-    Ok(walk)
 }
 
 impl RenderDevice {
@@ -771,6 +723,9 @@ impl RenderDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpu_airlock_render_worker::framing::{
+        CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS, CROSS_DOMAIN_CMD_INIT,
+    };
 
     fn cmd(size: u16, total: usize) -> Vec<u8> {
         let mut v = vec![0u8; total];
