@@ -430,3 +430,28 @@ pub fn parse_ppm(data: &[u8]) -> (usize, usize, Vec<u8>) {
     assert_eq!(pixels.len(), w * h * 3, "PPM of {w}x{h}");
     (w, h, pixels)
 }
+
+/// Whether the gpu-airlock Debian package is installed (the package and
+/// libvirt tests run what dpkg put in place). Where it is not, says so
+/// loudly, or fails where GPU_AIRLOCK_REQUIRE_PACKAGE is set (as `.ci/run`
+/// sets it after installing the package).
+pub fn package_installed() -> bool {
+    let ok = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "gpu-airlock"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"));
+    if ok {
+        return true;
+    }
+    let why = "the gpu-airlock package is not installed (cargo build --release --workspace && \
+               cargo deb -p gpu-airlock --no-build && dpkg -i target/debian/gpu-airlock_*.deb, \
+               as .ci/run does)";
+    if std::env::var_os("GPU_AIRLOCK_REQUIRE_PACKAGE").is_some() {
+        panic!("{why}");
+    }
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "\n*** SKIPPED, NOT PASSED: {why} ***\n"
+    );
+    false
+}

@@ -6,7 +6,6 @@
 //! verify` with their man page. Without the package these tests say so
 //! loudly; with GPU_AIRLOCK_REQUIRE_PACKAGE set (CI) they fail instead.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -16,24 +15,7 @@ use harness::*;
 const BROKER: &str = "/usr/bin/gpu-airlock";
 
 fn installed() -> bool {
-    let dpkg = Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", "gpu-airlock"])
-        .output();
-    let ok =
-        dpkg.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"));
-    if ok {
-        return true;
-    }
-    let why = "the gpu-airlock package is not installed (cargo deb -p gpu-airlock && dpkg -i \
-               target/debian/gpu-airlock_*.deb, as .ci/run does)";
-    if std::env::var_os("GPU_AIRLOCK_REQUIRE_PACKAGE").is_some() {
-        panic!("{why}");
-    }
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "\n*** SKIPPED, NOT PASSED: {why} ***\n"
-    );
-    false
+    harness::guest::package_installed()
 }
 
 #[test]
