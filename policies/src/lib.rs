@@ -114,12 +114,27 @@ pub fn enter_with_socket(
 /// `check_may_shrink_heap`), which no policy allows: a guest that made
 /// render-worker free a few hundred kilobytes on its connection thread
 /// (destroying a context with thousands of image requirements) killed it
-/// with SIGSYS. The main arena shrinks with brk. Call before the jail.
+/// with SIGSYS. The main arena shrinks with brk.
+///
+/// And blocks up to [`MMAP_THRESHOLD`] come from that heap, not from a
+/// mapping of their own: glibc's realloc of a mapped block calls mremap,
+/// which the workers' vring thread may not, and a guest that sent the
+/// longest backing list (4 MiB of entries, collected into a growing Vec)
+/// killed gpu-worker with SIGSYS. Call before the jail.
 pub fn one_malloc_arena() {
     // SAFETY: mallopt changes a malloc parameter; M_ARENA_MAX takes any
     // positive count and affects only arenas created later.
     unsafe { nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1) };
+    // SAFETY: as above; M_MMAP_THRESHOLD takes a size up to
+    // HEAP_MAX_SIZE / 2 (32 MiB on 64-bit) and fixes the threshold there
+    // (no dynamic raising).
+    unsafe { nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
 }
+
+/// glibc's largest mmap threshold on 64-bit (`HEAP_MAX_SIZE / 2`): every
+/// guest-driven allocation in the workers is far smaller (the longest
+/// backing list, 4 MiB).
+pub const MMAP_THRESHOLD: i32 = 32 << 20;
 
 /// Fails unless the process has exactly one thread: user namespaces and
 /// capability sets are per-thread matters, and a second thread would keep

@@ -94,3 +94,61 @@ fn forged_map_requests_from_a_compromised_render_worker_are_refused() {
         "{log:#?}"
     );
 }
+
+/// The longest backing list the device takes (MAX_BACKING_ENTRIES, 4 MiB
+/// of entries), in one request: the worker's allocations for it grow past
+/// glibc's mmap threshold, where realloc would call mremap, which no
+/// worker's filter allows; the command is served and gpu-worker lives.
+#[test]
+fn the_longest_backing_list_is_served_and_kills_no_worker() {
+    use vm_memory::{Bytes, GuestAddress};
+    let backend = Backend::start(&[]);
+    let mut dev = Device::connect_with_memory(&backend.socket, 64 << 20);
+    let (gpu, _) = backend.worker_pids();
+    assert_eq!(
+        parse_hdr(
+            &dev.control(&cmd(CMD_RESOURCE_CREATE_2D, &[1, 1, 64, 64]), 64)
+                .1
+        )
+        .0,
+        RESP_OK_NODATA
+    );
+    let n: u32 = 1 << 18;
+    let mut request = cmd(CMD_RESOURCE_ATTACH_BACKING, &[1, n]);
+    for i in 0..n {
+        // One byte each, in guest memory.
+        request.extend_from_slice(&(DATA_BASE + 0x20_0000 + u64::from(i % 4096)).to_le_bytes());
+        request.extend_from_slice(&1u32.to_le_bytes());
+        request.extend_from_slice(&0u32.to_le_bytes());
+    }
+    let (req, resp) = (16u64 << 20, 15u64 << 20);
+    dev.mem.write_slice(&request, GuestAddress(req)).unwrap();
+    dev.mem
+        .write_slice(&[0xaa; 64], GuestAddress(resp))
+        .unwrap();
+    let mem = dev.mem.clone();
+    dev.controlq.push_raw(
+        &mem,
+        0,
+        &[
+            (req, request.len() as u32, VRING_DESC_F_NEXT, 1),
+            (resp, 64, VRING_DESC_F_WRITE, 0),
+        ],
+        0,
+    );
+    let used = dev
+        .controlq
+        .wait_used(&mem, std::time::Duration::from_secs(30));
+    assert!(
+        used.is_some(),
+        "unanswered; gpu-worker alive: {}; log: {:#?}",
+        process_alive(gpu),
+        backend.log.lines()
+    );
+    let mut answer = [0u8; 24];
+    dev.mem.read_slice(&mut answer, GuestAddress(resp)).unwrap();
+    assert_eq!(parse_hdr(&answer).0, RESP_OK_NODATA);
+    assert!(process_alive(gpu));
+    let (_, resp) = dev.control(&ctrl_hdr(CMD_GET_DISPLAY_INFO, 0, 0), 1024);
+    assert_eq!(parse_hdr(&resp).0, RESP_OK_DISPLAY_INFO);
+}
