@@ -69,12 +69,23 @@ impl Weston {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
         let socket = dir.0.join("wayland-airlock");
+        // A screen that changes only when a client draws: the panel's clock
+        // ticking between two screenshots once made a test see a window
+        // from the clock's corner to the window's (454x482 for 250x250);
+        // no fades either.
+        let config = dir.0.join("weston.ini");
+        std::fs::write(
+            &config,
+            "[shell]\nclock-format=none\nstartup-animation=none\nclose-animation=none\n",
+        )
+        .unwrap();
         let child = dies_with_parent(&mut Command::new("weston"))
             .args([
                 "--backend=headless-backend.so",
                 "--socket=wayland-airlock",
                 "--idle-time=0",
             ])
+            .arg(format!("--config={}", config.display()))
             .args(extra)
             .env("XDG_RUNTIME_DIR", &dir.0)
             .env_remove("WAYLAND_DISPLAY")
