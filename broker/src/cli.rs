@@ -91,7 +91,9 @@ pub struct Args {
     pub wayland_socket: Option<PathBuf>,
 
     /// Directory holding gpu-airlock-gpu-worker and
-    /// gpu-airlock-render-worker; default: the directory of this binary.
+    /// gpu-airlock-render-worker; default: the directory of this binary,
+    /// else ../libexec/gpu-airlock/ beside it (where the package installs
+    /// them).
     #[arg(long, value_name = "DIR")]
     pub worker_dir: Option<PathBuf>,
 }
