@@ -1,7 +1,8 @@
 //! The device as the user configured it, and its virtio configuration space.
 
-use ipc::{GpuConfig, JailConfig, ScanoutSize, MAX_SCANOUTS, MAX_SCANOUT_DIMENSION};
+use ipc::{GpuConfig, JailConfig, ScanoutSize};
 use vm_memory::{ByteValued, Le32};
+use wire::{MAX_SCANOUTS, MAX_SCANOUT_DIMENSION};
 
 /// `struct virtio_gpu_config` (virtio spec 5.7.4), read by the front-end
 /// with GET_CONFIG.

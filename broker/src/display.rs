@@ -24,10 +24,7 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-use ipc::{
-    Channel, DisplayMode, DisplayToGpu, GpuToDisplay, PixelRect, SharedSurface, CURSOR_BYTES,
-    DISPLAY_BYTES_PER_PIXEL, MAX_SCANOUT_DIMENSION,
-};
+use ipc::{Channel, DisplayMode, DisplayToGpu, GpuToDisplay, PixelRect, SharedSurface};
 use log::{info, warn};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use vhost::vhost_user::gpu_message::{
@@ -36,7 +33,6 @@ use vhost::vhost_user::gpu_message::{
 };
 use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
-use virtio_bindings::virtio_gpu as fmt;
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{FileOffset, VolatileMemory};
 
@@ -314,15 +310,15 @@ impl Display {
         if self.surfaces.contains_key(&id) {
             return refused(format!("resource {id} is already shared"));
         }
-        if !(1..=MAX_SCANOUT_DIMENSION).contains(&info.width)
-            || !(1..=MAX_SCANOUT_DIMENSION).contains(&info.height)
-            || !FORMATS.contains(&info.format)
+        if !(1..=wire::MAX_SCANOUT_DIMENSION).contains(&info.width)
+            || !(1..=wire::MAX_SCANOUT_DIMENSION).contains(&info.height)
+            || !wire::is_2d_format(info.format)
         {
             return refused(format!("surface {info:?} has no valid size or format"));
         }
         let size = info
             .width
-            .checked_mul(DISPLAY_BYTES_PER_PIXEL)
+            .checked_mul(wire::BYTES_PER_PIXEL)
             .filter(|row| *row <= info.stride)
             .and_then(|_| u64::from(info.stride).checked_mul(u64::from(info.height)));
         let Some(size) = size else {
@@ -477,7 +473,7 @@ impl Display {
         // Inside the scanout, which is inside the surface (both checked):
         // none of this overflows or leaves the mapping.
         let stride = surface.info.stride as usize;
-        let bpp = DISPLAY_BYTES_PER_PIXEL as usize;
+        let bpp = wire::BYTES_PER_PIXEL as usize;
         let (x, y) = ((source.x + rect.x) as usize, (source.y + rect.y) as usize);
         let (w, h) = (rect.width as usize, rect.height as usize);
         let row = w * bpp;
@@ -526,15 +522,16 @@ impl Display {
         if self.scanout_index(scanout).is_none() {
             return refused(format!("cursor on scanout {scanout}, which does not exist"));
         }
-        if !FORMATS.contains(&format) || hot_x >= 64 || hot_y >= 64 {
+        if !wire::is_2d_format(format) || hot_x >= 64 || hot_y >= 64 {
             return refused(format!(
                 "cursor of format {format}, hot spot ({hot_x}, {hot_y})"
             ));
         }
-        let Ok(data) = <&mut [u8; CURSOR_BYTES]>::try_from(image.as_mut_slice()) else {
+        let Ok(data) = <&mut [u8; wire::CURSOR_BYTES]>::try_from(image.as_mut_slice()) else {
             return refused(format!(
-                "cursor image of {} bytes, not {CURSOR_BYTES}",
-                image.len()
+                "cursor image of {} bytes, not {}",
+                image.len(),
+                wire::CURSOR_BYTES
             ));
         };
         let Some(out) = self.output() else {
@@ -580,18 +577,6 @@ impl Display {
     }
 }
 
-/// The 2D formats (virtio-gpu names them by byte order in memory).
-const FORMATS: [u32; 8] = [
-    fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM,
-    fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM,
-    fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_A8R8G8B8_UNORM,
-    fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_X8R8G8B8_UNORM,
-    fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM,
-    fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_X8B8G8R8_UNORM,
-    fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_A8B8G8R8_UNORM,
-    fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_R8G8B8X8_UNORM,
-];
-
 /// Rewrites pixels of a 2D `format` in place as the display's x8r8g8b8
 /// (bytes B, G, R, X/A in memory), which is what QEMU's UPDATE and
 /// CURSOR_UPDATE carry. B8G8R8 formats (what Linux uses) are left as they
@@ -599,16 +584,13 @@ const FORMATS: [u32; 8] = [
 fn to_xrgb(format: u32, pixels: &mut [u8]) {
     let convert: fn(u32) -> u32 = match format {
         // Bytes A R G B: the little-endian word is B<<24|G<<16|R<<8|A.
-        fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_A8R8G8B8_UNORM
-        | fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_X8R8G8B8_UNORM => u32::swap_bytes,
+        wire::FORMAT_A8R8G8B8_UNORM | wire::FORMAT_X8R8G8B8_UNORM => u32::swap_bytes,
         // Bytes R G B A: swap R and B.
-        fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM
-        | fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_R8G8B8X8_UNORM => {
+        wire::FORMAT_R8G8B8A8_UNORM | wire::FORMAT_R8G8B8X8_UNORM => {
             |v| (v & 0xff00_ff00) | (v >> 16 & 0xff) | (v & 0xff) << 16
         }
         // Bytes A B G R: the word R<<24|G<<16|B<<8|A rotated right by 8.
-        fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_X8B8G8R8_UNORM
-        | fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_A8B8G8R8_UNORM => |v| v.rotate_right(8),
+        wire::FORMAT_X8B8G8R8_UNORM | wire::FORMAT_A8B8G8R8_UNORM => |v| v.rotate_right(8),
         _ => return,
     };
     for px in pixels.chunks_exact_mut(4) {
@@ -638,7 +620,7 @@ mod tests {
             width,
             height,
             stride: width * 4,
-            format: fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM,
+            format: wire::FORMAT_B8G8R8X8_UNORM,
         }
     }
 
@@ -742,18 +724,18 @@ mod tests {
             y: 0,
             hot_x,
             hot_y: 0,
-            format: fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM,
+            format: wire::FORMAT_B8G8R8A8_UNORM,
             image,
         };
         assert!(is_refused(&d.handle(cursor(0, 0, vec![0; 100]), None)));
         assert!(is_refused(
-            &d.handle(cursor(0, 64, vec![0; CURSOR_BYTES]), None)
+            &d.handle(cursor(0, 64, vec![0; wire::CURSOR_BYTES]), None)
         ));
         assert!(is_refused(
-            &d.handle(cursor(2, 0, vec![0; CURSOR_BYTES]), None)
+            &d.handle(cursor(2, 0, vec![0; wire::CURSOR_BYTES]), None)
         ));
         assert_eq!(
-            d.handle(cursor(1, 63, vec![0; CURSOR_BYTES]), None),
+            d.handle(cursor(1, 63, vec![0; wire::CURSOR_BYTES]), None),
             DisplayToGpu::Done
         );
 
@@ -788,38 +770,14 @@ mod tests {
     #[test]
     fn every_format_converts_to_xrgb() {
         let cases: [(u32, [u8; 4]); 8] = [
-            (
-                fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM,
-                [0x11, 0x22, 0x33, 0x44],
-            ),
-            (
-                fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM,
-                [0x11, 0x22, 0x33, 0x44],
-            ),
-            (
-                fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_A8R8G8B8_UNORM,
-                [0x44, 0x33, 0x22, 0x11],
-            ),
-            (
-                fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_X8R8G8B8_UNORM,
-                [0x44, 0x33, 0x22, 0x11],
-            ),
-            (
-                fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM,
-                [0x33, 0x22, 0x11, 0x44],
-            ),
-            (
-                fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_R8G8B8X8_UNORM,
-                [0x33, 0x22, 0x11, 0x44],
-            ),
-            (
-                fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_A8B8G8R8_UNORM,
-                [0x44, 0x11, 0x22, 0x33],
-            ),
-            (
-                fmt::virtio_gpu_formats_VIRTIO_GPU_FORMAT_X8B8G8R8_UNORM,
-                [0x44, 0x11, 0x22, 0x33],
-            ),
+            (wire::FORMAT_B8G8R8A8_UNORM, [0x11, 0x22, 0x33, 0x44]),
+            (wire::FORMAT_B8G8R8X8_UNORM, [0x11, 0x22, 0x33, 0x44]),
+            (wire::FORMAT_A8R8G8B8_UNORM, [0x44, 0x33, 0x22, 0x11]),
+            (wire::FORMAT_X8R8G8B8_UNORM, [0x44, 0x33, 0x22, 0x11]),
+            (wire::FORMAT_R8G8B8A8_UNORM, [0x33, 0x22, 0x11, 0x44]),
+            (wire::FORMAT_R8G8B8X8_UNORM, [0x33, 0x22, 0x11, 0x44]),
+            (wire::FORMAT_A8B8G8R8_UNORM, [0x44, 0x11, 0x22, 0x33]),
+            (wire::FORMAT_X8B8G8R8_UNORM, [0x44, 0x11, 0x22, 0x33]),
         ];
         for (format, bytes) in cases {
             let mut px = bytes.repeat(3);

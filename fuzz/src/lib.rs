@@ -13,15 +13,16 @@
 //!   model: every command answered with a known response, the memory
 //!   accounting never above its cap, resource ids as the answers said.
 
-use gpu_worker::device::{GpuDevice, QueueKind};
+use gpu_worker::device::GpuDevice;
 use gpu_worker::display::DisplayLink;
 use gpu_worker::link::Link;
-use gpu_worker::protocol::*;
 use ipc::ScanoutSize;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::QueueOwnedT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use wire::Queue;
+use wire::*;
 
 const MEM_SIZE: usize = 0x40_000;
 const QUEUE_SIZE: u16 = 16;
@@ -60,12 +61,7 @@ fn new_device() -> GpuDevice {
 
 /// Puts `descs` in a queue's table, makes descriptor 0 the one available
 /// head, and runs that chain through `device`.
-fn run(
-    device: &GpuDevice,
-    mem: &GuestMemoryMmap,
-    descs: &[RawDescriptor],
-    queue: QueueKind,
-) -> u32 {
+fn run(device: &GpuDevice, mem: &GuestMemoryMmap, descs: &[RawDescriptor], queue: Queue) -> u32 {
     let vq = MockSplitQueue::new(mem, QUEUE_SIZE);
     for (i, d) in descs.iter().enumerate() {
         vq.desc_table().store(i as u16, *d).expect("descriptor");
@@ -110,9 +106,9 @@ pub fn chain(data: &[u8]) {
     let mut input = Input(data);
     let count = usize::from(input.u8() % 8) + 1;
     let queue = if input.u8() & 1 == 0 {
-        QueueKind::Control
+        Queue::Control
     } else {
-        QueueKind::Cursor
+        Queue::Cursor
     };
     let mut descs = Vec::with_capacity(count);
     let mut writable: u64 = 0;
@@ -282,16 +278,16 @@ pub fn device(data: &[u8]) {
         let unref = (type_ == CMD_RESOURCE_UNREF && words >= 1)
             .then(|| u32::from_le_bytes(request[24..28].try_into().unwrap()));
         let queue = if matches!(type_, CMD_UPDATE_CURSOR | CMD_MOVE_CURSOR) {
-            QueueKind::Cursor
+            Queue::Cursor
         } else {
-            QueueKind::Control
+            Queue::Control
         };
         let descs = [
             RawDescriptor::from(SplitDescriptor::new(DATA, request.len() as u32, F_NEXT, 1)),
             RawDescriptor::from(SplitDescriptor::new(RESP, 1024, F_WRITE, 0)),
         ];
         let used = run(&device, &mem, &descs, queue);
-        if queue == QueueKind::Cursor {
+        if queue == Queue::Cursor {
             // The cursor queue answers with a bare header.
             assert!(used == 0 || used >= 24, "cursor answer of {used} bytes");
             continue;

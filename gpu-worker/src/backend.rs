@@ -24,12 +24,13 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::device::GpuDevice;
 use crate::device::{ContextFence, RenderLink};
-use crate::device::{GpuDevice, QueueKind};
 use crate::display::DisplayLink;
-use crate::protocol::{F_CONTEXT_INIT, F_EDID, F_RESOURCE_BLOB, F_RESOURCE_UUID, F_VIRGL};
 use ipc::limited_warn as guest_warn;
 use ipc::ratelimit::LogLimiter;
+use wire::Queue;
+use wire::{F_CONTEXT_INIT, F_EDID, F_RESOURCE_BLOB, F_RESOURCE_UUID, F_VIRGL};
 
 /// controlq and cursorq.
 pub const NUM_QUEUES: usize = 2;
@@ -232,7 +233,7 @@ impl GpuBackend {
         self.exit_notifier.notify()
     }
 
-    fn process_queue(&self, vring: &VringRwLock, kind: QueueKind) -> io::Result<()> {
+    fn process_queue(&self, vring: &VringRwLock, kind: Queue) -> io::Result<()> {
         // A queue the front-end has stopped (GET_VRING_BASE, as QEMU does
         // when the VM ends) has nothing to serve: a kick or a fence that
         // races its stop is not the guest's error.
@@ -258,7 +259,7 @@ impl GpuBackend {
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .any(|c| c.head == head);
-            if kind == QueueKind::Control && held {
+            if kind == Queue::Control && held {
                 guest_warn!(
                     self.log,
                     "{kind:?} queue: descriptor {head} is held for a fence, yet was made \
@@ -394,8 +395,8 @@ impl VhostUserBackend for GpuBackend {
             return self.render_event(evset, vrings);
         }
         let kind = match device_event {
-            CONTROL_QUEUE => QueueKind::Control,
-            CURSOR_QUEUE => QueueKind::Cursor,
+            CONTROL_QUEUE => Queue::Control,
+            CURSOR_QUEUE => Queue::Cursor,
             _ => {
                 return Err(io::Error::other(format!(
                     "event for unknown queue {device_event}"

@@ -7,9 +7,9 @@
 //! own.
 
 pub mod backend;
+pub mod chain;
 pub mod device;
 pub mod display;
 pub mod edid;
 pub mod link;
-pub mod protocol;
 pub mod resources;

@@ -14,31 +14,13 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
-use ipc::{PixelRect, ScanoutSize, SharedSurface, CURSOR_BYTES, CURSOR_SIZE};
+use ipc::{PixelRect, ScanoutSize, SharedSurface};
 use nix::fcntl::{fallocate, fcntl, FallocateFlags, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
-use crate::protocol::*;
-
-/// Most backing entries one ATTACH_BACKING may carry (a 16384x16384 frame
-/// in 4 KiB pages needs 262144; Linux sends one entry per contiguous run).
-pub const MAX_BACKING_ENTRIES: u32 = 1 << 18;
-
-/// A refused command: the response code the guest gets and why (for the log).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: u32,
-    pub why: String,
-}
-
-fn refuse<T>(code: u32, why: impl Into<String>) -> Result<T, Refusal> {
-    Err(Refusal {
-        code,
-        why: why.into(),
-    })
-}
+use wire::*;
 
 /// A resource's pixel memory: a memfd, mapped here read-write, that the
 /// broker may map read-only to present flushes without a copy through ipc.

@@ -643,7 +643,7 @@ mod tests {
         .validate()
         .is_err());
         let too_many = GpuConfig {
-            scanouts: vec![ok.scanouts[0]; MAX_SCANOUTS + 1],
+            scanouts: vec![ok.scanouts[0]; wire::MAX_SCANOUTS + 1],
             max_resource_memory: 1 << 28,
             max_contexts: 64,
             jail: JAIL,

@@ -18,12 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Message;
-
-/// Most scanouts a virtio-gpu device has (`VIRTIO_GPU_MAX_SCANOUTS`).
-pub const MAX_SCANOUTS: usize = 16;
-
-/// Largest width or height of one scanout we accept, in pixels.
-pub const MAX_SCANOUT_DIMENSION: u32 = 16384;
+use wire::{MAX_SCANOUTS, MAX_SCANOUT_DIMENSION};
 
 /// The size of one scanout, as `--display WIDTHxHEIGHT` gave it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,11 +194,6 @@ pub enum MapAnswer {
 
 /// Most guest memory regions a front-end may give (vhost-user's limit).
 pub const MAX_MEMORY_REGIONS: usize = 8;
-/// Most bytes of one SUBMIT_3D that cross to render-worker (the frame
-/// limit, less room for the rest of the message).
-pub const MAX_SUBMIT_BYTES: usize = 60 * 1024;
-/// Most guest memory entries one blob may have that cross to render-worker.
-pub const MAX_BLOB_ENTRIES: usize = 2048;
 
 /// One region of guest memory: its descriptor travels with
 /// [`RenderCommand::Memory`], in order.
@@ -356,13 +346,6 @@ pub enum GpuToRender {
 pub enum RenderToGpu {
     Pong { nonce: u64 },
 }
-
-/// Bytes per pixel of every 2D format, and of the cursor image.
-pub const DISPLAY_BYTES_PER_PIXEL: u32 = 4;
-/// The cursor image's width and height (`VhostUserGpuCursorUpdate`).
-pub const CURSOR_SIZE: u32 = 64;
-/// Bytes in one cursor image.
-pub const CURSOR_BYTES: usize = (CURSOR_SIZE * CURSOR_SIZE * DISPLAY_BYTES_PER_PIXEL) as usize;
 
 /// A rectangle in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -551,7 +534,7 @@ mod tests {
             hot_x: 63,
             hot_y: 63,
             format: 1,
-            image: vec![0xff; CURSOR_BYTES],
+            image: vec![0xff; wire::CURSOR_BYTES],
         };
         let (a, b) = crate::socketpair().unwrap();
         let tx: crate::Channel<GpuToDisplay, DisplayToGpu> = crate::Channel::new(a);

@@ -24,7 +24,6 @@ use rutabaga_gfx::{
     RUTABAGA_FLAG_INFO_RING_IDX, RUTABAGA_MAP_ACCESS_MASK, RUTABAGA_MAP_ACCESS_READ,
     RUTABAGA_MAP_CACHE_MASK,
 };
-use virtio_bindings::virtio_gpu as b;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Seals `fd` against resizing.
@@ -73,12 +72,12 @@ fn padded_copy(fd: &OwnedFd, len: u64, size: u64) -> std::io::Result<OwnedFd> {
     Ok(to.into())
 }
 
-const ERR_UNSPEC: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_UNSPEC;
-const ERR_OUT_OF_MEMORY: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
-const ERR_INVALID_RESOURCE_ID: u32 =
-    b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID;
-const ERR_INVALID_CONTEXT_ID: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID;
-const ERR_INVALID_PARAMETER: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+use wire::{
+    RESP_ERR_INVALID_CONTEXT_ID as ERR_INVALID_CONTEXT_ID,
+    RESP_ERR_INVALID_PARAMETER as ERR_INVALID_PARAMETER,
+    RESP_ERR_INVALID_RESOURCE_ID as ERR_INVALID_RESOURCE_ID,
+    RESP_ERR_OUT_OF_MEMORY as ERR_OUT_OF_MEMORY, RESP_ERR_UNSPEC as ERR_UNSPEC,
+};
 
 /// The capsets this build serves: cross-domain with a compositor to reach;
 /// virgl and gfxstream only where their cargo features (and libraries) are.

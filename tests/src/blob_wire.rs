@@ -31,13 +31,15 @@ pub fn hdr(type_: u32, ctx: u32, fence: Option<(u64, Option<u8>)>) -> Vec<u8> {
             ring_idx = r;
         }
     }
-    let mut v = Vec::with_capacity(24);
-    v.extend_from_slice(&type_.to_le_bytes());
-    v.extend_from_slice(&flags.to_le_bytes());
-    v.extend_from_slice(&fence_id.to_le_bytes());
-    v.extend_from_slice(&ctx.to_le_bytes());
-    v.extend_from_slice(&[ring_idx, 0, 0, 0]);
-    v
+    vm_memory::ByteValued::as_slice(&wire::CtrlHdr {
+        type_: type_.into(),
+        flags: flags.into(),
+        fence_id: fence_id.into(),
+        ctx_id: ctx.into(),
+        ring_idx,
+        padding: [0; 3],
+    })
+    .to_vec()
 }
 
 pub fn words(mut v: Vec<u8>, body: &[u32]) -> Vec<u8> {

@@ -40,14 +40,14 @@ pub mod wayland;
 /// Guest-side constants and layouts the tests build requests from.
 pub mod gpu_wire {
     pub use gpu_worker::backend::device_features;
-    pub use gpu_worker::protocol::{
+    pub use wire::{
         CMD_CTX_ATTACH_RESOURCE, CMD_CTX_CREATE, CMD_CTX_DESTROY, CMD_CTX_DETACH_RESOURCE,
         CMD_GET_CAPSET, CMD_GET_CAPSET_INFO, CMD_RESOURCE_ASSIGN_UUID, CMD_RESOURCE_CREATE_BLOB,
         CMD_RESOURCE_MAP_BLOB, CMD_RESOURCE_UNMAP_BLOB, CMD_SET_SCANOUT_BLOB, CMD_SUBMIT_3D,
         FLAG_INFO_RING_IDX, RESP_ERR_INVALID_CONTEXT_ID, RESP_OK_CAPSET, RESP_OK_CAPSET_INFO,
         RESP_OK_MAP_INFO, RESP_OK_RESOURCE_UUID,
     };
-    pub use gpu_worker::protocol::{
+    pub use wire::{
         CMD_GET_DISPLAY_INFO, CMD_GET_EDID, CMD_MOVE_CURSOR, CMD_RESOURCE_ATTACH_BACKING,
         CMD_RESOURCE_CREATE_2D, CMD_RESOURCE_DETACH_BACKING, CMD_RESOURCE_FLUSH,
         CMD_RESOURCE_UNREF, CMD_SET_SCANOUT, CMD_TRANSFER_TO_HOST_2D, CMD_UPDATE_CURSOR,
@@ -55,11 +55,11 @@ pub mod gpu_wire {
         RESP_ERR_INVALID_SCANOUT_ID, RESP_ERR_OUT_OF_MEMORY, RESP_ERR_UNSPEC, RESP_OK_DISPLAY_INFO,
         RESP_OK_EDID, RESP_OK_NODATA,
     };
-    pub const F_EDID: u64 = 1 << gpu_worker::protocol::F_EDID;
-    pub const F_VIRGL: u64 = 1 << gpu_worker::protocol::F_VIRGL;
-    pub const F_RESOURCE_BLOB: u64 = 1 << gpu_worker::protocol::F_RESOURCE_BLOB;
-    pub const F_RESOURCE_UUID: u64 = 1 << gpu_worker::protocol::F_RESOURCE_UUID;
-    pub const F_CONTEXT_INIT: u64 = 1 << gpu_worker::protocol::F_CONTEXT_INIT;
+    pub const F_EDID: u64 = 1 << wire::F_EDID;
+    pub const F_VIRGL: u64 = 1 << wire::F_VIRGL;
+    pub const F_RESOURCE_BLOB: u64 = 1 << wire::F_RESOURCE_BLOB;
+    pub const F_RESOURCE_UUID: u64 = 1 << wire::F_RESOURCE_UUID;
+    pub const F_CONTEXT_INIT: u64 = 1 << wire::F_CONTEXT_INIT;
     pub const F_VERSION_1: u64 = 1 << 32;
     pub const F_RING_EVENT_IDX: u64 = 1 << 29;
     pub const F_RING_INDIRECT_DESC: u64 = 1 << 28;
@@ -67,12 +67,15 @@ pub mod gpu_wire {
 
     /// A `virtio_gpu_ctrl_hdr`, as bytes.
     pub fn ctrl_hdr(type_: u32, flags: u32, fence_id: u64) -> Vec<u8> {
-        let mut v = Vec::with_capacity(24);
-        v.extend_from_slice(&type_.to_le_bytes());
-        v.extend_from_slice(&flags.to_le_bytes());
-        v.extend_from_slice(&fence_id.to_le_bytes());
-        v.extend_from_slice(&[0u8; 8]);
-        v
+        use vm_memory::ByteValued;
+        wire::CtrlHdr {
+            type_: type_.into(),
+            flags: flags.into(),
+            fence_id: fence_id.into(),
+            ..Default::default()
+        }
+        .as_slice()
+        .to_vec()
     }
 
     /// A command: an unfenced header, then `body` as little-endian words.
@@ -86,9 +89,14 @@ pub mod gpu_wire {
 
     /// `type`, `flags` and `fence_id` of a response header.
     pub fn parse_hdr(resp: &[u8]) -> (u32, u32, u64) {
-        let u32_at = |o: usize| u32::from_le_bytes(resp[o..o + 4].try_into().unwrap());
-        let fence = u64::from_le_bytes(resp[8..16].try_into().unwrap());
-        (u32_at(0), u32_at(4), fence)
+        use vm_memory::ByteValued;
+        let mut hdr = wire::CtrlHdr::default();
+        hdr.as_mut_slice().copy_from_slice(&resp[..24]);
+        (
+            hdr.type_.to_native(),
+            hdr.flags.to_native(),
+            hdr.fence_id.to_native(),
+        )
     }
 }
 

@@ -10,19 +10,16 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use ipc::{
-    MemoryRegion, RenderAnswer, RenderCommand, MAX_BLOB_ENTRIES, MAX_MEMORY_REGIONS,
-    MAX_SUBMIT_BYTES,
-};
+use ipc::{MemoryRegion, RenderAnswer, RenderCommand, MAX_MEMORY_REGIONS};
 use log::warn;
-use virtio_queue::Reader;
 use vm_memory::{
     GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, Permissions,
 };
 
-use super::{body, ContextFence, GpuDevice, Response};
-use crate::protocol::*;
-use crate::resources::{read_ranges, Refusal};
+use super::{ContextFence, GpuDevice, Handled};
+use crate::resources::read_ranges;
+use wire::command::MAX_BLOB_ENTRIES;
+use wire::*;
 
 /// What gpu-worker knows of a blob render-worker holds.
 #[derive(Debug, Clone)]
@@ -88,13 +85,6 @@ impl Blobs {
     }
 }
 
-fn refuse<T>(code: u32, why: impl Into<String>) -> Result<T, Refusal> {
-    Err(Refusal {
-        code,
-        why: why.into(),
-    })
-}
-
 /// The error codes render-worker may give the guest; anything else (it is
 /// less trusted than this process's own checks) becomes ERR_UNSPEC.
 fn sanitize(code: u32) -> u32 {
@@ -158,14 +148,25 @@ impl GpuDevice {
         }
     }
 
-    pub(super) fn blob_command(
+    /// A context, capset or blob command: served by render-worker's
+    /// rutabaga, then the context fence it carries, if any.
+    pub(super) fn context_command(
         &self,
         mem: &GuestMemoryMmap,
         hdr: &CtrlHdr,
-        reader: &mut Reader<'_>,
-        cmd: u32,
-    ) -> Result<Response, Refusal> {
-        let ctx_id = hdr.ctx_id.to_native();
+        command: GpuCommand,
+    ) -> Handled {
+        let response = self.blob_command(mem, hdr.ctx_id.to_native(), command)?;
+        let fence = self.context_fence(hdr)?;
+        Ok((response, fence))
+    }
+
+    fn blob_command(
+        &self,
+        mem: &GuestMemoryMmap,
+        ctx_id: u32,
+        command: GpuCommand,
+    ) -> Result<GpuResponse, Refusal> {
         let needs_ctx = |ctx_id: u32| {
             if ctx_id == 0 {
                 refuse(RESP_ERR_INVALID_CONTEXT_ID, "context id 0")
@@ -173,37 +174,29 @@ impl GpuDevice {
                 Ok(ctx_id)
             }
         };
-        match cmd {
-            CMD_GET_CAPSET_INFO => {
-                let b: GetCapsetInfo = body(reader)?;
-                let index = b.capset_index.to_native();
+        match command {
+            GpuCommand::GetCapsetInfo { index } => {
                 match self.render(&RenderCommand::GetCapsetInfo { index }, &[])? {
                     RenderAnswer::CapsetInfo {
                         id,
                         max_version,
                         max_size,
-                    } => Ok(Response::CapsetInfo(Box::new(RespCapsetInfo {
-                        capset_id: id.into(),
-                        capset_max_version: max_version.into(),
-                        capset_max_size: max_size.into(),
-                        ..RespCapsetInfo::default()
-                    }))),
+                    } => Ok(GpuResponse::CapsetInfo {
+                        id,
+                        max_version,
+                        max_size,
+                    }),
                     _ => refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn"),
                 }
             }
-            CMD_GET_CAPSET => {
-                let b: GetCapset = body(reader)?;
-                let (id, version) = (b.capset_id.to_native(), b.capset_version.to_native());
+            GpuCommand::GetCapset { id, version } => {
                 match self.render(&RenderCommand::GetCapset { id, version }, &[])? {
-                    RenderAnswer::Capset(bytes) => Ok(Response::Capset(bytes)),
+                    RenderAnswer::Capset(bytes) => Ok(GpuResponse::Capset(bytes)),
                     _ => refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn"),
                 }
             }
-            CMD_CTX_CREATE => {
+            GpuCommand::CtxCreate { context_init, name } => {
                 let ctx_id = needs_ctx(ctx_id)?;
-                let b: CtxCreate = body(reader)?;
-                let nlen = (b.nlen.to_native() as usize).min(b.debug_name.len());
-                let name = String::from_utf8_lossy(&b.debug_name[..nlen]).into_owned();
                 // Held across the request, so two queues cannot both take
                 // the last context.
                 let mut live = self
@@ -220,13 +213,13 @@ impl GpuDevice {
                 }
                 self.render_done(&RenderCommand::CtxCreate {
                     ctx_id,
-                    context_init: b.context_init.to_native(),
+                    context_init,
                     name,
                 })?;
                 live.insert(ctx_id);
-                Ok(Response::Ok)
+                Ok(GpuResponse::OkNoData)
             }
-            CMD_CTX_DESTROY => {
+            GpuCommand::CtxDestroy => {
                 let ctx_id = needs_ctx(ctx_id)?;
                 self.render_done(&RenderCommand::CtxDestroy { ctx_id })?;
                 self.blobs
@@ -234,25 +227,24 @@ impl GpuDevice {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&ctx_id);
-                Ok(Response::Ok)
+                Ok(GpuResponse::OkNoData)
             }
-            CMD_CTX_ATTACH_RESOURCE | CMD_CTX_DETACH_RESOURCE => {
+            GpuCommand::CtxAttachResource { resource_id }
+            | GpuCommand::CtxDetachResource { resource_id } => {
                 let ctx_id = needs_ctx(ctx_id)?;
-                let b: CtxResource = body(reader)?;
-                let resource_id = b.resource_id.to_native();
                 if !self.blobs.contains(resource_id) {
                     // Linux attaches every buffer a client opens to its
                     // context, dumb 2D buffers too. 2D resources live here
                     // and no context reads them: nothing to attach.
                     if self.resources().exists(resource_id) {
-                        return Ok(Response::Ok);
+                        return Ok(GpuResponse::OkNoData);
                     }
                     return refuse(
                         RESP_ERR_INVALID_RESOURCE_ID,
                         format!("no resource {resource_id}"),
                     );
                 }
-                let command = if cmd == CMD_CTX_ATTACH_RESOURCE {
+                let request = if matches!(command, GpuCommand::CtxAttachResource { .. }) {
                     RenderCommand::CtxAttach {
                         ctx_id,
                         resource_id,
@@ -263,47 +255,27 @@ impl GpuDevice {
                         resource_id,
                     }
                 };
-                self.render_done(&command)?;
-                Ok(Response::Ok)
+                self.render_done(&request)?;
+                Ok(GpuResponse::OkNoData)
             }
-            CMD_SUBMIT_3D => {
+            GpuCommand::Submit3d { commands } => {
                 let ctx_id = needs_ctx(ctx_id)?;
-                let b: CmdSubmit = body(reader)?;
-                let size = b.size.to_native() as usize;
-                if size > reader.available_bytes() {
-                    return refuse(
-                        RESP_ERR_INVALID_PARAMETER,
-                        format!(
-                            "SUBMIT_3D of {size} bytes, {} follow",
-                            reader.available_bytes()
-                        ),
-                    );
-                }
-                if size > MAX_SUBMIT_BYTES {
-                    return refuse(
-                        RESP_ERR_INVALID_PARAMETER,
-                        format!("SUBMIT_3D of {size} bytes (at most {MAX_SUBMIT_BYTES})"),
-                    );
-                }
-                let mut commands = vec![0u8; size];
-                std::io::Read::read_exact(reader, &mut commands).map_err(|_| Refusal {
-                    code: RESP_ERR_INVALID_PARAMETER,
-                    why: "SUBMIT_3D commands could not be read".into(),
-                })?;
                 self.render_done(&RenderCommand::Submit { ctx_id, commands })?;
-                Ok(Response::Ok)
+                Ok(GpuResponse::OkNoData)
             }
-            CMD_RESOURCE_CREATE_BLOB => self.create_blob(mem, ctx_id, reader),
-            CMD_RESOURCE_MAP_BLOB => {
-                let b: ResourceMapBlob = body(reader)?;
-                let resource_id = b.resource_id.to_native();
+            GpuCommand::CreateBlob { blob, entries } => {
+                self.create_blob(mem, ctx_id, &blob, &entries)
+            }
+            GpuCommand::MapBlob {
+                resource_id,
+                offset,
+            } => {
                 if !self.blobs.contains(resource_id) {
                     return refuse(
                         RESP_ERR_INVALID_RESOURCE_ID,
                         format!("resource {resource_id} is not a blob"),
                     );
                 }
-                let offset = b.offset.to_native();
                 match self.render(
                     &RenderCommand::MapBlob {
                         resource_id,
@@ -311,13 +283,11 @@ impl GpuDevice {
                     },
                     &[],
                 )? {
-                    RenderAnswer::Mapped { map_info } => Ok(Response::MapInfo(map_info)),
+                    RenderAnswer::Mapped { map_info } => Ok(GpuResponse::MapInfo(map_info)),
                     _ => refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn"),
                 }
             }
-            CMD_RESOURCE_UNMAP_BLOB => {
-                let b: ResourceId = body(reader)?;
-                let resource_id = b.resource_id.to_native();
+            GpuCommand::UnmapBlob { resource_id } => {
                 if !self.blobs.contains(resource_id) {
                     return refuse(
                         RESP_ERR_INVALID_RESOURCE_ID,
@@ -325,26 +295,25 @@ impl GpuDevice {
                     );
                 }
                 self.render_done(&RenderCommand::UnmapBlob { resource_id })?;
-                Ok(Response::Ok)
+                Ok(GpuResponse::OkNoData)
             }
-            CMD_RESOURCE_ASSIGN_UUID => {
-                let b: ResourceId = body(reader)?;
-                let id = b.resource_id.to_native();
+            GpuCommand::AssignUuid { resource_id: id } => {
                 if !self.blobs.contains(id) && !self.resources().exists(id) {
                     return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no resource {id}"));
                 }
                 let mut uuids = self.blobs.uuids.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(u) = uuids.get(&id) {
-                    return Ok(Response::Uuid(*u));
+                    return Ok(GpuResponse::Uuid(*u));
                 }
-                let uuid = random_uuid().ok_or(Refusal {
-                    code: RESP_ERR_UNSPEC,
-                    why: "no randomness for a UUID".into(),
-                })?;
+                let uuid = random_uuid()
+                    .ok_or_else(|| Refusal::new(RESP_ERR_UNSPEC, "no randomness for a UUID"))?;
                 uuids.insert(id, uuid);
-                Ok(Response::Uuid(uuid))
+                Ok(GpuResponse::Uuid(uuid))
             }
-            _ => refuse(RESP_ERR_UNSPEC, format!("command {cmd:#x} is not served")),
+            other => refuse(
+                RESP_ERR_UNSPEC,
+                format!("{other:?} is not a context command"),
+            ),
         }
     }
 
@@ -352,14 +321,14 @@ impl GpuDevice {
         &self,
         mem: &GuestMemoryMmap,
         ctx_id: u32,
-        reader: &mut Reader<'_>,
-    ) -> Result<Response, Refusal> {
-        let b: ResourceCreateBlob = body(reader)?;
+        b: &ResourceCreateBlob,
+        decoded: &[MemEntry],
+    ) -> Result<GpuResponse, Refusal> {
         let (id, blob_mem, flags, n, size) = (
             b.resource_id.to_native(),
             b.blob_mem.to_native(),
             b.blob_flags.to_native(),
-            b.nr_entries.to_native() as usize,
+            decoded.len(),
             b.size.to_native(),
         );
         if id == 0 || self.blobs.contains(id) || self.resources().exists(id) {
@@ -387,24 +356,14 @@ impl GpuDevice {
         }
         let mut entries: Vec<(u64, u32)> = Vec::new();
         if guest_backed {
-            if n == 0 || n > MAX_BLOB_ENTRIES {
+            if n == 0 {
                 return refuse(
                     RESP_ERR_INVALID_PARAMETER,
                     format!("{n} memory entries (1 to {MAX_BLOB_ENTRIES})"),
                 );
             }
-            if reader.available_bytes() < n * std::mem::size_of::<MemEntry>() {
-                return refuse(
-                    RESP_ERR_INVALID_PARAMETER,
-                    format!(
-                        "{n} entries announced, {} bytes follow",
-                        reader.available_bytes()
-                    ),
-                );
-            }
             let mut total = 0u64;
-            for i in 0..n {
-                let e: MemEntry = body(reader)?;
+            for (i, e) in decoded.iter().enumerate() {
                 let (addr, len) = (e.addr.to_native(), e.length.to_native());
                 if len == 0
                     || !GuestMemory::check_range(
@@ -472,7 +431,7 @@ impl GpuDevice {
                     host_bytes,
                 },
             );
-        Ok(Response::Ok)
+        Ok(GpuResponse::OkNoData)
     }
 
     /// Releases a blob (RESOURCE_UNREF); false if `id` is not one.
@@ -502,8 +461,7 @@ impl GpuDevice {
     /// copy in the blob's layout (refreshed from guest memory on each
     /// RESOURCE_FLUSH), shown like a 2D resource. Host blobs are not shown
     /// (their memory is render-worker's).
-    pub(super) fn set_scanout_blob(&self, reader: &mut Reader<'_>) -> Result<(), Refusal> {
-        let b: SetScanoutBlob = body(reader)?;
+    pub(super) fn set_scanout_blob(&self, b: &SetScanoutBlob) -> Result<(), Refusal> {
         let (scanout_id, id) = (b.scanout_id.to_native(), b.resource_id.to_native());
         let plain = SetScanout {
             r: b.r,
@@ -547,7 +505,7 @@ impl GpuDevice {
             b.strides[0].to_native(),
             u64::from(b.offsets[0].to_native()),
         );
-        if !FORMATS_2D.contains(&format) {
+        if !is_2d_format(format) {
             return refuse(RESP_ERR_INVALID_PARAMETER, format!("format {format}"));
         }
         let size = ipc::ScanoutSize {
@@ -623,7 +581,7 @@ impl GpuDevice {
                 format!("cursor on scanout {scanout}"),
             );
         }
-        let mut image = vec![0u8; ipc::CURSOR_BYTES];
+        let mut image = vec![0u8; CURSOR_BYTES];
         // Read in place: a blob may have many ranges, not worth a copy.
         let read = self.with_blob(id, |blob| match &blob.guest {
             None => refuse(
@@ -649,9 +607,9 @@ impl GpuDevice {
                 scanout,
                 x: c.x.to_native(),
                 y: c.y.to_native(),
-                hot_x: c.hot_x.to_native().min(ipc::CURSOR_SIZE - 1),
-                hot_y: c.hot_y.to_native().min(ipc::CURSOR_SIZE - 1),
-                format: FORMAT_B8G8R8A8,
+                hot_x: c.hot_x.to_native().min(CURSOR_SIZE - 1),
+                hot_y: c.hot_y.to_native().min(CURSOR_SIZE - 1),
+                format: FORMAT_B8G8R8A8_UNORM,
                 image,
             },
             &[],

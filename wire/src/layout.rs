@@ -1,98 +1,10 @@
-//! virtio-gpu wire structures (virtio spec 1.3, 5.7.6), as the guest lays
-//! them out in its memory: little-endian fields, `#[repr(C)]`, `ByteValued`
-//! so they are read and written only through bounds-checked guest-memory
-//! accessors. Numbers come from `virtio-bindings`; only the layouts, which
-//! that crate cannot give a foreign `ByteValued`, are written here.
+//! The virtio-gpu structures as the guest lays them out (spec 5.7.6).
+//! Numbers come from `virtio-bindings`; only the layouts, which that crate
+//! cannot give a foreign `ByteValued`, are written here.
 
-use virtio_bindings::virtio_gpu as b;
 use vm_memory::{ByteValued, Le32, Le64};
 
-pub const CMD_GET_DISPLAY_INFO: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_GET_DISPLAY_INFO;
-pub const CMD_GET_EDID: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_GET_EDID;
-pub const CMD_RESOURCE_CREATE_2D: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_CREATE_2D;
-pub const CMD_RESOURCE_UNREF: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_UNREF;
-pub const CMD_SET_SCANOUT: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_SET_SCANOUT;
-pub const CMD_RESOURCE_FLUSH: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_FLUSH;
-pub const CMD_TRANSFER_TO_HOST_2D: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D;
-pub const CMD_RESOURCE_ATTACH_BACKING: u32 =
-    b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING;
-pub const CMD_RESOURCE_DETACH_BACKING: u32 =
-    b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING;
-pub const CMD_RESOURCE_ASSIGN_UUID: u32 =
-    b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID;
-pub const CMD_SET_SCANOUT_BLOB: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_SET_SCANOUT_BLOB;
-pub const CMD_CTX_CREATE: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_CREATE;
-pub const CMD_RESOURCE_UNMAP_BLOB: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB;
-pub const CMD_GET_CAPSET_INFO: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_GET_CAPSET_INFO;
-pub const CMD_GET_CAPSET: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_GET_CAPSET;
-pub const CMD_RESOURCE_CREATE_BLOB: u32 =
-    b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB;
-pub const CMD_CTX_DESTROY: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_DESTROY;
-pub const CMD_CTX_ATTACH_RESOURCE: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE;
-pub const CMD_CTX_DETACH_RESOURCE: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_DETACH_RESOURCE;
-pub const CMD_SUBMIT_3D: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_SUBMIT_3D;
-pub const CMD_RESOURCE_CREATE_3D: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_CREATE_3D;
-pub const CMD_TRANSFER_FROM_HOST_3D: u32 =
-    b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_TRANSFER_FROM_HOST_3D;
-pub const CMD_RESOURCE_MAP_BLOB: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB;
-pub const CMD_UPDATE_CURSOR: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_UPDATE_CURSOR;
-pub const CMD_MOVE_CURSOR: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_MOVE_CURSOR;
-
-pub const RESP_OK_NODATA: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_NODATA;
-pub const RESP_OK_DISPLAY_INFO: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_DISPLAY_INFO;
-pub const RESP_OK_EDID: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_EDID;
-pub const RESP_OK_CAPSET_INFO: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_CAPSET_INFO;
-pub const RESP_OK_CAPSET: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_CAPSET;
-pub const RESP_OK_RESOURCE_UUID: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_RESOURCE_UUID;
-pub const RESP_OK_MAP_INFO: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_MAP_INFO;
-pub const RESP_ERR_INVALID_CONTEXT_ID: u32 =
-    b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID;
-pub const RESP_ERR_UNSPEC: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_UNSPEC;
-pub const RESP_ERR_OUT_OF_MEMORY: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
-pub const RESP_ERR_INVALID_RESOURCE_ID: u32 =
-    b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID;
-pub const RESP_ERR_INVALID_SCANOUT_ID: u32 =
-    b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID;
-pub const RESP_ERR_INVALID_PARAMETER: u32 =
-    b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
-
-pub const FLAG_FENCE: u32 = b::VIRTIO_GPU_FLAG_FENCE;
-pub const FLAG_INFO_RING_IDX: u32 = b::VIRTIO_GPU_FLAG_INFO_RING_IDX;
-pub const MAX_SCANOUTS: usize = b::VIRTIO_GPU_MAX_SCANOUTS as usize;
-
-/// The 2D formats of the spec (5.7.6.8), all four bytes per pixel.
-pub const FORMATS_2D: [u32; 8] = [
-    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM,
-    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM,
-    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_A8R8G8B8_UNORM,
-    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_X8R8G8B8_UNORM,
-    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM,
-    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_X8B8G8R8_UNORM,
-    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_A8B8G8R8_UNORM,
-    b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_R8G8B8X8_UNORM,
-];
-pub const BYTES_PER_PIXEL: u32 = 4;
-/// DRM_FORMAT_ARGB8888 in memory: Linux's cursor format.
-pub const FORMAT_B8G8R8A8: u32 = b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM;
-
-/// Virtio feature bit: the device answers GET_EDID.
-pub const F_EDID: u32 = b::VIRTIO_GPU_F_EDID;
-/// Virtio feature bit: contexts and 3D commands. Offered with any context
-/// type, not only virgl's (see `backend::device_features`).
-pub const F_VIRGL: u32 = b::VIRTIO_GPU_F_VIRGL;
-/// Virtio feature bits of the blob path.
-pub const F_RESOURCE_UUID: u32 = b::VIRTIO_GPU_F_RESOURCE_UUID;
-pub const F_RESOURCE_BLOB: u32 = b::VIRTIO_GPU_F_RESOURCE_BLOB;
-pub const F_CONTEXT_INIT: u32 = b::VIRTIO_GPU_F_CONTEXT_INIT;
-
-pub const CONTEXT_INIT_CAPSET_ID_MASK: u32 = b::VIRTIO_GPU_CONTEXT_INIT_CAPSET_ID_MASK;
-pub const BLOB_MEM_GUEST: u32 = b::VIRTIO_GPU_BLOB_MEM_GUEST;
-pub const BLOB_MEM_HOST3D: u32 = b::VIRTIO_GPU_BLOB_MEM_HOST3D;
-pub const BLOB_MEM_HOST3D_GUEST: u32 = b::VIRTIO_GPU_BLOB_MEM_HOST3D_GUEST;
-pub const BLOB_FLAG_USE_MAPPABLE: u32 = b::VIRTIO_GPU_BLOB_FLAG_USE_MAPPABLE;
-pub const BLOB_FLAGS_ALL: u32 = b::VIRTIO_GPU_BLOB_FLAG_USE_MAPPABLE
-    | b::VIRTIO_GPU_BLOB_FLAG_USE_SHAREABLE
-    | b::VIRTIO_GPU_BLOB_FLAG_USE_CROSS_DEVICE;
+use crate::MAX_SCANOUTS;
 
 /// `struct virtio_gpu_ctrl_hdr`: opens every request and every response.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -142,16 +54,15 @@ pub struct RespDisplayInfo {
 // SAFETY: a CtrlHdr and an array of DisplayOne, both ByteValued, no padding.
 unsafe impl ByteValued for RespDisplayInfo {}
 
-/// `struct virtio_gpu_cmd_get_edid`.
+/// Body of `struct virtio_gpu_cmd_get_edid`.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
-pub struct CmdGetEdid {
-    pub hdr: CtrlHdr,
+pub struct GetEdid {
     pub scanout: Le32,
     pub padding: Le32,
 }
-// SAFETY: a CtrlHdr and two Le32, no padding, every bit pattern valid.
-unsafe impl ByteValued for CmdGetEdid {}
+// SAFETY: two Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for GetEdid {}
 
 /// `struct virtio_gpu_resp_edid`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -433,7 +344,7 @@ mod tests {
         assert_eq!(size_of::<SetScanoutBlob>(), 96 - 24);
         assert_eq!(size_of::<Rect>(), 16);
         assert_eq!(size_of::<RespDisplayInfo>(), 24 + 16 * 24);
-        assert_eq!(size_of::<CmdGetEdid>(), 32);
+        assert_eq!(size_of::<GetEdid>(), 32 - 24);
         assert_eq!(size_of::<RespEdid>(), 24 + 8 + 1024);
         // Bodies: the spec's struct sizes less the 24-byte header.
         assert_eq!(size_of::<ResourceCreate2d>(), 40 - 24);
