@@ -2,7 +2,7 @@
 //! front-end's display socket (QEMU's `VHOST_USER_GPU_SET_SOCKET`).
 //!
 //! gpu-worker asks for display output over a per-connection ipc channel
-//! ([`ipc::GpuToDisplay`]); this thread checks every request against what
+//! ([`ipc::DisplayRequest`]); this thread checks every request against what
 //! it has been told (scanouts, shared surfaces and their sizes) and speaks
 //! the vhost-user-gpu protocol through the `vhost` crate's `GpuBackend`.
 //!
@@ -24,7 +24,9 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-use ipc::{Channel, DisplayMode, DisplayToGpu, GpuToDisplay, PixelRect, SharedSurface};
+use ipc::{
+    Channel, DisplayMode, DisplayRequest, DisplayValue, PixelRect, Reply, Role, SharedSurface,
+};
 use log::{info, warn};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use vhost::vhost_user::gpu_message::{
@@ -73,7 +75,7 @@ impl DisplaySocket {
     }
 }
 
-type WorkerChannel = Channel<DisplayToGpu, GpuToDisplay>;
+type WorkerChannel = Channel<Answer, DisplayRequest>;
 
 /// VHOST_USER_GPU_PROTOCOL_F_EDID: bit 0. (vhost 0.18's
 /// `VhostUserGpuProtocolFeatures` declares `EDID = 0` as the flag's value,
@@ -90,18 +92,24 @@ pub fn serve<W>(
     next: &std::sync::mpsc::Receiver<W>,
 ) -> Option<W> {
     let mut display = Display::new(socket, scanouts, max_bytes);
-    crate::serve::requests(&channel, "gpu-worker's display", next, |request, fd| {
-        // Every display message of one request, replies included, within
-        // the VMM's deadline: past it the socket is cut off and marked
-        // failed, and gpu-worker gets its answer before its own deadline.
-        let socket = display.socket.cutoff();
-        crate::deadline::within(
-            socket.as_ref(),
-            "the display socket",
-            ipc::deadline::VMM_REPLY,
-            || display.handle(request, fd),
-        )
-    })
+    crate::serve::requests(
+        &channel,
+        "gpu-worker's display",
+        Role::GpuWorker,
+        next,
+        |request, fd| {
+            // Every display message of one request, replies included, within
+            // the VMM's deadline: past it the socket is cut off and marked
+            // failed, and gpu-worker gets its answer before its own deadline.
+            let socket = display.socket.cutoff();
+            crate::deadline::within(
+                socket.as_ref(),
+                "the display socket",
+                ipc::deadline::VMM_REPLY,
+                || display.handle(request, fd),
+            )
+        },
+    )
 }
 
 /// A resource's pixels, mapped read-only.
@@ -138,8 +146,11 @@ struct Display {
     buf: Vec<u8>,
 }
 
-fn refused(why: impl Into<String>) -> DisplayToGpu {
-    DisplayToGpu::Refused(why.into())
+/// What the display thread answers a request.
+type Answer = Reply<DisplayValue>;
+
+fn refused(why: impl Into<String>) -> Answer {
+    Reply::refused(why)
 }
 
 impl Display {
@@ -179,18 +190,20 @@ impl Display {
         self.broken = self.generation;
     }
 
-    fn handle(&mut self, request: GpuToDisplay, fd: Option<OwnedFd>) -> DisplayToGpu {
+    fn handle(&mut self, request: DisplayRequest, fd: Option<OwnedFd>) -> Answer {
         match request {
-            GpuToDisplay::GetDisplayInfo => DisplayToGpu::DisplayInfo(self.display_info()),
-            GpuToDisplay::GetEdid { scanout } => self.edid(scanout),
-            GpuToDisplay::ShareSurface(info) => match fd {
+            DisplayRequest::GetDisplayInfo => {
+                Reply::Value(DisplayValue::Modes(self.display_info()))
+            }
+            DisplayRequest::GetEdid { scanout } => self.edid(scanout),
+            DisplayRequest::ShareSurface(info) => match fd {
                 Some(fd) => self.share(info, fd),
                 None => refused("ShareSurface without its descriptor"),
             },
-            GpuToDisplay::ReleaseSurface { resource_id } => self.release(resource_id),
-            GpuToDisplay::SetScanout { scanout, source } => self.set_scanout(scanout, source),
-            GpuToDisplay::Flush { scanout, rect } => self.flush(scanout, rect),
-            GpuToDisplay::CursorUpdate {
+            DisplayRequest::ReleaseSurface { resource_id } => self.release(resource_id),
+            DisplayRequest::SetScanout { scanout, source } => self.set_scanout(scanout, source),
+            DisplayRequest::Flush { scanout, rect } => self.flush(scanout, rect),
+            DisplayRequest::CursorUpdate {
                 scanout,
                 x,
                 y,
@@ -199,8 +212,8 @@ impl Display {
                 format,
                 image,
             } => self.cursor_update(scanout, (x, y), (hot_x, hot_y), format, image),
-            GpuToDisplay::CursorMove { scanout, x, y } => self.cursor_pos(scanout, x, y, true),
-            GpuToDisplay::CursorHide { scanout } => self.cursor_pos(scanout, 0, 0, false),
+            DisplayRequest::CursorMove { scanout, x, y } => self.cursor_pos(scanout, x, y, true),
+            DisplayRequest::CursorHide { scanout } => self.cursor_pos(scanout, 0, 0, false),
         }
     }
 
@@ -259,15 +272,15 @@ impl Display {
         Some(modes)
     }
 
-    fn edid(&mut self, scanout: u32) -> DisplayToGpu {
+    fn edid(&mut self, scanout: u32) -> Answer {
         let Some(index) = self.scanout_index(scanout) else {
             return refused(format!("EDID of scanout {scanout}, which does not exist"));
         };
         let Some(out) = self.output() else {
-            return DisplayToGpu::Edid(None);
+            return Reply::Value(DisplayValue::Edid(None));
         };
         if !self.handshake(&out) {
-            return DisplayToGpu::Edid(None);
+            return Reply::Value(DisplayValue::Edid(None));
         }
         // QEMU never answers GET_EDID for a scanout past its own count, and
         // that count is not told: ask only for scanouts it reports enabled.
@@ -280,18 +293,20 @@ impl Display {
             .and_then(|m| m.get(index))
             .is_some_and(|m| m.enabled);
         if !enabled || self.broken == self.generation {
-            return DisplayToGpu::Edid(None);
+            return Reply::Value(DisplayValue::Edid(None));
         }
         match out.get_edid(&VhostUserGpuEdidRequest {
             scanout_id: scanout,
         }) {
             Ok(resp) => {
                 let len = (resp.size as usize).min(resp.edid.len());
-                DisplayToGpu::Edid((len > 0).then(|| resp.edid[..len].to_vec()))
+                Reply::Value(DisplayValue::Edid(
+                    (len > 0).then(|| resp.edid[..len].to_vec()),
+                ))
             }
             Err(e) => {
                 self.fail("GET_EDID", e);
-                DisplayToGpu::Edid(None)
+                Reply::Value(DisplayValue::Edid(None))
             }
         }
     }
@@ -305,7 +320,7 @@ impl Display {
     /// Maps a resource's memory after checking that it is what gpu-worker
     /// says: a memfd sealed against shrinking, at least as large as the
     /// surface, within the broker's share of `--max-resource-memory`.
-    fn share(&mut self, info: SharedSurface, fd: OwnedFd) -> DisplayToGpu {
+    fn share(&mut self, info: SharedSurface, fd: OwnedFd) -> Answer {
         let id = info.resource_id;
         if self.surfaces.contains_key(&id) {
             return refused(format!("resource {id} is already shared"));
@@ -363,10 +378,10 @@ impl Display {
         };
         self.mapped_bytes += size;
         self.surfaces.insert(id, Surface { info, map });
-        DisplayToGpu::Done
+        Reply::Done
     }
 
-    fn release(&mut self, id: u32) -> DisplayToGpu {
+    fn release(&mut self, id: u32) -> Answer {
         let Some(surface) = self.surfaces.remove(&id) else {
             return refused(format!("resource {id} was never shared"));
         };
@@ -378,7 +393,7 @@ impl Display {
                 self.disable(i);
             }
         }
-        DisplayToGpu::Done
+        Reply::Done
     }
 
     fn disable(&mut self, index: usize) {
@@ -397,13 +412,13 @@ impl Display {
         }
     }
 
-    fn set_scanout(&mut self, scanout: u32, source: Option<(u32, PixelRect)>) -> DisplayToGpu {
+    fn set_scanout(&mut self, scanout: u32, source: Option<(u32, PixelRect)>) -> Answer {
         let Some(index) = self.scanout_index(scanout) else {
             return refused(format!("scanout {scanout} does not exist"));
         };
         let Some((id, rect)) = source else {
             self.disable(index);
-            return DisplayToGpu::Done;
+            return Reply::Done;
         };
         let Some(surface) = self.surfaces.get(&id) else {
             return refused(format!("scanout {scanout}: resource {id} was never shared"));
@@ -415,7 +430,7 @@ impl Display {
         }
         self.scanouts[index].source = Some((id, rect));
         self.tell_size(index);
-        DisplayToGpu::Done
+        Reply::Done
     }
 
     /// Sends SCANOUT if the display does not have this scanout's size yet
@@ -448,7 +463,7 @@ impl Display {
         }
     }
 
-    fn flush(&mut self, scanout: u32, rect: PixelRect) -> DisplayToGpu {
+    fn flush(&mut self, scanout: u32, rect: PixelRect) -> Answer {
         let Some(index) = self.scanout_index(scanout) else {
             return refused(format!("flush of scanout {scanout}, which does not exist"));
         };
@@ -462,10 +477,10 @@ impl Display {
             ));
         }
         let Some(out) = self.output() else {
-            return DisplayToGpu::Done;
+            return Reply::Done;
         };
         if !self.tell_size(index) {
-            return DisplayToGpu::Done;
+            return Reply::Done;
         }
         let Some(surface) = self.surfaces.get(&id) else {
             return refused(format!("scanout {scanout} shows unshared resource {id}"));
@@ -508,7 +523,7 @@ impl Display {
         if let Err(e) = out.update_scanout(&update, buf) {
             self.fail("UPDATE", e);
         }
-        DisplayToGpu::Done
+        Reply::Done
     }
 
     fn cursor_update(
@@ -518,7 +533,7 @@ impl Display {
         (hot_x, hot_y): (u32, u32),
         format: u32,
         mut image: Vec<u8>,
-    ) -> DisplayToGpu {
+    ) -> Answer {
         if self.scanout_index(scanout).is_none() {
             return refused(format!("cursor on scanout {scanout}, which does not exist"));
         }
@@ -535,7 +550,7 @@ impl Display {
             ));
         };
         let Some(out) = self.output() else {
-            return DisplayToGpu::Done;
+            return Reply::Done;
         };
         to_xrgb(format, data);
         let msg = VhostUserGpuCursorUpdate {
@@ -550,15 +565,15 @@ impl Display {
         if let Err(e) = out.cursor_update(&msg, data) {
             self.fail("CURSOR_UPDATE", e);
         }
-        DisplayToGpu::Done
+        Reply::Done
     }
 
-    fn cursor_pos(&mut self, scanout: u32, x: u32, y: u32, visible: bool) -> DisplayToGpu {
+    fn cursor_pos(&mut self, scanout: u32, x: u32, y: u32, visible: bool) -> Answer {
         if self.scanout_index(scanout).is_none() {
             return refused(format!("cursor on scanout {scanout}, which does not exist"));
         }
         let Some(out) = self.output() else {
-            return DisplayToGpu::Done;
+            return Reply::Done;
         };
         let pos = VhostUserGpuCursorPos {
             scanout_id: scanout,
@@ -573,7 +588,7 @@ impl Display {
         if let Err(e) = sent {
             self.fail("CURSOR_POS", e);
         }
-        DisplayToGpu::Done
+        Reply::Done
     }
 }
 
@@ -633,8 +648,8 @@ mod tests {
         }
     }
 
-    fn is_refused(a: &DisplayToGpu) -> bool {
-        matches!(a, DisplayToGpu::Refused(_))
+    fn is_refused(a: &Answer) -> bool {
+        matches!(a, Reply::Refused(_))
     }
 
     /// What a compromised gpu-worker could send: every request is checked
@@ -643,7 +658,7 @@ mod tests {
     fn forged_requests_are_refused() {
         let mut d = Display::new(Arc::default(), 2, 1 << 20);
         let share =
-            |d: &mut Display, s: SharedSurface, fd| d.handle(GpuToDisplay::ShareSurface(s), fd);
+            |d: &mut Display, s: SharedSurface, fd| d.handle(DisplayRequest::ShareSurface(s), fd);
         assert!(
             is_refused(&share(&mut d, surface(1, 16, 16), None)),
             "no fd"
@@ -682,7 +697,7 @@ mod tests {
         );
         assert_eq!(
             share(&mut d, surface(1, 16, 16), Some(memfd(1024, true))),
-            DisplayToGpu::Done
+            Reply::Done
         );
         assert!(
             is_refused(&share(&mut d, surface(1, 16, 16), Some(memfd(1024, true)))),
@@ -690,7 +705,7 @@ mod tests {
         );
 
         let set = |d: &mut Display, scanout, source| {
-            d.handle(GpuToDisplay::SetScanout { scanout, source }, None)
+            d.handle(DisplayRequest::SetScanout { scanout, source }, None)
         };
         assert!(is_refused(&set(&mut d, 2, Some((1, rect(0, 0, 16, 16))))));
         assert!(is_refused(&set(&mut d, 0, Some((7, rect(0, 0, 16, 16))))));
@@ -701,24 +716,22 @@ mod tests {
             Some((1, rect(u32::MAX, 0, 2, 1)))
         )));
 
-        let flush =
-            |d: &mut Display, scanout, r| d.handle(GpuToDisplay::Flush { scanout, rect: r }, None);
+        let flush = |d: &mut Display, scanout, r| {
+            d.handle(DisplayRequest::Flush { scanout, rect: r }, None)
+        };
         assert!(
             is_refused(&flush(&mut d, 0, rect(0, 0, 1, 1))),
             "shows nothing"
         );
-        assert_eq!(
-            set(&mut d, 0, Some((1, rect(4, 4, 8, 8)))),
-            DisplayToGpu::Done
-        );
+        assert_eq!(set(&mut d, 0, Some((1, rect(4, 4, 8, 8)))), Reply::Done);
         assert!(
             is_refused(&flush(&mut d, 0, rect(0, 0, 9, 8))),
             "outside the scanout"
         );
         assert!(is_refused(&flush(&mut d, 5, rect(0, 0, 1, 1))));
-        assert_eq!(flush(&mut d, 0, rect(0, 0, 8, 8)), DisplayToGpu::Done);
+        assert_eq!(flush(&mut d, 0, rect(0, 0, 8, 8)), Reply::Done);
 
-        let cursor = |scanout, hot_x, image: Vec<u8>| GpuToDisplay::CursorUpdate {
+        let cursor = |scanout, hot_x, image: Vec<u8>| DisplayRequest::CursorUpdate {
             scanout,
             x: 0,
             y: 0,
@@ -736,15 +749,16 @@ mod tests {
         ));
         assert_eq!(
             d.handle(cursor(1, 63, vec![0; wire::CURSOR_BYTES]), None),
-            DisplayToGpu::Done
+            Reply::Done
         );
 
-        assert!(is_refused(
-            &d.handle(GpuToDisplay::ReleaseSurface { resource_id: 9 }, None)
-        ));
+        assert!(is_refused(&d.handle(
+            DisplayRequest::ReleaseSurface { resource_id: 9 },
+            None
+        )));
         assert_eq!(
-            d.handle(GpuToDisplay::ReleaseSurface { resource_id: 1 }, None),
-            DisplayToGpu::Done
+            d.handle(DisplayRequest::ReleaseSurface { resource_id: 1 }, None),
+            Reply::Done
         );
         assert_eq!(d.mapped_bytes, 0);
         assert!(
@@ -753,15 +767,15 @@ mod tests {
         );
         // No display socket: display info says so, EDID is the device's.
         assert_eq!(
-            d.handle(GpuToDisplay::GetDisplayInfo, None),
-            DisplayToGpu::DisplayInfo(None)
+            d.handle(DisplayRequest::GetDisplayInfo, None),
+            Reply::Value(DisplayValue::Modes(None))
         );
         assert_eq!(
-            d.handle(GpuToDisplay::GetEdid { scanout: 0 }, None),
-            DisplayToGpu::Edid(None)
+            d.handle(DisplayRequest::GetEdid { scanout: 0 }, None),
+            Reply::Value(DisplayValue::Edid(None))
         );
         assert!(is_refused(
-            &d.handle(GpuToDisplay::GetEdid { scanout: 2 }, None)
+            &d.handle(DisplayRequest::GetEdid { scanout: 2 }, None)
         ));
     }
 

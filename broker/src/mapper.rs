@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use ipc::limited_warn;
 use ipc::ratelimit::LogLimiter;
-use ipc::{Channel, MapAnswer, MapRequest};
+use ipc::{Channel, MapRequest, Nothing, Reply, Role};
 use log::{info, warn};
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
@@ -76,14 +76,10 @@ impl HostVisible {
         *self.peeked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(dup));
     }
 
-    fn channel(&self) -> Result<(Backend, crate::deadline::Cutoff), String> {
+    fn channel(&self) -> Result<(Backend, crate::deadline::Cutoff), MapRefusal> {
         match &*self.channel.lock().unwrap_or_else(|e| e.into_inner()) {
-            None => Err("the front-end sent no back-end request channel".into()),
-            Some((_, false, _)) => Err(
-                "the front-end did not negotiate SHMEM (QEMU 10 does not): blobs cannot be \
-                 mapped into the guest"
-                    .into(),
-            ),
+            None => Err(MapRefusal::NoChannel),
+            Some((_, false, _)) => Err(MapRefusal::NoShmem),
             Some((backend, true, dup)) => Ok((backend.clone(), dup.clone())),
         }
     }
@@ -94,23 +90,104 @@ impl HostVisible {
 /// [`ipc::deadline::VMM_REPLY`], so that crate::deadline cut the channel
 /// off; a malformed reply; a closed socket) does not, so the channel is
 /// marked failed and the connection maps no more.
-fn answered(backend: &Backend, what: &str, result: std::io::Result<u64>) -> Result<(), String> {
+fn answered(
+    backend: &Backend,
+    what: &'static str,
+    result: std::io::Result<u64>,
+) -> Result<(), MapRefusal> {
     let Err(e) = result else {
         return Ok(());
     };
     use vhost::vhost_user::Error as E;
     match e.get_ref().and_then(|i| i.downcast_ref::<E>()) {
-        Some(E::FrontendInternalError) => return Err(format!("the front-end refused {what}")),
+        Some(E::FrontendInternalError) => return Err(MapRefusal::FrontendRefused(what)),
         // Failed before, and said so then.
-        Some(E::SocketBroken(_)) => return Err(format!("{what}: the channel failed earlier")),
+        Some(E::SocketBroken(_)) => return Err(MapRefusal::FailedEarlier(what)),
         _ => {}
     }
     backend.set_failed(nix::libc::ETIMEDOUT);
     warn!("the back-end request channel failed on {what}: {e}; no more maps for this connection");
-    Err(format!("the front-end did not answer {what}: {e}"))
+    Err(MapRefusal::Unanswered {
+        what,
+        error: e.to_string(),
+    })
 }
 
-type MapChannel = Channel<MapAnswer, MapRequest>;
+/// Why the broker refuses one of render-worker's map requests: the reason
+/// goes back to render-worker (and its log) as the refusal's text.
+#[derive(Debug, thiserror::Error)]
+pub enum MapRefusal {
+    #[error("a map request without its descriptor")]
+    NoDescriptor,
+    #[error("fstat: {0}")]
+    Fstat(nix::errno::Errno),
+    #[error("resource {resource_id}: its descriptor is not mappable memory")]
+    NotMemory { resource_id: u32 },
+    #[error("resource {resource_id}: its memory is not sealed against shrinking")]
+    NotSealed { resource_id: u32 },
+    #[error("resource {resource_id}: a mapping of 0 bytes")]
+    Empty { resource_id: u32 },
+    #[error(
+        "resource {resource_id}: offset {offset:#x} or length {len:#x} is not a multiple of {PAGE}"
+    )]
+    Unaligned {
+        resource_id: u32,
+        offset: u64,
+        len: u64,
+    },
+    #[error("resource {resource_id}: offset {offset:#x} + length {len:#x} wraps")]
+    Wraps {
+        resource_id: u32,
+        offset: u64,
+        len: u64,
+    },
+    #[error("resource {resource_id}: {offset:#x}..{end:#x} is past the {size:#x}-byte region")]
+    PastRegion {
+        resource_id: u32,
+        offset: u64,
+        end: u64,
+        size: u64,
+    },
+    #[error("resource {resource_id} is already mapped")]
+    AlreadyMapped { resource_id: u32 },
+    #[error("resource {resource_id}: {MAX_MAPPINGS} mappings are live, the most the broker keeps")]
+    TooMany { resource_id: u32 },
+    #[error(
+        "resource {resource_id}: {offset:#x}..{end:#x} overlaps resource {other}'s mapping at \
+         {other_start:#x}..{other_end:#x}"
+    )]
+    Overlaps {
+        resource_id: u32,
+        offset: u64,
+        end: u64,
+        other: u32,
+        other_start: u64,
+        other_end: u64,
+    },
+    #[error("resource {resource_id}: its memory holds {fd_len} bytes, not {len}")]
+    TooShort {
+        resource_id: u32,
+        fd_len: u64,
+        len: u64,
+    },
+    #[error("resource {resource_id} is not mapped")]
+    NotMapped { resource_id: u32 },
+    #[error("the front-end sent no back-end request channel")]
+    NoChannel,
+    #[error(
+        "the front-end did not negotiate SHMEM (QEMU 10 does not): blobs cannot be mapped into \
+         the guest"
+    )]
+    NoShmem,
+    #[error("the front-end refused {0}")]
+    FrontendRefused(&'static str),
+    #[error("{0}: the channel failed earlier")]
+    FailedEarlier(&'static str),
+    #[error("the front-end did not answer {what}: {error}")]
+    Unanswered { what: &'static str, error: String },
+}
+
+type MapChannel = Channel<Reply<Nothing>, MapRequest>;
 
 /// Serves one connection's map channel until render-worker closes it or
 /// the next connection's work arrives on `next` (returned).
@@ -125,12 +202,13 @@ pub fn serve<W>(
     crate::serve::requests(
         &channel,
         "render-worker's map",
+        Role::RenderWorker,
         next,
         |request, fd| match mapper.handle(&region, request, fd) {
-            Ok(()) => MapAnswer::Done,
+            Ok(()) => Reply::Done,
             Err(why) => {
                 limited_warn!(log, "refused a map request from render-worker: {why}");
-                MapAnswer::Refused(why)
+                Reply::refused(why.to_string())
             }
         },
     )
@@ -192,50 +270,58 @@ impl Mapper {
         offset: u64,
         len: u64,
         fd_len: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), MapRefusal> {
         if len == 0 {
-            return Err(format!("resource {resource_id}: a mapping of 0 bytes"));
+            return Err(MapRefusal::Empty { resource_id });
         }
         if !offset.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
-            return Err(format!(
-                "resource {resource_id}: offset {offset:#x} or length {len:#x} is not a multiple of {PAGE}"
-            ));
+            return Err(MapRefusal::Unaligned {
+                resource_id,
+                offset,
+                len,
+            });
         }
         let Some(end) = offset.checked_add(len) else {
-            return Err(format!(
-                "resource {resource_id}: offset {offset:#x} + length {len:#x} wraps"
-            ));
+            return Err(MapRefusal::Wraps {
+                resource_id,
+                offset,
+                len,
+            });
         };
         if end > self.size {
-            return Err(format!(
-                "resource {resource_id}: {offset:#x}..{end:#x} is past the {:#x}-byte region",
-                self.size
-            ));
+            return Err(MapRefusal::PastRegion {
+                resource_id,
+                offset,
+                end,
+                size: self.size,
+            });
         }
         if self.by_resource.contains_key(&resource_id) {
-            return Err(format!("resource {resource_id} is already mapped"));
+            return Err(MapRefusal::AlreadyMapped { resource_id });
         }
         if self.by_resource.len() >= MAX_MAPPINGS {
-            return Err(format!(
-                "resource {resource_id}: {MAX_MAPPINGS} mappings are live, the most the broker keeps"
-            ));
+            return Err(MapRefusal::TooMany { resource_id });
         }
         // The mapping that starts last before `end` is the only one that
         // can overlap (mappings never overlap each other).
         if let Some((&start, m)) = self.mappings.range(..end).next_back() {
             if start + m.len > offset {
-                return Err(format!(
-                    "resource {resource_id}: {offset:#x}..{end:#x} overlaps resource {}'s \
-                     mapping at {start:#x}..{:#x}",
-                    m.resource_id,
-                    start + m.len
-                ));
+                return Err(MapRefusal::Overlaps {
+                    resource_id,
+                    offset,
+                    end,
+                    other: m.resource_id,
+                    other_start: start,
+                    other_end: start + m.len,
+                });
             }
         }
         if fd_len < len {
-            return Err(format!(
-                "resource {resource_id}: its memory holds {fd_len} bytes, not {len}"
-            ));
+            return Err(MapRefusal::TooShort {
+                resource_id,
+                fd_len,
+                len,
+            });
         }
         Ok(())
     }
@@ -257,7 +343,7 @@ impl Mapper {
         region: &HostVisible,
         request: MapRequest,
         fd: Option<OwnedFd>,
-    ) -> Result<(), String> {
+    ) -> Result<(), MapRefusal> {
         self.catch_up(region);
         match request {
             MapRequest::Map {
@@ -266,12 +352,10 @@ impl Mapper {
                 size,
                 writable,
             } => {
-                let fd = fd.ok_or("a map request without its descriptor")?;
-                let st = nix::sys::stat::fstat(&fd).map_err(|e| format!("fstat: {e}"))?;
+                let fd = fd.ok_or(MapRefusal::NoDescriptor)?;
+                let st = nix::sys::stat::fstat(&fd).map_err(MapRefusal::Fstat)?;
                 if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
-                    return Err(format!(
-                        "resource {resource_id}: its descriptor is not mappable memory"
-                    ));
+                    return Err(MapRefusal::NotMemory { resource_id });
                 }
                 // Memory that could shrink under a mapping would fault the
                 // VM's access to it (the display path asks the same).
@@ -279,9 +363,7 @@ impl Mapper {
                     .map(nix::fcntl::SealFlag::from_bits_truncate)
                     .unwrap_or(nix::fcntl::SealFlag::empty());
                 if !seals.contains(nix::fcntl::SealFlag::F_SEAL_SHRINK) {
-                    return Err(format!(
-                        "resource {resource_id}: its memory is not sealed against shrinking"
-                    ));
+                    return Err(MapRefusal::NotSealed { resource_id });
                 }
                 self.check(resource_id, shm_offset, size, st.st_size.max(0) as u64)?;
                 let (backend, cutoff) = region.channel()?;
@@ -318,7 +400,7 @@ impl Mapper {
                 }
                 let (offset, len) = self
                     .forget(resource_id)
-                    .ok_or(format!("resource {resource_id} is not mapped"))?;
+                    .ok_or(MapRefusal::NotMapped { resource_id })?;
                 let (backend, cutoff) = region.channel()?;
                 let msg = VhostUserMMap {
                     shmid: SHMID_HOST_VISIBLE,
@@ -348,23 +430,42 @@ mod tests {
     #[test]
     fn map_requests_are_checked_against_the_region_and_each_other() {
         let mut m = Mapper::new(16 * MIB);
-        assert!(m.check(1, 0, 0, MIB).unwrap_err().contains("0 bytes"));
-        assert!(m.check(1, 100, PAGE, MIB).unwrap_err().contains("multiple"));
-        assert!(m.check(1, 0, 100, MIB).unwrap_err().contains("multiple"));
+        assert!(m
+            .check(1, 0, 0, MIB)
+            .unwrap_err()
+            .to_string()
+            .contains("0 bytes"));
+        assert!(m
+            .check(1, 100, PAGE, MIB)
+            .unwrap_err()
+            .to_string()
+            .contains("multiple"));
+        assert!(m
+            .check(1, 0, 100, MIB)
+            .unwrap_err()
+            .to_string()
+            .contains("multiple"));
         assert!(m
             .check(1, u64::MAX - PAGE + 1, 2 * PAGE, MIB)
             .unwrap_err()
+            .to_string()
             .contains("wraps"));
         assert!(m
             .check(1, 16 * MIB, PAGE, MIB)
             .unwrap_err()
+            .to_string()
             .contains("past"));
-        assert!(m.check(1, 0, 2 * MIB, MIB).unwrap_err().contains("holds"));
+        assert!(m
+            .check(1, 0, 2 * MIB, MIB)
+            .unwrap_err()
+            .to_string()
+            .contains("holds"));
         m.check(1, MIB, MIB, MIB).unwrap();
         m.record(1, MIB, MIB);
         assert!(m
             .check(1, 4 * MIB, PAGE, MIB)
             .unwrap_err()
+            .to_string()
             .contains("already"));
         for (offset, len) in [
             (MIB, PAGE),
@@ -375,6 +476,7 @@ mod tests {
             assert!(
                 m.check(2, offset, len, 4 * MIB)
                     .unwrap_err()
+                    .to_string()
                     .contains("overlaps"),
                 "{offset:#x}+{len:#x}"
             );

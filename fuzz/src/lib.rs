@@ -154,17 +154,17 @@ pub fn ipc_frame(data: &[u8]) {
         return;
     };
     match which % 9 {
-        0 => drop(ipc::decode_frame::<ipc::GpuToBroker>(frame)),
-        1 => drop(ipc::decode_frame::<ipc::RenderToBroker>(frame)),
+        0 => drop(ipc::decode_frame::<ipc::WorkerReport>(frame)),
+        1 => drop(ipc::decode_frame::<ipc::RenderEvent>(frame)),
         2 => drop(ipc::decode_frame::<ipc::MapRequest>(frame)),
-        3 => drop(ipc::decode_frame::<ipc::GpuToDisplay>(frame)),
-        4 => drop(ipc::decode_frame::<ipc::DisplayToGpu>(frame)),
-        5 => drop(ipc::decode_frame::<ipc::RenderAnswer>(frame)),
-        6 => drop(ipc::decode_frame::<ipc::RenderCommand>(frame)),
-        7 => drop(ipc::decode_frame::<ipc::MapAnswer>(frame)),
+        3 => drop(ipc::decode_frame::<ipc::DisplayRequest>(frame)),
+        4 => drop(ipc::decode_frame::<ipc::Reply<ipc::DisplayValue>>(frame)),
+        5 => drop(ipc::decode_frame::<ipc::RenderReply>(frame)),
+        6 => drop(ipc::decode_frame::<ipc::RenderCall>(frame)),
+        7 => drop(ipc::decode_frame::<ipc::Reply<ipc::Nothing>>(frame)),
         _ => {
-            if let Ok(ipc::BrokerToGpu::Configure(config)) =
-                ipc::decode_frame::<ipc::BrokerToGpu>(frame)
+            if let Ok(ipc::GpuWorkerRequest::Configure(config)) =
+                ipc::decode_frame::<ipc::GpuWorkerRequest>(frame)
             {
                 let _ = config.validate();
             }

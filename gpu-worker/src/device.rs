@@ -15,7 +15,7 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use ipc::{DisplayToGpu, GpuToDisplay, RenderAnswer, RenderCommand, ScanoutSize};
+use ipc::{DisplayRequest, DisplayValue, RenderCall, RenderReply, RenderRequest, ScanoutSize};
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::{GuestMemoryMmap, Le32};
 use wire::command::required_feature;
@@ -52,7 +52,7 @@ pub struct Completion {
 }
 
 /// The link to render-worker for one connection.
-pub type RenderLink = Link<RenderCommand, RenderAnswer>;
+pub type RenderLink = Link<RenderCall, RenderReply>;
 
 /// The device state gpu-worker keeps for one front-end connection.
 #[derive(Debug)]
@@ -107,11 +107,11 @@ impl GpuDevice {
         let shared = self.resources().reset();
         for resource_id in shared {
             self.display
-                .command(&GpuToDisplay::ReleaseSurface { resource_id }, &[]);
+                .command(&DisplayRequest::ReleaseSurface { resource_id }, &[]);
         }
         self.blobs.clear();
         if self.render.is_connected() {
-            if let Err(r) = self.render_done(&RenderCommand::Reset) {
+            if let Err(r) = self.render_done(RenderRequest::Reset) {
                 log::warn!("gpu-worker: render-worker did not reset: {}", r.why);
             }
         }
@@ -301,8 +301,8 @@ impl GpuDevice {
     fn display_info(&self) -> Box<RespDisplayInfo> {
         let mut resp = Box::<RespDisplayInfo>::default();
         let mut reported = self.scanouts.clone();
-        match self.display.request(&GpuToDisplay::GetDisplayInfo, &[]) {
-            Some(DisplayToGpu::DisplayInfo(Some(modes))) => {
+        match self.display.request(&DisplayRequest::GetDisplayInfo, &[]) {
+            Some(DisplayValue::Modes(Some(modes))) => {
                 for ((mode, m), size) in resp.pmodes.iter_mut().zip(&modes).zip(&mut reported) {
                     mode.r.x = Le32::from(m.rect.x);
                     mode.r.y = Le32::from(m.rect.y);
@@ -348,9 +348,9 @@ impl GpuDevice {
         let mut resp = Box::<RespEdid>::default();
         match self
             .display
-            .request(&GpuToDisplay::GetEdid { scanout }, &[])
+            .request(&DisplayRequest::GetEdid { scanout }, &[])
         {
-            Some(DisplayToGpu::Edid(Some(blob)))
+            Some(DisplayValue::Edid(Some(blob)))
                 if !blob.is_empty() && blob.len() <= resp.edid.len() =>
             {
                 resp.size = Le32::from(blob.len() as u32);

@@ -10,7 +10,7 @@
 
 use std::os::fd::BorrowedFd;
 
-use ipc::{DisplayToGpu, GpuToDisplay};
+use ipc::{DisplayRequest, DisplayValue, Reply};
 
 use crate::link::Link;
 use ipc::limited_warn as guest_warn;
@@ -19,7 +19,7 @@ use ipc::ratelimit::LogLimiter;
 /// The display channel: a [`Link`] to the broker's display thread.
 #[derive(Debug)]
 pub struct DisplayLink {
-    link: Link<GpuToDisplay, DisplayToGpu>,
+    link: Link<DisplayRequest, Reply<DisplayValue>>,
     log: LogLimiter,
 }
 
@@ -32,7 +32,7 @@ impl DisplayLink {
         }
     }
 
-    pub fn new(channel: ipc::Channel<GpuToDisplay, DisplayToGpu>) -> Self {
+    pub fn new(channel: ipc::Channel<DisplayRequest, Reply<DisplayValue>>) -> Self {
         DisplayLink {
             link: Link::new("the display", channel),
             log: LogLimiter::default(),
@@ -43,18 +43,29 @@ impl DisplayLink {
         self.link.is_connected()
     }
 
-    /// Sends one request and waits for its answer; `None` without a display.
-    pub fn request(&self, msg: &GpuToDisplay, fds: &[BorrowedFd<'_>]) -> Option<DisplayToGpu> {
-        self.link.request(msg, fds)
+    /// Sends one request that asks for a value and waits for it; `None`
+    /// without a display, or when the display has none to give.
+    pub fn request(&self, msg: &DisplayRequest, fds: &[BorrowedFd<'_>]) -> Option<DisplayValue> {
+        match self.link.request(msg, fds)? {
+            Reply::Value(v) => Some(v),
+            Reply::Refused(r) => {
+                guest_warn!(self.log, "the broker refused a display request: {r}");
+                None
+            }
+            Reply::Done => {
+                self.link.fail("answered Done to a question");
+                None
+            }
+        }
     }
 
     /// Sends a request whose only answer is done or refused, and logs a
     /// refusal. True if the display did it.
-    pub fn command(&self, msg: &GpuToDisplay, fds: &[BorrowedFd<'_>]) -> bool {
-        match self.request(msg, fds) {
-            Some(DisplayToGpu::Done) => true,
-            Some(DisplayToGpu::Refused(why)) => {
-                guest_warn!(self.log, "the broker refused a display request: {why}");
+    pub fn command(&self, msg: &DisplayRequest, fds: &[BorrowedFd<'_>]) -> bool {
+        match self.link.request(msg, fds) {
+            Some(Reply::Done) => true,
+            Some(Reply::Refused(r)) => {
+                guest_warn!(self.log, "the broker refused a display request: {r}");
                 false
             }
             Some(other) => {

@@ -10,7 +10,7 @@ use std::thread;
 use gpu_worker::backend::{GpuBackend, RENDER_EVENTS};
 use gpu_worker::display::DisplayLink;
 use gpu_worker::link::Link;
-use ipc::{BrokerToGpu, Channel, GpuConfig, GpuToBroker, GpuToRender, RenderToGpu, Role};
+use ipc::{Channel, GpuConfig, GpuConnection, GpuWorkerRequest, Role, WorkerReport};
 use log::{error, info, warn};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
@@ -29,27 +29,22 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    let (broker_fd, peer_fd) = policies::take_worker_channels()?;
-    let broker: Channel<GpuToBroker, BrokerToGpu> = Channel::new(broker_fd);
-    let render: Channel<GpuToRender, RenderToGpu> = Channel::new(peer_fd);
-    broker
-        .handshake(Role::GpuWorker, Role::Broker)
-        .map_err(|e| format!("handshake with the broker: {e}"))?;
-    render
-        .handshake(Role::GpuWorker, Role::RenderWorker)
-        .map_err(|e| format!("handshake with render-worker: {e}"))?;
-    render
-        .send(&GpuToRender::Ping { nonce: 1 }, &[])
-        .map_err(|e| format!("render-worker: {e}"))?;
-    match render.recv() {
-        Ok((RenderToGpu::Pong { nonce: 1 }, _)) => {}
-        other => return Err(format!("render-worker did not answer its ping: {other:?}")),
-    }
+    // The start-up link to render-worker is kept open (its handshake said
+    // both workers are of this build); each connection brings its own
+    // channels.
+    let policies::WorkerChannels {
+        broker,
+        peer: _peer,
+    } = policies::bootstrap::<WorkerReport, GpuWorkerRequest>(Role::GpuWorker)
+        .map_err(|e| e.to_string())?;
 
     let mut config: Option<GpuConfig> = None;
     // Each connection's channels go to the vhost-user thread in the order
     // they came.
-    let (connection_tx, connection_rx): (Sender<Vec<OwnedFd>>, Receiver<Vec<OwnedFd>>) = channel();
+    let (connection_tx, connection_rx): (
+        Sender<GpuConnection<OwnedFd>>,
+        Receiver<GpuConnection<OwnedFd>>,
+    ) = channel();
     let mut connection_rx = Some(connection_rx);
     loop {
         let (msg, mut fds) = match broker.recv() {
@@ -61,7 +56,7 @@ fn run() -> Result<(), String> {
             Err(e) => return Err(format!("message from the broker: {e}")),
         };
         match msg {
-            BrokerToGpu::Configure(c) => {
+            GpuWorkerRequest::Configure(c) => {
                 c.validate()
                     .map_err(|e| format!("configuration refused: {e}"))?;
                 if config.is_some() {
@@ -71,7 +66,7 @@ fn run() -> Result<(), String> {
                     .map_err(|e| format!("cannot enter the jail: {e}"))?;
                 config = Some(c);
             }
-            BrokerToGpu::VhostUserListener => {
+            GpuWorkerRequest::VhostUserListener => {
                 let config = config
                     .clone()
                     .ok_or("the broker sent a listener before the configuration")?;
@@ -87,14 +82,15 @@ fn run() -> Result<(), String> {
                     .spawn(move || serve(listener, config, connection_rx))
                     .map_err(|e| format!("cannot start the vhost-user thread: {e}"))?;
             }
-            BrokerToGpu::Connection => {
-                // The channel checked the count: display, render link.
+            GpuWorkerRequest::Connection => {
+                let slots =
+                    GpuConnection::from_vec(fds).ok_or("a connection came without its channels")?;
                 connection_tx
-                    .send(fds)
+                    .send(slots)
                     .map_err(|_| "the vhost-user thread is gone".to_string())?;
             }
-            BrokerToGpu::Ping { nonce } => broker
-                .send(&GpuToBroker::Pong { nonce }, &[])
+            GpuWorkerRequest::Ping { nonce } => broker
+                .send(&WorkerReport::Pong { nonce }, &[])
                 .map_err(|e| format!("answering the broker: {e}"))?,
         }
     }
@@ -103,17 +99,13 @@ fn run() -> Result<(), String> {
 /// Serves one broker connection at a time, each with fresh device state.
 /// The broker sends each connection's channels before it connects, so the
 /// next channels belong to the next connection.
-fn serve(mut listener: Listener, config: GpuConfig, connections: Receiver<Vec<OwnedFd>>) {
+fn serve(mut listener: Listener, config: GpuConfig, connections: Receiver<GpuConnection<OwnedFd>>) {
     loop {
-        let Ok(mut fds) = connections.recv() else {
+        let Ok(channels) = connections.recv() else {
             // The main thread ended: so does the process.
             return;
         };
-        let (Some(events), Some(render), Some(display)) = (fds.pop(), fds.pop(), fds.pop()) else {
-            error!("gpu-worker: a connection came without its channels");
-            std::process::exit(1);
-        };
-        let result = serve_one(&mut listener, &config, display, render, events);
+        let result = serve_one(&mut listener, &config, channels);
         if let Err(e) = result {
             // The listener itself failing leaves nothing to serve: end the
             // process, and the broker reports it.
@@ -126,16 +118,27 @@ fn serve(mut listener: Listener, config: GpuConfig, connections: Receiver<Vec<Ow
 fn serve_one(
     listener: &mut Listener,
     config: &GpuConfig,
-    display: OwnedFd,
-    render: OwnedFd,
-    events: OwnedFd,
+    channels: GpuConnection<OwnedFd>,
 ) -> Result<(), String> {
+    let display = Channel::new(channels.display);
+    let render = Channel::new(channels.render);
+    let events = Channel::new(channels.events);
+    // Each of the connection's channels opens with the handshake, within
+    // the deadline the broker set on it. One whose peer is not who it
+    // should be is not used: the device carries on without it, as without
+    // a display.
+    let display = greeted(display, Role::Broker, "the display channel");
+    let render = greeted(render, Role::RenderWorker, "the render-worker link");
+    let events = checked(events, Role::RenderWorker, "render-worker's events");
     let backend = Arc::new(
         GpuBackend::new(
             config,
-            DisplayLink::new(Channel::new(display)),
-            Link::new("render-worker", Channel::new(render)),
-            Some(Channel::new(events)),
+            display.map_or_else(DisplayLink::none, DisplayLink::new),
+            render.map_or_else(
+                || Link::none("render-worker"),
+                |c| Link::new("render-worker", c),
+            ),
+            events,
         )
         .map_err(|e| e.to_string())?,
     );
@@ -171,4 +174,34 @@ fn serve_one(
     drop(backend);
     info!("gpu-worker: front-end disconnected; device state dropped");
     Ok(())
+}
+
+/// `channel` once it has greeted its peer and checked the peer's greeting;
+/// `None` (logged) if that failed.
+fn greeted<Tx: ipc::Message, Rx: ipc::Message>(
+    channel: Channel<Tx, Rx>,
+    peer: Role,
+    what: &str,
+) -> Option<Channel<Tx, Rx>> {
+    if let Err(e) = channel.greet(Role::GpuWorker) {
+        warn!("gpu-worker: {what}: {e}; going on without it");
+        return None;
+    }
+    checked(channel, peer, what)
+}
+
+/// `channel` once the peer's greeting checked out (a channel this end
+/// only reads: no greeting of its own).
+fn checked<Tx: ipc::Message, Rx: ipc::Message>(
+    channel: Channel<Tx, Rx>,
+    peer: Role,
+    what: &str,
+) -> Option<Channel<Tx, Rx>> {
+    match channel.check_greeting(peer) {
+        Ok(()) => Some(channel),
+        Err(e) => {
+            warn!("gpu-worker: {what}: handshake: {e}; going on without it");
+            None
+        }
+    }
 }

@@ -146,20 +146,34 @@ impl<Tx: Message, Rx: Message> Channel<Tx, Rx> {
     /// Exchanges greetings and checks that the peer is the process we expect
     /// and was built from this vocabulary. Must be the first traffic on the
     /// channel; both ends send before they receive, so neither waits on the
-    /// other.
+    /// other. Waits at most the handshake's own timeout (for the channels
+    /// made at start-up, which have none).
     pub fn handshake(&self, me: Role, peer: Role) -> Result<(), Error> {
+        self.greet(me)?;
+        self.set_recv_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let checked = self.check_greeting(peer);
+        self.set_recv_timeout(None)?;
+        checked
+    }
+
+    /// The first half of a handshake: says who this end is. A channel made
+    /// per front-end connection greets as soon as its end is taken, and
+    /// checks the peer's greeting as its first receive, within the
+    /// deadline the broker set on it (so a jailed worker needs no socket
+    /// option calls for it).
+    pub fn greet(&self, me: Role) -> Result<(), Error> {
         let hello = Hello {
             magic: MAGIC,
             protocol_version: PROTOCOL_VERSION,
             build_id: BUILD_ID.to_string(),
             role: me,
         };
-        self.send_value(&hello, &[])?;
+        self.send_value(&hello, &[])
+    }
 
-        self.set_recv_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let reply = self.recv_value::<Hello>();
-        self.set_recv_timeout(None)?;
-        let (theirs, fds) = reply?;
+    /// The second half: receives the peer's greeting and checks it.
+    pub fn check_greeting(&self, peer: Role) -> Result<(), Error> {
+        let (theirs, fds) = self.recv_value::<Hello>()?;
         if !fds.is_empty() {
             return Err(Error::FdCount {
                 message: "Hello".into(),
@@ -346,15 +360,15 @@ mod tests {
         seccomp: SeccompMode::Kill,
     };
 
-    type BrokerEnd = Channel<BrokerToGpu, GpuToBroker>;
-    type GpuEnd = Channel<GpuToBroker, BrokerToGpu>;
+    type BrokerEnd = Channel<GpuWorkerRequest, WorkerReport>;
+    type GpuEnd = Channel<WorkerReport, GpuWorkerRequest>;
 
     fn pair() -> (BrokerEnd, GpuEnd) {
         let (a, b) = crate::socketpair().unwrap();
         (Channel::new(a), Channel::new(b))
     }
 
-    /// Same shape as `BrokerToGpu`, but lies about descriptor counts: what a
+    /// Same shape as `GpuWorkerRequest`, but lies about descriptor counts: what a
     /// compromised peer would send.
     #[derive(Debug, Serialize, Deserialize)]
     enum ForgedBrokerToGpu {
@@ -395,13 +409,13 @@ mod tests {
             contexts: false,
         };
         broker
-            .send(&BrokerToGpu::Configure(config.clone()), &[])
+            .send(&GpuWorkerRequest::Configure(config.clone()), &[])
             .unwrap();
         let (msg, fds) = gpu.recv().unwrap();
-        assert_eq!(msg, BrokerToGpu::Configure(config));
+        assert_eq!(msg, GpuWorkerRequest::Configure(config));
         assert!(fds.is_empty());
-        gpu.send(&GpuToBroker::Pong { nonce: 7 }, &[]).unwrap();
-        assert_eq!(broker.recv().unwrap().0, GpuToBroker::Pong { nonce: 7 });
+        gpu.send(&WorkerReport::Pong { nonce: 7 }, &[]).unwrap();
+        assert_eq!(broker.recv().unwrap().0, WorkerReport::Pong { nonce: 7 });
     }
 
     #[test]
@@ -409,11 +423,11 @@ mod tests {
         let (broker, gpu) = pair();
         let (r, w) = pipe().unwrap();
         broker
-            .send(&BrokerToGpu::VhostUserListener, &[w.as_fd()])
+            .send(&GpuWorkerRequest::VhostUserListener, &[w.as_fd()])
             .unwrap();
         drop(w);
         let (msg, mut fds) = gpu.recv().unwrap();
-        assert_eq!(msg, BrokerToGpu::VhostUserListener);
+        assert_eq!(msg, GpuWorkerRequest::VhostUserListener);
         assert_eq!(fds.len(), 1);
         write(fds[0].as_fd(), b"x").unwrap();
         let mut b = [0u8; 1];
@@ -427,7 +441,7 @@ mod tests {
     fn sender_refuses_wrong_fd_count() {
         let (broker, _gpu) = pair();
         let err = broker
-            .send(&BrokerToGpu::VhostUserListener, &[])
+            .send(&GpuWorkerRequest::VhostUserListener, &[])
             .unwrap_err();
         assert!(matches!(
             err,
@@ -442,7 +456,7 @@ mod tests {
     #[test]
     fn receiver_rejects_unexpected_fd_and_closes_it() {
         let (a, b) = crate::socketpair().unwrap();
-        let forged: Channel<ForgedBrokerToGpu, GpuToBroker> = Channel::new(a);
+        let forged: Channel<ForgedBrokerToGpu, WorkerReport> = Channel::new(a);
         let gpu: GpuEnd = Channel::new(b);
         let (r, w) = pipe().unwrap();
         forged
@@ -470,7 +484,7 @@ mod tests {
     #[test]
     fn receiver_rejects_missing_fd() {
         let (a, b) = crate::socketpair().unwrap();
-        let forged: Channel<ForgedBrokerToGpu, GpuToBroker> = Channel::new(a);
+        let forged: Channel<ForgedBrokerToGpu, WorkerReport> = Channel::new(a);
         let gpu: GpuEnd = Channel::new(b);
         forged
             .send(&ForgedBrokerToGpu::VhostUserListener, &[])
@@ -492,7 +506,8 @@ mod tests {
         let (r, w) = pipe().unwrap();
         let many: Vec<RawFd> = vec![w.as_raw_fd(); MAX_FDS + 4];
         let bytes =
-            bincode::serde::encode_to_vec(BrokerToGpu::VhostUserListener, wire_config()).unwrap();
+            bincode::serde::encode_to_vec(GpuWorkerRequest::VhostUserListener, wire_config())
+                .unwrap();
         sendmsg::<()>(
             broker.as_raw_fd(),
             &[IoSlice::new(&bytes)],
@@ -512,8 +527,10 @@ mod tests {
         raw_send(&broker, &vec![0u8; MAX_FRAME + 100]);
         assert!(matches!(gpu.recv().unwrap_err(), Error::Oversized));
         // The channel still works afterwards.
-        broker.send(&BrokerToGpu::Ping { nonce: 3 }, &[]).unwrap();
-        assert_eq!(gpu.recv().unwrap().0, BrokerToGpu::Ping { nonce: 3 });
+        broker
+            .send(&GpuWorkerRequest::Ping { nonce: 3 }, &[])
+            .unwrap();
+        assert_eq!(gpu.recv().unwrap().0, GpuWorkerRequest::Ping { nonce: 3 });
     }
 
     #[test]
@@ -527,7 +544,8 @@ mod tests {
     fn trailing_bytes_are_rejected() {
         let (broker, gpu) = pair();
         let mut bytes =
-            bincode::serde::encode_to_vec(BrokerToGpu::Ping { nonce: 9 }, wire_config()).unwrap();
+            bincode::serde::encode_to_vec(GpuWorkerRequest::Ping { nonce: 9 }, wire_config())
+                .unwrap();
         bytes.extend_from_slice(&[1, 2, 3]);
         raw_send(&broker, &bytes);
         assert!(matches!(gpu.recv().unwrap_err(), Error::TrailingBytes(3)));
@@ -557,7 +575,7 @@ mod tests {
             raw_send(&broker, &frame);
             // Any outcome but a panic is fine; an accepted message must be
             // internally consistent.
-            if let Ok((BrokerToGpu::Configure(c), _)) = gpu.recv() {
+            if let Ok((GpuWorkerRequest::Configure(c), _)) = gpu.recv() {
                 let _ = c.validate();
             }
         }

@@ -60,10 +60,18 @@ pub mod worker_fds {
     /// The channel to the other worker.
     pub const PEER: RawFd = 4;
 
+    /// A worker's fixed descriptor that is not one of its channels.
+    #[derive(Debug, thiserror::Error)]
+    #[error(
+        "descriptor {0} is not a gpu-airlock channel: this worker is started by gpu-airlock, \
+         not by hand"
+    )]
+    pub struct NotAChannel(pub RawFd);
+
     /// Takes ownership of the two channels, after checking that each number
     /// really is an open `SOCK_SEQPACKET` socket, so a worker started by
     /// hand says so instead of misbehaving.
-    pub fn take() -> Result<(OwnedFd, OwnedFd), String> {
+    pub fn take() -> Result<(OwnedFd, OwnedFd), NotAChannel> {
         for fd in [BROKER, PEER] {
             // SAFETY: borrowed only for the duration of getsockopt, which
             // fails cleanly (EBADF, ENOTSOCK) on a number that is not an
@@ -71,12 +79,7 @@ pub mod worker_fds {
             let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
             match getsockopt(&borrowed, sockopt::SockType) {
                 Ok(SockType::SeqPacket) => {}
-                _ => {
-                    return Err(format!(
-                        "descriptor {fd} is not a gpu-airlock channel: this worker is started \
-                         by gpu-airlock, not by hand"
-                    ))
-                }
+                _ => return Err(NotAChannel(fd)),
             }
         }
         // SAFETY: both numbers are open sockets (checked above) that the

@@ -1,24 +1,59 @@
-//! The vocabulary: one enum per direction of each channel.
+//! The vocabulary: per channel one request enum, answered (where answers
+//! are awaited) with the one generic [`Reply`].
 //!
-//! A reviewer can list every request a worker can make of the broker by
-//! reading `GpuToBroker` and `RenderToBroker`; nothing else crosses.
+//! A reviewer can list everything a worker can ask of the broker by
+//! reading [`DisplayRequest`] and [`MapRequest`], and everything it can
+//! say unasked by reading [`WorkerReport`] and [`RenderEvent`]; nothing
+//! else crosses.
 //!
-//! Channels, all made by the broker before the workers start:
-//! - broker ⇄ gpu-worker: [`BrokerToGpu`] / [`GpuToBroker`]
-//! - broker ⇄ render-worker: [`BrokerToRender`] / [`RenderToBroker`]
-//! - gpu-worker ⇄ render-worker: [`GpuToRender`] / [`RenderToGpu`]
+//! Channels made by the broker before the workers start (each opens with
+//! the handshake, `Channel::handshake`):
+//! - broker → gpu-worker: [`GpuWorkerRequest`], reports [`WorkerReport`]
+//! - broker → render-worker: [`RenderWorkerRequest`], reports [`WorkerReport`]
+//! - gpu-worker ⇄ render-worker: the handshake only ([`Nothing`] after it)
 //!
-//! And, made anew for every front-end connection and handed over with
-//! [`BrokerToGpu::Connection`] and [`BrokerToRender::Connection`], so that
-//! nothing of one connection's device reaches the next:
-//! - gpu-worker ⇄ broker's display thread: [`GpuToDisplay`] / [`DisplayToGpu`]
-//! - render-worker ⇄ broker's mapper thread: [`MapRequest`] / [`MapAnswer`]
-//! - gpu-worker ⇄ render-worker: [`RenderCommand`] / [`RenderAnswer`]
+//! Made anew for every front-end connection, their descriptors in the
+//! named slots of [`GpuConnection`] and [`RenderConnection`], so that
+//! nothing of one connection's device reaches the next (each opens with
+//! the handshake too):
+//! - gpu-worker → the broker's display thread: [`DisplayRequest`], answered
+//!   by [`Reply<DisplayValue>`]
+//! - render-worker → the broker's mapper thread: [`MapRequest`], answered by
+//!   [`Reply<Nothing>`]
+//! - gpu-worker → render-worker: [`RenderCall`] (a [`RenderRequest`] and the
+//!   context fence that follows it), answered by [`RenderReply`]
+//! - render-worker → gpu-worker, unasked: [`RenderEvent`]
 
 use serde::{Deserialize, Serialize};
 
 use crate::Message;
+pub use wire::Refusal;
 use wire::{MAX_SCANOUTS, MAX_SCANOUT_DIMENSION};
+
+/// The one answer type of every request/answer channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply<T> {
+    /// Done; nothing more to say.
+    Done,
+    /// Done, with what was asked for.
+    Value(T),
+    /// Refused: the virtio-gpu response code for the guest (where a guest
+    /// command is behind the request) and why, for the log.
+    Refused(Refusal),
+}
+
+impl<T> Reply<T> {
+    /// A refusal with ERR_UNSPEC: for the requests no guest code follows
+    /// from (the display's, the broker's maps).
+    pub fn refused(why: impl Into<String>) -> Self {
+        Reply::Refused(Refusal::new(wire::RESP_ERR_UNSPEC, why))
+    }
+}
+
+/// The message type of a direction that carries nothing (after the
+/// handshake), and the value of a [`Reply`] that has none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Nothing {}
 
 /// The size of one scanout, as `--display WIDTHxHEIGHT` gave it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +148,7 @@ impl GpuConfig {
 
 /// broker → gpu-worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BrokerToGpu {
+pub enum GpuWorkerRequest {
     /// The device configuration; sent once, right after the handshake.
     Configure(GpuConfig),
     /// A listening `AF_UNIX` socket (1 fd). For every front-end connection
@@ -121,21 +156,27 @@ pub enum BrokerToGpu {
     /// relays the memory table and vrings, so gpu-worker runs
     /// `vhost-user-backend` as if the broker were its VMM.
     VhostUserListener,
-    /// Liveness and readiness probe; answered with [`GpuToBroker::Pong`].
+    /// Liveness and readiness probe; reported with [`WorkerReport::Pong`].
     Ping { nonce: u64 },
     /// The channels for the front-end connection the broker is about to
-    /// relay (3 fds, `SOCK_SEQPACKET`, receive timeouts already set where
-    /// answers are awaited): the display channel ([`GpuToDisplay`]
-    /// requests, one [`DisplayToGpu`] answer each), the link to
-    /// render-worker ([`RenderCommand`], one [`RenderAnswer`] each), and
-    /// render-worker's event channel ([`RenderEvent`]).
+    /// relay, in the slots of [`GpuConnection`] (receive timeouts already
+    /// set where answers are awaited).
     Connection,
 }
 
-/// gpu-worker → broker.
+/// A worker → the broker: what it reports, asked (a ping) or once
+/// (render-worker's readiness).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum GpuToBroker {
-    Pong { nonce: u64 },
+pub enum WorkerReport {
+    Pong {
+        nonce: u64,
+    },
+    /// render-worker, once, after the jail and a first rutabaga built
+    /// inside it: how many capsets the device offers
+    /// (`virtio_gpu_config.num_capsets`).
+    Ready {
+        num_capsets: u32,
+    },
 }
 
 /// Where render-worker finds the Wayland compositor inside its jail.
@@ -153,23 +194,82 @@ pub struct RenderConfig {
 
 /// broker → render-worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BrokerToRender {
+pub enum RenderWorkerRequest {
     /// The confinement to enter and the compositor to reach; sent once,
     /// right after the handshake.
     Configure(RenderConfig),
     Ping {
         nonce: u64,
     },
-    /// A new front-end connection (3 fds): the map channel to the broker
-    /// ([`MapRequest`], one [`MapAnswer`] each), the link from gpu-worker,
-    /// and the event channel to gpu-worker ([`RenderEvent`]).
-    /// render-worker drops all device state of the previous connection.
+    /// A new front-end connection, its channels in the slots of
+    /// [`RenderConnection`]. render-worker drops all device state of the
+    /// previous connection.
     Connection,
 }
+
+/// Descriptors that travel together, each in a named slot: the count a
+/// message declares derives from the slots, and the receiver takes each
+/// by name, never by position.
+macro_rules! slots {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name<T> {
+            $($(#[$fdoc])* pub $field: T,)+
+        }
+
+        impl<T> $name<T> {
+            /// How many descriptors travel.
+            pub const SLOTS: usize = [$(stringify!($field)),+].len();
+
+            /// The descriptors in the order they travel.
+            pub fn into_vec(self) -> Vec<T> {
+                vec![$(self.$field),+]
+            }
+
+            /// The slots from the descriptors a message carried; `None`
+            /// unless there is exactly one per slot.
+            pub fn from_vec(fds: Vec<T>) -> Option<Self> {
+                if fds.len() != Self::SLOTS {
+                    return None;
+                }
+                let mut fds = fds.into_iter();
+                Some($name { $($field: fds.next()?,)+ })
+            }
+        }
+    };
+}
+
+slots!(
+    /// gpu-worker's channels for one front-end connection
+    /// ([`GpuWorkerRequest::Connection`]).
+    GpuConnection {
+        /// To the broker's display thread ([`DisplayRequest`]).
+        display,
+        /// To render-worker ([`RenderCall`]).
+        render,
+        /// render-worker's events ([`RenderEvent`]).
+        events,
+    }
+);
+
+slots!(
+    /// render-worker's channels for one front-end connection
+    /// ([`RenderWorkerRequest::Connection`]).
+    RenderConnection {
+        /// To the broker's mapper thread ([`MapRequest`]).
+        map,
+        /// From gpu-worker ([`RenderCall`]).
+        gpu,
+        /// To gpu-worker ([`RenderEvent`]).
+        events,
+    }
+);
 
 /// render-worker → the broker's mapper thread: put a blob's memory into the
 /// guest's host-visible region, or take it out. The broker checks each
 /// request against the region and its live mappings before the VMM sees it.
+/// Answered with [`Reply<Nothing>`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MapRequest {
     /// Map `size` bytes of the blob's memory (1 fd) at `shm_offset` of the
@@ -184,19 +284,11 @@ pub enum MapRequest {
     Unmap { resource_id: u32 },
 }
 
-/// The broker's mapper thread → render-worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MapAnswer {
-    Done,
-    /// Refused; the reason goes to the guest-facing log.
-    Refused(String),
-}
-
 /// Most guest memory regions a front-end may give (vhost-user's limit).
 pub const MAX_MEMORY_REGIONS: usize = 8;
 
 /// One region of guest memory: its descriptor travels with
-/// [`RenderCommand::Memory`], in order.
+/// [`RenderRequest::Memory`], in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryRegion {
     pub guest_addr: u64,
@@ -210,10 +302,7 @@ pub struct MemoryRegion {
 /// checked against guest memory; render-worker checks again against its
 /// own mapping.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RenderCommand {
-    Ping {
-        nonce: u64,
-    },
+pub enum RenderRequest {
     /// The guest's memory (one fd per region), replacing any earlier map.
     /// A notice: render-worker does not answer it (gpu-worker sends it
     /// while a request of the vring thread may be waiting).
@@ -245,12 +334,9 @@ pub enum RenderCommand {
         ctx_id: u32,
         commands: Vec<u8>,
     },
-    /// A fence on a context's ring (`ring` with VIRTIO_GPU_FLAG_INFO_RING_IDX).
-    Fence {
-        ctx_id: u32,
-        ring: Option<u8>,
-        fence_id: u64,
-    },
+    /// Nothing but the call's fence (a context command gpu-worker served
+    /// itself, fenced on a context).
+    FenceAlone,
     CreateBlob {
         ctx_id: u32,
         resource_id: u32,
@@ -277,18 +363,26 @@ pub enum RenderCommand {
     },
 }
 
-/// render-worker → gpu-worker: one answer per command.
+/// A context fence (`ring` with VIRTIO_GPU_FLAG_INFO_RING_IDX), created
+/// once its call's request is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub ctx_id: u32,
+    pub ring: Option<u8>,
+    pub fence_id: u64,
+}
+
+/// gpu-worker → render-worker: one request and the fence the guest put on
+/// it, in one message, so a fenced command costs one round trip.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RenderAnswer {
-    Pong {
-        nonce: u64,
-    },
-    Done,
-    /// Refused, with the virtio-gpu response code for the guest and why.
-    Refused {
-        code: u32,
-        why: String,
-    },
+pub struct RenderCall {
+    pub request: RenderRequest,
+    pub fence: Option<Fence>,
+}
+
+/// What render-worker gives back for a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenderValue {
     CapsetInfo {
         id: u32,
         max_version: u32,
@@ -299,52 +393,28 @@ pub enum RenderAnswer {
     Mapped {
         map_info: u32,
     },
-    /// The fence signalled.
-    Signalled,
-    /// The fence will signal later: a [`RenderEvent::FenceSignalled`]
-    /// says when.
-    Pending,
+}
+
+/// render-worker → gpu-worker: the answer to one [`RenderCall`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenderReply {
+    pub reply: Reply<RenderValue>,
+    /// For a call with a fence that was served: whether the fence has
+    /// signalled (`Some(false)`: a [`RenderEvent::FenceSignalled`] will
+    /// say when).
+    pub fence_signalled: Option<bool>,
 }
 
 /// render-worker → gpu-worker, unasked, on the per-connection event
 /// channel: what happened since.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RenderEvent {
-    /// A fence that was [`RenderAnswer::Pending`] signalled.
+    /// A fence that was answered as not yet signalled has signalled.
     FenceSignalled {
         ctx_id: u32,
         ring: Option<u8>,
         fence_id: u64,
     },
-}
-
-/// The message type of a channel's direction that carries nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Nothing {}
-
-/// render-worker → broker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RenderToBroker {
-    Pong {
-        nonce: u64,
-    },
-    /// Sent once, after the jail and a first rutabaga built inside it: how
-    /// many capsets the device offers (`virtio_gpu_config.num_capsets`).
-    Ready {
-        num_capsets: u32,
-    },
-}
-
-/// gpu-worker → render-worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum GpuToRender {
-    Ping { nonce: u64 },
-}
-
-/// render-worker → gpu-worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RenderToGpu {
-    Pong { nonce: u64 },
 }
 
 /// A rectangle in pixels.
@@ -388,9 +458,10 @@ pub struct DisplayMode {
 }
 
 /// gpu-worker → the broker's display thread: what the guest's 2D commands
-/// ask of the front-end's display. Every request gets one [`DisplayToGpu`].
+/// ask of the front-end's display. Every request gets one
+/// [`Reply<DisplayValue>`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum GpuToDisplay {
+pub enum DisplayRequest {
     /// The display's preferred modes (VHOST_USER_GPU_GET_DISPLAY_INFO).
     GetDisplayInfo,
     /// The display's EDID for one scanout (VHOST_USER_GPU_GET_EDID).
@@ -424,43 +495,39 @@ pub enum GpuToDisplay {
     CursorHide { scanout: u32 },
 }
 
-/// The broker's display thread → gpu-worker.
+/// What the broker's display thread gives back for a [`DisplayRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DisplayToGpu {
-    /// Done (for a front-end without a display socket: nothing to do).
-    Done,
-    /// Refused; the reason goes to gpu-worker's log.
-    Refused(String),
+pub enum DisplayValue {
     /// The display's modes, one per scanout, or `None` when the front-end
     /// has no display socket (the `--display` sizes apply).
-    DisplayInfo(Option<Vec<DisplayMode>>),
+    Modes(Option<Vec<DisplayMode>>),
     /// The display's EDID, or `None` when it has none to give.
     Edid(Option<Vec<u8>>),
 }
 
-impl Message for BrokerToGpu {
+impl Message for GpuWorkerRequest {
     fn fd_count(&self) -> usize {
         match self {
-            BrokerToGpu::Configure(_) | BrokerToGpu::Ping { .. } => 0,
-            BrokerToGpu::VhostUserListener => 1,
-            BrokerToGpu::Connection => 3,
+            GpuWorkerRequest::Configure(_) | GpuWorkerRequest::Ping { .. } => 0,
+            GpuWorkerRequest::VhostUserListener => 1,
+            GpuWorkerRequest::Connection => GpuConnection::<()>::SLOTS,
         }
     }
 }
 
-impl Message for BrokerToRender {
+impl Message for RenderWorkerRequest {
     fn fd_count(&self) -> usize {
         match self {
-            BrokerToRender::Configure(_) | BrokerToRender::Ping { .. } => 0,
-            BrokerToRender::Connection => 3,
+            RenderWorkerRequest::Configure(_) | RenderWorkerRequest::Ping { .. } => 0,
+            RenderWorkerRequest::Connection => RenderConnection::<()>::SLOTS,
         }
     }
 }
 
-impl Message for RenderCommand {
+impl Message for RenderCall {
     fn fd_count(&self) -> usize {
-        match self {
-            RenderCommand::Memory(regions) => regions.len(),
+        match &self.request {
+            RenderRequest::Memory(regions) => regions.len(),
             _ => 0,
         }
     }
@@ -475,12 +542,18 @@ impl Message for MapRequest {
     }
 }
 
-impl Message for GpuToDisplay {
+impl Message for DisplayRequest {
     fn fd_count(&self) -> usize {
         match self {
-            GpuToDisplay::ShareSurface(_) => 1,
+            DisplayRequest::ShareSurface(_) => 1,
             _ => 0,
         }
+    }
+}
+
+impl<T: Serialize + serde::de::DeserializeOwned + std::fmt::Debug> Message for Reply<T> {
+    fn fd_count(&self) -> usize {
+        0
     }
 }
 
@@ -493,17 +566,7 @@ macro_rules! fdless {
         }
     )*};
 }
-fdless!(
-    GpuToBroker,
-    RenderToBroker,
-    MapAnswer,
-    RenderAnswer,
-    RenderEvent,
-    Nothing,
-    GpuToRender,
-    RenderToGpu,
-    DisplayToGpu
-);
+fdless!(WorkerReport, RenderReply, RenderEvent, Nothing);
 
 #[cfg(test)]
 mod tests {
@@ -527,7 +590,7 @@ mod tests {
 
     #[test]
     fn a_cursor_image_fits_in_one_frame() {
-        let msg = GpuToDisplay::CursorUpdate {
+        let msg = DisplayRequest::CursorUpdate {
             scanout: 15,
             x: u32::MAX,
             y: u32::MAX,
@@ -537,8 +600,8 @@ mod tests {
             image: vec![0xff; wire::CURSOR_BYTES],
         };
         let (a, b) = crate::socketpair().unwrap();
-        let tx: crate::Channel<GpuToDisplay, DisplayToGpu> = crate::Channel::new(a);
-        let rx: crate::Channel<DisplayToGpu, GpuToDisplay> = crate::Channel::new(b);
+        let tx: crate::Channel<DisplayRequest, Reply<DisplayValue>> = crate::Channel::new(a);
+        let rx: crate::Channel<Reply<DisplayValue>, DisplayRequest> = crate::Channel::new(b);
         tx.send(&msg, &[]).unwrap();
         assert_eq!(rx.recv().unwrap().0, msg);
     }

@@ -238,12 +238,53 @@ pub fn die_with_parent(expected_parent: nix::unistd::Pid) -> Result<(), Error> {
     Ok(())
 }
 
-/// A worker's first step: close whatever it inherited besides its two
-/// channels, and take those (broker, peer) from `ipc::worker_fds`.
-pub fn take_worker_channels() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
+/// A worker's channels once both start-up handshakes are done.
+pub struct WorkerChannels<Tx: ipc::Message, Rx: ipc::Message> {
+    /// To the broker.
+    pub broker: ipc::Channel<Tx, Rx>,
+    /// The start-up link to the other worker: its handshake says both
+    /// workers are of this build (each connection brings its own
+    /// channels).
+    pub peer: ipc::Channel<ipc::Nothing, ipc::Nothing>,
+}
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(transparent)]
+    Inherited(#[from] Error),
+    #[error(transparent)]
+    NotAChannel(#[from] ipc::worker_fds::NotAChannel),
+    #[error("handshake with {peer}: {error}")]
+    Handshake { peer: ipc::Role, error: ipc::Error },
+}
+
+/// Every worker's first step, the one bootstrap both share: close
+/// whatever it inherited besides its two channels, take those
+/// (`ipc::worker_fds`), and complete the handshake with the broker and
+/// then with the other worker.
+pub fn bootstrap<Tx: ipc::Message, Rx: ipc::Message>(
+    me: ipc::Role,
+) -> Result<WorkerChannels<Tx, Rx>, BootstrapError> {
     use ipc::worker_fds::{BROKER, PEER};
-    close_inherited_fds(&[BROKER, PEER]).map_err(|e| e.to_string())?;
-    ipc::worker_fds::take()
+    use ipc::Role;
+    close_inherited_fds(&[BROKER, PEER])?;
+    let (broker_fd, peer_fd) = ipc::worker_fds::take()?;
+    let channels = WorkerChannels {
+        broker: ipc::Channel::new(broker_fd),
+        peer: ipc::Channel::new(peer_fd),
+    };
+    let other = if me == Role::GpuWorker {
+        Role::RenderWorker
+    } else {
+        Role::GpuWorker
+    };
+    let handshake = |peer: Role, result: Result<(), ipc::Error>| {
+        result.map_err(|error| BootstrapError::Handshake { peer, error })
+    };
+    handshake(Role::Broker, channels.broker.handshake(me, Role::Broker))?;
+    handshake(other, channels.peer.handshake(me, other))?;
+    Ok(channels)
 }
 
 /// Closes every descriptor above stderr that is not in `keep`.

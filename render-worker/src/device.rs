@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ipc::{
-    Channel, MapAnswer, MapRequest, MemoryRegion, Nothing, RenderAnswer, RenderCommand, RenderEvent,
+    Channel, MapRequest, MemoryRegion, Nothing, RenderCall, RenderEvent, RenderReply,
+    RenderRequest, RenderValue, Reply,
 };
 use log::warn;
 use rutabaga_gfx::{
@@ -25,6 +26,7 @@ use rutabaga_gfx::{
     RUTABAGA_MAP_CACHE_MASK,
 };
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use wire::Refusal;
 
 /// Seals `fd` against resizing.
 fn fcntl_seal(fd: &OwnedFd) -> nix::Result<i32> {
@@ -188,11 +190,11 @@ pub fn build_rutabaga(
         .map_err(|e| format!("rutabaga: {e}"))
 }
 
-fn refused(code: u32, why: impl Into<String>) -> RenderAnswer {
-    RenderAnswer::Refused {
-        code,
-        why: why.into(),
-    }
+/// What render-worker answers a request.
+type Answer = Reply<RenderValue>;
+
+fn refused(code: u32, why: impl Into<String>) -> Answer {
+    Reply::Refused(Refusal::new(code, why))
 }
 
 /// The guest's response code for what rutabaga refused.
@@ -236,7 +238,7 @@ pub struct RenderDevice {
     /// unmapped blob's memory mapped here for the connection's life.
     memory: Vec<MemoryMap>,
     next_generation: u64,
-    map: Channel<MapRequest, MapAnswer>,
+    map: Channel<MapRequest, Reply<Nothing>>,
     /// Set once the map channel failed (a timeout, a close, a malformed
     /// answer): an answer that came late would otherwise be read as the
     /// next request's, so the channel is not used again.
@@ -255,7 +257,7 @@ pub struct RenderDevice {
 
 impl RenderDevice {
     pub fn new(
-        map: Channel<MapRequest, MapAnswer>,
+        map: Channel<MapRequest, Reply<Nothing>>,
         events: Channel<RenderEvent, Nothing>,
         wayland: Option<PathBuf>,
     ) -> Result<Self, String> {
@@ -278,27 +280,48 @@ impl RenderDevice {
         })
     }
 
-    pub fn handle(&mut self, command: RenderCommand, fds: Vec<OwnedFd>) -> RenderAnswer {
-        let result = match command {
-            RenderCommand::Ping { nonce } => return RenderAnswer::Pong { nonce },
-            RenderCommand::Memory(regions) => return self.set_memory(regions, fds),
-            RenderCommand::GetCapsetInfo { index } => {
+    /// Serves one call: its request, then (if that was done) its fence.
+    pub fn handle(&mut self, call: RenderCall, fds: Vec<OwnedFd>) -> RenderReply {
+        let reply = self.serve(call.request, fds);
+        let fence_signalled = match (&reply, call.fence) {
+            (Reply::Refused(_), _) | (_, None) => None,
+            (_, Some(f)) => match self.fence(f.ctx_id, f.ring, f.fence_id) {
+                Ok(signalled) => Some(signalled),
+                Err(refusal) => {
+                    return RenderReply {
+                        reply: refusal,
+                        fence_signalled: None,
+                    }
+                }
+            },
+        };
+        RenderReply {
+            reply,
+            fence_signalled,
+        }
+    }
+
+    fn serve(&mut self, request: RenderRequest, fds: Vec<OwnedFd>) -> Answer {
+        let result = match request {
+            RenderRequest::FenceAlone => return Reply::Done,
+            RenderRequest::Memory(regions) => return self.set_memory(regions, fds),
+            RenderRequest::GetCapsetInfo { index } => {
                 return match self.rutabaga.get_capset_info(index) {
-                    Ok((id, max_version, max_size)) => RenderAnswer::CapsetInfo {
+                    Ok((id, max_version, max_size)) => Reply::Value(RenderValue::CapsetInfo {
                         id,
                         max_version,
                         max_size,
-                    },
+                    }),
                     Err(e) => refused(ERR_INVALID_PARAMETER, format!("capset index {index}: {e}")),
                 }
             }
-            RenderCommand::GetCapset { id, version } => {
+            RenderRequest::GetCapset { id, version } => {
                 return match self.rutabaga.get_capset(id, version) {
-                    Ok(bytes) => RenderAnswer::Capset(bytes),
+                    Ok(bytes) => Reply::Value(RenderValue::Capset(bytes)),
                     Err(e) => refused(ERR_INVALID_PARAMETER, format!("capset {id}: {e}")),
                 }
             }
-            RenderCommand::CtxCreate {
+            RenderRequest::CtxCreate {
                 ctx_id,
                 context_init,
                 name,
@@ -311,21 +334,21 @@ impl RenderDevice {
                 }
                 created
             }
-            RenderCommand::CtxDestroy { ctx_id } => {
+            RenderRequest::CtxDestroy { ctx_id } => {
                 self.contexts.remove(&ctx_id);
                 self.channels.remove(&ctx_id);
                 self.requirements.remove(&ctx_id);
                 self.rutabaga.destroy_context(ctx_id)
             }
-            RenderCommand::CtxAttach {
+            RenderRequest::CtxAttach {
                 ctx_id,
                 resource_id,
             } => self.rutabaga.context_attach_resource(ctx_id, resource_id),
-            RenderCommand::CtxDetach {
+            RenderRequest::CtxDetach {
                 ctx_id,
                 resource_id,
             } => self.rutabaga.context_detach_resource(ctx_id, resource_id),
-            RenderCommand::Submit {
+            RenderRequest::Submit {
                 ctx_id,
                 mut commands,
             } => {
@@ -356,12 +379,7 @@ impl RenderDevice {
                 }
                 done
             }
-            RenderCommand::Fence {
-                ctx_id,
-                ring,
-                fence_id,
-            } => return self.fence(ctx_id, ring, fence_id),
-            RenderCommand::CreateBlob {
+            RenderRequest::CreateBlob {
                 ctx_id,
                 resource_id,
                 blob_mem,
@@ -382,21 +400,21 @@ impl RenderDevice {
                     &entries,
                 )
             }
-            RenderCommand::Unref { resource_id } => return self.unref(resource_id),
-            RenderCommand::Reset => return self.reset(),
-            RenderCommand::MapBlob {
+            RenderRequest::Unref { resource_id } => return self.unref(resource_id),
+            RenderRequest::Reset => return self.reset(),
+            RenderRequest::MapBlob {
                 resource_id,
                 offset,
             } => return self.map_blob(resource_id, offset),
-            RenderCommand::UnmapBlob { resource_id } => return self.unmap_blob(resource_id),
+            RenderRequest::UnmapBlob { resource_id } => return self.unmap_blob(resource_id),
         };
         match result {
-            Ok(()) => RenderAnswer::Done,
+            Ok(()) => Reply::Done,
             Err(e) => refused(code_of(&e), e.to_string()),
         }
     }
 
-    fn set_memory(&mut self, regions: Vec<MemoryRegion>, fds: Vec<OwnedFd>) -> RenderAnswer {
+    fn set_memory(&mut self, regions: Vec<MemoryRegion>, fds: Vec<OwnedFd>) -> Answer {
         if regions.len() != fds.len() {
             return refused(ERR_UNSPEC, "memory regions without their descriptors");
         }
@@ -419,7 +437,7 @@ impl RenderDevice {
                 });
                 self.next_generation += 1;
                 self.prune_memory();
-                RenderAnswer::Done
+                Reply::Done
             }
             Err(e) => refused(ERR_UNSPEC, format!("cannot map guest memory: {e}")),
         }
@@ -465,7 +483,7 @@ impl RenderDevice {
         resource_id: u32,
         blob: ResourceCreateBlob,
         entries: &[(u64, u32)],
-    ) -> RenderAnswer {
+    ) -> Answer {
         let (iovecs, generation) = if entries.is_empty() {
             (None, None)
         } else {
@@ -489,14 +507,14 @@ impl RenderDevice {
                 generation,
             },
         );
-        RenderAnswer::Done
+        Reply::Done
     }
 
     /// A device reset: mapped blobs leave the guest's region, then rutabaga
     /// (contexts, blobs, the compositor connections) is dropped and built
     /// anew. The current guest memory map stays: the memory table does not
     /// change.
-    fn reset(&mut self) -> RenderAnswer {
+    fn reset(&mut self) -> Answer {
         let mapped: Vec<u32> = self
             .blobs
             .iter()
@@ -504,7 +522,7 @@ impl RenderDevice {
             .map(|(id, _)| *id)
             .collect();
         for resource_id in mapped {
-            if let RenderAnswer::Refused { why, .. } = self.unmap_blob(resource_id) {
+            if let Reply::Refused(Refusal { why, .. }) = self.unmap_blob(resource_id) {
                 warn!("render-worker: unmapping blob {resource_id} at reset: {why}");
             }
         }
@@ -521,26 +539,26 @@ impl RenderDevice {
             Ok(r) => {
                 self.rutabaga = r;
                 self.prune_memory();
-                RenderAnswer::Done
+                Reply::Done
             }
             Err(e) => refused(ERR_UNSPEC, e),
         }
     }
 
-    fn unref(&mut self, resource_id: u32) -> RenderAnswer {
+    fn unref(&mut self, resource_id: u32) -> Answer {
         // A mapped blob leaves the guest's region before it goes.
         if self
             .blobs
             .get(&resource_id)
             .is_some_and(|b| b.mapped.is_some())
         {
-            if let RenderAnswer::Refused { why, .. } = self.unmap_blob(resource_id) {
+            if let Reply::Refused(Refusal { why, .. }) = self.unmap_blob(resource_id) {
                 warn!("render-worker: unmapping blob {resource_id} before its unref: {why}");
             }
         }
         self.blobs.remove(&resource_id);
         let answer = match self.rutabaga.unref_resource(resource_id) {
-            Ok(()) => RenderAnswer::Done,
+            Ok(()) => Reply::Done,
             Err(e) => refused(code_of(&e), format!("unref {resource_id}: {e}")),
         };
         // rutabaga has let go of the blob's pages.
@@ -554,8 +572,9 @@ impl RenderDevice {
         }
         let fds: Vec<_> = fd.map(|f| f.as_fd()).into_iter().collect();
         match self.map.send(request, &fds).and_then(|()| self.map.recv()) {
-            Ok((MapAnswer::Done, _)) => Ok(()),
-            Ok((MapAnswer::Refused(why), _)) => Err(format!("the broker refused: {why}")),
+            Ok((Reply::Done, _)) => Ok(()),
+            Ok((Reply::Refused(r), _)) => Err(format!("the broker refused: {r}")),
+            Ok((Reply::Value(nothing), _)) => match nothing {},
             Err(e) => {
                 self.map_lost.set(true);
                 warn!("render-worker: map channel: {e}; no more maps for this connection");
@@ -564,7 +583,7 @@ impl RenderDevice {
         }
     }
 
-    fn map_blob(&mut self, resource_id: u32, offset: u64) -> RenderAnswer {
+    fn map_blob(&mut self, resource_id: u32, offset: u64) -> Answer {
         let Some(blob) = self.blobs.get(&resource_id).copied() else {
             return refused(ERR_INVALID_RESOURCE_ID, format!("no blob {resource_id}"));
         };
@@ -650,10 +669,10 @@ impl RenderDevice {
         if let Some(b) = self.blobs.get_mut(&resource_id) {
             b.mapped = Some(offset);
         }
-        RenderAnswer::Mapped { map_info }
+        Reply::Value(RenderValue::Mapped { map_info })
     }
 
-    fn unmap_blob(&mut self, resource_id: u32) -> RenderAnswer {
+    fn unmap_blob(&mut self, resource_id: u32) -> Answer {
         let Some(blob) = self.blobs.get(&resource_id).copied() else {
             return refused(ERR_INVALID_RESOURCE_ID, format!("no blob {resource_id}"));
         };
@@ -669,12 +688,12 @@ impl RenderDevice {
         if let Some(b) = self.blobs.get_mut(&resource_id) {
             b.mapped = None;
         }
-        RenderAnswer::Done
+        Reply::Done
     }
 
     /// Creates a fence: signalled at once, or pending until an event says
     /// so (a cross-domain channel ring waits for the compositor).
-    fn fence(&mut self, ctx_id: u32, ring: Option<u8>, fence_id: u64) -> RenderAnswer {
+    fn fence(&mut self, ctx_id: u32, ring: Option<u8>, fence_id: u64) -> Result<bool, Answer> {
         // rutabaga signals a cross-domain channel-ring fence only from the
         // worker a channel INIT starts; on any other context it keeps the
         // fence, or drops it, and the guest's command would wait for ever.
@@ -682,13 +701,13 @@ impl RenderDevice {
             && self.contexts.get(&ctx_id) == Some(&RUTABAGA_CAPSET_CROSS_DOMAIN)
             && !self.channels.contains(&ctx_id)
         {
-            return refused(
+            return Err(refused(
                 ERR_INVALID_PARAMETER,
                 format!(
                     "fence {fence_id} on the channel ring of context {ctx_id}, which opened no \
                      channel: it would never signal"
                 ),
-            );
+            ));
         }
         let mut flags = RUTABAGA_FLAG_FENCE;
         if ring.is_some() {
@@ -702,18 +721,18 @@ impl RenderDevice {
         };
         // Not under the lock: rutabaga may call the handler from here.
         if let Err(e) = self.rutabaga.create_fence(fence) {
-            return refused(code_of(&e), format!("fence {fence_id}: {e}"));
+            return Err(refused(code_of(&e), format!("fence {fence_id}: {e}")));
         }
         let k = (ctx_id, ring, fence_id);
         let mut f = self.fences.lock().unwrap_or_else(|e| e.into_inner());
         match f.signalled.iter().position(|s| *s == k) {
             Some(i) => {
                 f.signalled.remove(i);
-                RenderAnswer::Signalled
+                Ok(true)
             }
             None => {
                 f.pending.push(k);
-                RenderAnswer::Pending
+                Ok(false)
             }
         }
     }

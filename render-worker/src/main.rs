@@ -12,8 +12,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread;
 
 use ipc::{
-    BrokerToRender, Channel, GpuToRender, RenderAnswer, RenderCommand, RenderToBroker, RenderToGpu,
-    Role,
+    Channel, Nothing, RenderCall, RenderConnection, RenderReply, RenderRequest,
+    RenderWorkerRequest, Reply, Role, WorkerReport,
 };
 use log::{error, info, warn};
 
@@ -29,25 +29,16 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    let (broker_fd, peer_fd) = policies::take_worker_channels()?;
-    let broker: Channel<RenderToBroker, BrokerToRender> = Channel::new(broker_fd);
-    let gpu: Channel<RenderToGpu, GpuToRender> = Channel::new(peer_fd);
-    broker
-        .handshake(Role::RenderWorker, Role::Broker)
-        .map_err(|e| format!("handshake with the broker: {e}"))?;
-    gpu.handshake(Role::RenderWorker, Role::GpuWorker)
-        .map_err(|e| format!("handshake with gpu-worker: {e}"))?;
-    match gpu.recv() {
-        Ok((GpuToRender::Ping { nonce }, _)) => gpu
-            .send(&RenderToGpu::Pong { nonce }, &[])
-            .map_err(|e| format!("answering gpu-worker: {e}"))?,
-        Err(e) => return Err(format!("gpu-worker: {e}")),
-    }
+    let policies::WorkerChannels {
+        broker,
+        peer: _peer,
+    } = policies::bootstrap::<WorkerReport, RenderWorkerRequest>(Role::RenderWorker)
+        .map_err(|e| e.to_string())?;
 
-    let mut connections: Option<Sender<Vec<OwnedFd>>> = None;
+    let mut connections: Option<Sender<RenderConnection<OwnedFd>>> = None;
     loop {
         match broker.recv() {
-            Ok((BrokerToRender::Configure(config), _)) => {
+            Ok((RenderWorkerRequest::Configure(config), _)) => {
                 if connections.is_some() {
                     return Err("the broker sent a second configuration".into());
                 }
@@ -68,7 +59,7 @@ fn run() -> Result<(), String> {
                 let probe = device::build_rutabaga(Default::default(), wayland.clone())?;
                 broker
                     .send(
-                        &RenderToBroker::Ready {
+                        &WorkerReport::Ready {
                             num_capsets: probe.get_num_capsets(),
                         },
                         &[],
@@ -82,15 +73,17 @@ fn run() -> Result<(), String> {
                     .map_err(|e| format!("cannot start the connection thread: {e}"))?;
                 connections = Some(tx);
             }
-            Ok((BrokerToRender::Connection, fds)) => {
+            Ok((RenderWorkerRequest::Connection, fds)) => {
                 let tx = connections
                     .as_ref()
                     .ok_or("the broker sent a connection before the configuration")?;
-                tx.send(fds)
+                let slots = RenderConnection::from_vec(fds)
+                    .ok_or("a connection came without its channels")?;
+                tx.send(slots)
                     .map_err(|_| "the connection thread is gone".to_string())?;
             }
-            Ok((BrokerToRender::Ping { nonce }, _)) => broker
-                .send(&RenderToBroker::Pong { nonce }, &[])
+            Ok((RenderWorkerRequest::Ping { nonce }, _)) => broker
+                .send(&WorkerReport::Pong { nonce }, &[])
                 .map_err(|e| format!("answering the broker: {e}"))?,
             Err(ipc::Error::Closed) => {
                 info!("render-worker: the broker closed its channel; exiting");
@@ -104,18 +97,26 @@ fn run() -> Result<(), String> {
 /// Serves one front-end connection at a time, each with fresh state: the
 /// broker sends each connection's channels (map channel, gpu-worker link)
 /// before gpu-worker can use them.
-fn serve(connections: Receiver<Vec<OwnedFd>>, wayland: Option<PathBuf>) {
-    for mut fds in connections {
-        let (Some(events), Some(link), Some(map)) = (fds.pop(), fds.pop(), fds.pop()) else {
-            error!("render-worker: a connection came without its channels");
-            std::process::exit(1);
-        };
-        let gpu: Channel<RenderAnswer, RenderCommand> = Channel::new(link);
-        let mut device = match device::RenderDevice::new(
-            Channel::new(map),
-            Channel::new(events),
-            wayland.clone(),
-        ) {
+fn serve(connections: Receiver<RenderConnection<OwnedFd>>, wayland: Option<PathBuf>) {
+    for channels in connections {
+        let gpu: Channel<RenderReply, RenderCall> = Channel::new(channels.gpu);
+        let map = Channel::new(channels.map);
+        let events: Channel<ipc::RenderEvent, Nothing> = Channel::new(channels.events);
+        // Each of the connection's channels opens with the handshake (the
+        // event channel is one-way: a greeting only), within the deadlines
+        // the broker set. A connection whose peers are not who they should
+        // be is not served.
+        let greeted = events
+            .greet(Role::RenderWorker)
+            .and_then(|()| gpu.greet(Role::RenderWorker))
+            .and_then(|()| map.greet(Role::RenderWorker))
+            .and_then(|()| gpu.check_greeting(Role::GpuWorker))
+            .and_then(|()| map.check_greeting(Role::Broker));
+        if let Err(e) = greeted {
+            warn!("render-worker: a connection's handshake failed ({e}); not serving it");
+            continue;
+        }
+        let mut device = match device::RenderDevice::new(map, events, wayland.clone()) {
             Ok(d) => d,
             Err(e) => {
                 error!("render-worker: {e}; exiting");
@@ -123,7 +124,7 @@ fn serve(connections: Receiver<Vec<OwnedFd>>, wayland: Option<PathBuf>) {
             }
         };
         loop {
-            let (command, fds) = match gpu.recv() {
+            let (call, fds) = match gpu.recv() {
                 Ok(c) => c,
                 Err(ipc::Error::Closed) => break,
                 Err(e) => {
@@ -133,11 +134,11 @@ fn serve(connections: Receiver<Vec<OwnedFd>>, wayland: Option<PathBuf>) {
             };
             // The guest's memory map is a notice: nobody waits for its
             // answer (see gpu-worker's Link::notify).
-            let notice = matches!(command, RenderCommand::Memory(_));
-            let answer = device.handle(command, fds);
+            let notice = matches!(call.request, RenderRequest::Memory(_));
+            let answer = device.handle(call, fds);
             if notice {
-                if let RenderAnswer::Refused { why, .. } = answer {
-                    warn!("render-worker: guest memory map refused: {why}");
+                if let Reply::Refused(r) = answer.reply {
+                    warn!("render-worker: guest memory map refused: {r}");
                 }
                 continue;
             }

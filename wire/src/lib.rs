@@ -136,7 +136,7 @@ pub fn is_2d_format(format: u32) -> bool {
 
 /// A request refused: the response code the guest gets, and why (for the
 /// guest-facing log).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{why}")]
 pub struct Refusal {
     pub code: u32,

@@ -6,11 +6,16 @@
 //! so every command reaches the process that holds the resource.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use ipc::{MemoryRegion, RenderAnswer, RenderCommand, MAX_MEMORY_REGIONS};
+use std::cell::Cell;
+
+use ipc::{
+    Fence, MemoryRegion, RenderCall, RenderReply, RenderRequest, RenderValue, Reply,
+    MAX_MEMORY_REGIONS,
+};
 use log::warn;
 use vm_memory::{
     GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, Permissions,
@@ -98,28 +103,63 @@ fn sanitize(code: u32) -> u32 {
 }
 
 impl GpuDevice {
-    /// One request to render-worker; its refusal becomes the guest's.
-    fn render(
+    /// One call to render-worker, carrying the guest's fence on the
+    /// command if `fence` still holds it; render-worker's refusal becomes
+    /// the guest's.
+    fn call(
         &self,
-        command: &RenderCommand,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<RenderAnswer, Refusal> {
-        match self.render.request(command, fds) {
-            None => refuse(RESP_ERR_UNSPEC, "render-worker is not reachable"),
-            Some(RenderAnswer::Refused { code, why }) => refuse(sanitize(code), why),
-            Some(answer) => Ok(answer),
+        request: RenderRequest,
+        fence: &FenceSlot,
+    ) -> Result<Option<RenderValue>, Refusal> {
+        let carried = fence.take();
+        let call = RenderCall {
+            request,
+            fence: carried,
+        };
+        let Some(RenderReply {
+            reply,
+            fence_signalled,
+        }) = self.render.request(&call, &[])
+        else {
+            return refuse(RESP_ERR_UNSPEC, "render-worker is not reachable");
+        };
+        let value = match reply {
+            Reply::Refused(r) => return refuse(sanitize(r.code), r.why),
+            Reply::Done => None,
+            Reply::Value(v) => Some(v),
+        };
+        match (carried, fence_signalled) {
+            (None, None) => {}
+            (Some(_), Some(signalled)) => fence.signalled.set(Some(signalled)),
+            (carried, got) => {
+                self.render.fail(&format!(
+                    "answered fence state {got:?} to a call with fence {carried:?}"
+                ));
+                return refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn");
+            }
         }
+        Ok(value)
     }
 
-    pub(super) fn render_done(&self, command: &RenderCommand) -> Result<(), Refusal> {
-        match self.render(command, &[])? {
-            RenderAnswer::Done => Ok(()),
-            other => {
-                self.render
-                    .fail(&format!("answered {other:?} to {command:?}"));
+    /// A call whose only answer is done.
+    pub(super) fn call_done(
+        &self,
+        request: RenderRequest,
+        fence: &FenceSlot,
+    ) -> Result<(), Refusal> {
+        let what = format!("{request:?}");
+        match self.call(request, fence)? {
+            None => Ok(()),
+            Some(other) => {
+                self.render.fail(&format!("answered {other:?} to {what}"));
                 refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn")
             }
         }
+    }
+
+    /// A call with no fence whose only answer is done.
+    pub(super) fn render_done(&self, request: RenderRequest) -> Result<(), Refusal> {
+        self.call_done(request, &FenceSlot::default())
     }
 
     /// Gives render-worker the guest memory map (guest-memory blobs and
@@ -143,7 +183,13 @@ impl GpuDevice {
             return;
         }
         // A notice, not a request: see `Link::notify`.
-        if !self.render.notify(&RenderCommand::Memory(regions), &fds) {
+        if !self.render.notify(
+            &RenderCall {
+                request: RenderRequest::Memory(regions),
+                fence: None,
+            },
+            &fds,
+        ) {
             warn!("gpu-worker: render-worker is not reachable to take guest memory");
         }
     }
@@ -156,9 +202,30 @@ impl GpuDevice {
         hdr: &CtrlHdr,
         command: GpuCommand,
     ) -> Handled {
-        let response = self.blob_command(mem, hdr.ctx_id.to_native(), command)?;
-        let fence = self.context_fence(hdr)?;
-        Ok((response, fence))
+        let Some(fence) = context_fence(hdr)? else {
+            let response =
+                self.blob_command(mem, hdr.ctx_id.to_native(), command, &FenceSlot::default())?;
+            return Ok((response, None));
+        };
+        let slot = FenceSlot {
+            fence: Some(fence),
+            signalled: Cell::new(None),
+        };
+        let response = self.blob_command(mem, hdr.ctx_id.to_native(), command, &slot)?;
+        // A command served here, not by render-worker: the fence alone.
+        if slot.signalled.get().is_none() {
+            self.call_done(RenderRequest::FenceAlone, &slot)?;
+        }
+        let signalled = slot.signalled.get().unwrap_or(true);
+        Ok((
+            response,
+            Some(ContextFence {
+                ctx_id: fence.ctx_id,
+                ring: fence.ring,
+                fence_id: fence.fence_id,
+                signalled,
+            }),
+        ))
     }
 
     fn blob_command(
@@ -166,6 +233,7 @@ impl GpuDevice {
         mem: &GuestMemoryMmap,
         ctx_id: u32,
         command: GpuCommand,
+        fence: &FenceSlot,
     ) -> Result<GpuResponse, Refusal> {
         let needs_ctx = |ctx_id: u32| {
             if ctx_id == 0 {
@@ -176,12 +244,12 @@ impl GpuDevice {
         };
         match command {
             GpuCommand::GetCapsetInfo { index } => {
-                match self.render(&RenderCommand::GetCapsetInfo { index }, &[])? {
-                    RenderAnswer::CapsetInfo {
+                match self.call(RenderRequest::GetCapsetInfo { index }, fence)? {
+                    Some(RenderValue::CapsetInfo {
                         id,
                         max_version,
                         max_size,
-                    } => Ok(GpuResponse::CapsetInfo {
+                    }) => Ok(GpuResponse::CapsetInfo {
                         id,
                         max_version,
                         max_size,
@@ -190,8 +258,8 @@ impl GpuDevice {
                 }
             }
             GpuCommand::GetCapset { id, version } => {
-                match self.render(&RenderCommand::GetCapset { id, version }, &[])? {
-                    RenderAnswer::Capset(bytes) => Ok(GpuResponse::Capset(bytes)),
+                match self.call(RenderRequest::GetCapset { id, version }, fence)? {
+                    Some(RenderValue::Capset(bytes)) => Ok(GpuResponse::Capset(bytes)),
                     _ => refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn"),
                 }
             }
@@ -211,17 +279,20 @@ impl GpuDevice {
                         format!("context {ctx_id}: {max} contexts exist (--max-contexts)"),
                     );
                 }
-                self.render_done(&RenderCommand::CtxCreate {
-                    ctx_id,
-                    context_init,
-                    name,
-                })?;
+                self.call_done(
+                    RenderRequest::CtxCreate {
+                        ctx_id,
+                        context_init,
+                        name,
+                    },
+                    fence,
+                )?;
                 live.insert(ctx_id);
                 Ok(GpuResponse::OkNoData)
             }
             GpuCommand::CtxDestroy => {
                 let ctx_id = needs_ctx(ctx_id)?;
-                self.render_done(&RenderCommand::CtxDestroy { ctx_id })?;
+                self.call_done(RenderRequest::CtxDestroy { ctx_id }, fence)?;
                 self.blobs
                     .contexts
                     .lock()
@@ -245,26 +316,26 @@ impl GpuDevice {
                     );
                 }
                 let request = if matches!(command, GpuCommand::CtxAttachResource { .. }) {
-                    RenderCommand::CtxAttach {
+                    RenderRequest::CtxAttach {
                         ctx_id,
                         resource_id,
                     }
                 } else {
-                    RenderCommand::CtxDetach {
+                    RenderRequest::CtxDetach {
                         ctx_id,
                         resource_id,
                     }
                 };
-                self.render_done(&request)?;
+                self.call_done(request, fence)?;
                 Ok(GpuResponse::OkNoData)
             }
             GpuCommand::Submit3d { commands } => {
                 let ctx_id = needs_ctx(ctx_id)?;
-                self.render_done(&RenderCommand::Submit { ctx_id, commands })?;
+                self.call_done(RenderRequest::Submit { ctx_id, commands }, fence)?;
                 Ok(GpuResponse::OkNoData)
             }
             GpuCommand::CreateBlob { blob, entries } => {
-                self.create_blob(mem, ctx_id, &blob, &entries)
+                self.create_blob(mem, ctx_id, &blob, &entries, fence)
             }
             GpuCommand::MapBlob {
                 resource_id,
@@ -276,14 +347,14 @@ impl GpuDevice {
                         format!("resource {resource_id} is not a blob"),
                     );
                 }
-                match self.render(
-                    &RenderCommand::MapBlob {
+                match self.call(
+                    RenderRequest::MapBlob {
                         resource_id,
                         offset,
                     },
-                    &[],
+                    fence,
                 )? {
-                    RenderAnswer::Mapped { map_info } => Ok(GpuResponse::MapInfo(map_info)),
+                    Some(RenderValue::Mapped { map_info }) => Ok(GpuResponse::MapInfo(map_info)),
                     _ => refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn"),
                 }
             }
@@ -294,7 +365,7 @@ impl GpuDevice {
                         format!("resource {resource_id} is not a blob"),
                     );
                 }
-                self.render_done(&RenderCommand::UnmapBlob { resource_id })?;
+                self.call_done(RenderRequest::UnmapBlob { resource_id }, fence)?;
                 Ok(GpuResponse::OkNoData)
             }
             GpuCommand::AssignUuid { resource_id: id } => {
@@ -323,6 +394,7 @@ impl GpuDevice {
         ctx_id: u32,
         b: &ResourceCreateBlob,
         decoded: &[MemEntry],
+        fence: &FenceSlot,
     ) -> Result<GpuResponse, Refusal> {
         let (id, blob_mem, flags, n, size) = (
             b.resource_id.to_native(),
@@ -404,15 +476,18 @@ impl GpuDevice {
             size
         };
         self.resources().reserve(host_bytes)?;
-        let created = self.render_done(&RenderCommand::CreateBlob {
-            ctx_id,
-            resource_id: id,
-            blob_mem,
-            blob_flags: flags,
-            blob_id,
-            size,
-            entries: entries.clone(),
-        });
+        let created = self.call_done(
+            RenderRequest::CreateBlob {
+                ctx_id,
+                resource_id: id,
+                blob_mem,
+                blob_flags: flags,
+                blob_id,
+                size,
+                entries: entries.clone(),
+            },
+            fence,
+        );
         if let Err(r) = created {
             self.resources().release(host_bytes);
             return Err(r);
@@ -454,7 +529,7 @@ impl GpuDevice {
                 warn!("gpu-worker: dropping blob {id}'s scanout copy: {}", r.why);
             }
         }
-        Some(self.render_done(&RenderCommand::Unref { resource_id: id }))
+        Some(self.render_done(RenderRequest::Unref { resource_id: id }))
     }
 
     /// SET_SCANOUT_BLOB of a guest-memory blob: the device keeps a host
@@ -531,8 +606,10 @@ impl GpuDevice {
             .blob_shadow(id, w, h, format, &ranges, offset, stride);
         // The old copy is gone either way: the broker lets go of it.
         if was_shared {
-            self.display
-                .command(&ipc::GpuToDisplay::ReleaseSurface { resource_id: id }, &[]);
+            self.display.command(
+                &ipc::DisplayRequest::ReleaseSurface { resource_id: id },
+                &[],
+            );
         }
         made?;
         self.set_scanout(&plain)
@@ -603,7 +680,7 @@ impl GpuDevice {
         });
         read.unwrap_or_else(|| refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}")))?;
         self.display.command(
-            &ipc::GpuToDisplay::CursorUpdate {
+            &ipc::DisplayRequest::CursorUpdate {
                 scanout,
                 x: c.x.to_native(),
                 y: c.y.to_native(),
@@ -626,39 +703,41 @@ impl GpuDevice {
             .get(&id)
             .map(f)
     }
+}
 
-    /// A fence on a context (or a context's ring): render-worker's rutabaga
-    /// signals it, at once or later. Fences of context 0 are signalled by
-    /// the response itself.
-    pub(super) fn context_fence(&self, hdr: &CtrlHdr) -> Result<Option<ContextFence>, Refusal> {
-        let flags = hdr.flags.to_native();
-        let ctx_id = hdr.ctx_id.to_native();
-        if flags & FLAG_FENCE == 0 || ctx_id == 0 {
-            return Ok(None);
-        }
-        let ring = (flags & FLAG_INFO_RING_IDX != 0).then_some(hdr.ring_idx);
-        if ring.is_some_and(|r| r > 63) {
-            return refuse(RESP_ERR_INVALID_PARAMETER, format!("ring index {ring:?}"));
-        }
-        let fence_id = hdr.fence_id.to_native();
-        let signalled = match self.render(
-            &RenderCommand::Fence {
-                ctx_id,
-                ring,
-                fence_id,
-            },
-            &[],
-        )? {
-            RenderAnswer::Signalled => true,
-            RenderAnswer::Pending => false,
-            _ => return refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn"),
-        };
-        Ok(Some(ContextFence {
-            ctx_id,
-            ring,
-            fence_id,
-            signalled,
-        }))
+/// The guest's fence on a context (or a context's ring), which
+/// render-worker's rutabaga signals, at once or later. Fences of context 0
+/// are signalled by the response itself: no context fence.
+fn context_fence(hdr: &CtrlHdr) -> Result<Option<Fence>, Refusal> {
+    let flags = hdr.flags.to_native();
+    let ctx_id = hdr.ctx_id.to_native();
+    if flags & FLAG_FENCE == 0 || ctx_id == 0 {
+        return Ok(None);
+    }
+    let ring = (flags & FLAG_INFO_RING_IDX != 0).then_some(hdr.ring_idx);
+    if ring.is_some_and(|r| r > 63) {
+        return refuse(RESP_ERR_INVALID_PARAMETER, format!("ring index {ring:?}"));
+    }
+    Ok(Some(Fence {
+        ctx_id,
+        ring,
+        fence_id: hdr.fence_id.to_native(),
+    }))
+}
+
+/// The guest's fence on the command being served, carried by the first
+/// call to render-worker that serves it.
+#[derive(Debug, Default)]
+pub(super) struct FenceSlot {
+    fence: Option<Fence>,
+    /// Once carried: whether it had signalled when render-worker answered.
+    signalled: Cell<Option<bool>>,
+}
+
+impl FenceSlot {
+    /// The fence, if no call has carried it yet.
+    fn take(&self) -> Option<Fence> {
+        self.fence.filter(|_| self.signalled.get().is_none())
     }
 }
 

@@ -2,7 +2,7 @@
 //! a scanout or the cursor changes is told to the broker's display thread
 //! (`DisplayLink`), after `Resources` has checked and applied it.
 
-use ipc::{GpuToDisplay, PixelRect};
+use ipc::{DisplayRequest, PixelRect};
 use vm_memory::GuestMemoryMmap;
 use wire::{Refusal, ResourceFlush, SetScanout, UpdateCursor};
 
@@ -13,7 +13,7 @@ impl GpuDevice {
         let was_shared = self.resources().unref(id)?;
         if was_shared {
             self.display
-                .command(&GpuToDisplay::ReleaseSurface { resource_id: id }, &[]);
+                .command(&DisplayRequest::ReleaseSurface { resource_id: id }, &[]);
         }
         Ok(())
     }
@@ -27,7 +27,7 @@ impl GpuDevice {
         }
         if id == 0 {
             self.display.command(
-                &GpuToDisplay::SetScanout {
+                &DisplayRequest::SetScanout {
                     scanout,
                     source: None,
                 },
@@ -39,7 +39,7 @@ impl GpuDevice {
         if let Some(surface) = resources.share(id)? {
             let fd = resources.memfd(id).into_iter().collect::<Vec<_>>();
             self.display
-                .command(&GpuToDisplay::ShareSurface(surface), &fd);
+                .command(&DisplayRequest::ShareSurface(surface), &fd);
         }
         let rect = PixelRect {
             x: s.r.x.to_native(),
@@ -48,7 +48,7 @@ impl GpuDevice {
             height: s.r.height.to_native(),
         };
         self.display.command(
-            &GpuToDisplay::SetScanout {
+            &DisplayRequest::SetScanout {
                 scanout,
                 source: Some((id, rect)),
             },
@@ -71,7 +71,7 @@ impl GpuDevice {
         let parts = self.resources().flush(f)?;
         for (scanout, rect) in parts {
             self.display
-                .command(&GpuToDisplay::Flush { scanout, rect }, &[]);
+                .command(&DisplayRequest::Flush { scanout, rect }, &[]);
         }
         Ok(())
     }
@@ -84,12 +84,12 @@ impl GpuDevice {
         // As QEMU's own back-end does: a move naming no resource hides the
         // cursor (Linux sends that when the cursor plane is off).
         let msg = if id == 0 {
-            GpuToDisplay::CursorHide { scanout }
+            DisplayRequest::CursorHide { scanout }
         } else if move_only {
-            GpuToDisplay::CursorMove { scanout, x, y }
+            DisplayRequest::CursorMove { scanout, x, y }
         } else {
             let (format, image) = resources.cursor_image(id)?;
-            GpuToDisplay::CursorUpdate {
+            DisplayRequest::CursorUpdate {
                 scanout,
                 x,
                 y,

@@ -8,9 +8,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use ipc::{
-    BrokerToRender, Channel, GpuToRender, MapAnswer, MapRequest, RenderAnswer, RenderCommand,
-    RenderToBroker, RenderToGpu, Role,
+    Channel, MapRequest, Nothing, Refusal, RenderCall, RenderConnection, RenderReply,
+    RenderWorkerRequest, Reply, Role, WorkerReport,
 };
+
+type MapAnswer = Reply<Nothing>;
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
 /// Memory as render-worker sends it: sealed against resizing.
@@ -38,29 +40,35 @@ fn unsealed(len: i64) -> OwnedFd {
 }
 
 fn main() {
-    let (broker_fd, peer_fd) = ipc::worker_fds::take().unwrap();
-    let broker: Channel<RenderToBroker, BrokerToRender> = Channel::new(broker_fd);
-    let gpu: Channel<RenderToGpu, GpuToRender> = Channel::new(peer_fd);
-    broker.handshake(Role::RenderWorker, Role::Broker).unwrap();
-    gpu.handshake(Role::RenderWorker, Role::GpuWorker).unwrap();
-    if let Ok((GpuToRender::Ping { nonce }, _)) = gpu.recv() {
-        gpu.send(&RenderToGpu::Pong { nonce }, &[]).unwrap();
-    }
+    let policies::WorkerChannels { broker, peer: _gpu } =
+        policies::bootstrap::<WorkerReport, RenderWorkerRequest>(Role::RenderWorker).unwrap();
     loop {
         match broker.recv() {
-            Ok((BrokerToRender::Configure(_), _)) => broker
-                .send(&RenderToBroker::Ready { num_capsets: 1 }, &[])
+            Ok((RenderWorkerRequest::Configure(_), _)) => broker
+                .send(&WorkerReport::Ready { num_capsets: 1 }, &[])
                 .unwrap(),
-            Ok((BrokerToRender::Ping { nonce }, _)) => {
-                broker.send(&RenderToBroker::Pong { nonce }, &[]).unwrap()
+            Ok((RenderWorkerRequest::Ping { nonce }, _)) => {
+                broker.send(&WorkerReport::Pong { nonce }, &[]).unwrap()
             }
-            Ok((BrokerToRender::Connection, mut fds)) => {
-                // map, link, events (kept open, never used).
-                let events = fds.pop().unwrap();
-                let (link, map) = (fds.pop().unwrap(), fds.pop().unwrap());
+            Ok((RenderWorkerRequest::Connection, fds)) => {
+                let slots = RenderConnection::from_vec(fds).unwrap();
+                // Each channel greets as the protocol asks; the event
+                // channel is kept open, never used.
+                let events: Channel<ipc::RenderEvent, Nothing> = Channel::new(slots.events);
+                let map: Channel<MapRequest, MapAnswer> = Channel::new(slots.map);
+                let link: Channel<RenderReply, RenderCall> = Channel::new(slots.gpu);
+                for c in [
+                    events.greet(Role::RenderWorker),
+                    map.greet(Role::RenderWorker),
+                    link.greet(Role::RenderWorker),
+                ] {
+                    c.unwrap();
+                }
+                map.check_greeting(Role::Broker).unwrap();
+                link.check_greeting(Role::GpuWorker).unwrap();
                 std::thread::spawn(move || {
                     let _events = events;
-                    attack(Channel::new(map), Channel::new(link))
+                    attack(map, link)
                 });
             }
             Err(_) => return,
@@ -68,18 +76,12 @@ fn main() {
     }
 }
 
-fn attack(map: Channel<MapRequest, MapAnswer>, link: Channel<RenderAnswer, RenderCommand>) {
+fn attack(map: Channel<MapRequest, MapAnswer>, link: Channel<RenderReply, RenderCall>) {
     // Wait until the front-end has set the device up (gpu-worker shares
     // guest memory after SET_MEM_TABLE, which follows the back-end request
     // channel), then answer every command with a refusal.
     let _ = link.recv();
-    let _ = link.send(
-        &RenderAnswer::Refused {
-            code: 0,
-            why: "hostile".into(),
-        },
-        &[],
-    );
+    let _ = link.send(&hostile_refusal(), &[]);
     let page = 4096u64;
     let (sock, _) = UnixStream::pair().unwrap();
     let cases: Vec<(&str, MapRequest, OwnedFd)> = vec![
@@ -136,11 +138,12 @@ fn attack(map: Channel<MapRequest, MapAnswer>, link: Channel<RenderAnswer, Rende
             .send(&request, &[memfd(4096).as_fd()])
             .and_then(|()| map.recv())
         {
-            Ok((MapAnswer::Done, _)) => accepted += 1,
-            Ok((MapAnswer::Refused(why), _)) => {
-                refusal = why;
+            Ok((Reply::Done, _)) => accepted += 1,
+            Ok((Reply::Refused(r), _)) => {
+                refusal = r.why;
                 break;
             }
+            Ok((Reply::Value(nothing), _)) => match nothing {},
             Err(e) => {
                 refusal = e.to_string();
                 break;
@@ -166,13 +169,7 @@ fn attack(map: Channel<MapRequest, MapAnswer>, link: Channel<RenderAnswer, Rende
         .and_then(|()| map.recv());
     eprintln!("HOSTILE: done");
     while let Ok((_, _)) = link.recv() {
-        let _ = link.send(
-            &RenderAnswer::Refused {
-                code: 0,
-                why: "hostile".into(),
-            },
-            &[],
-        );
+        let _ = link.send(&hostile_refusal(), &[]);
     }
 }
 
@@ -182,5 +179,14 @@ fn map_req(resource_id: u32, shm_offset: u64, size: u64) -> MapRequest {
         shm_offset,
         size,
         writable: true,
+    }
+}
+
+/// What the hostile worker answers every command: a refusal with a code
+/// the guest must never see (gpu-worker turns it into ERR_UNSPEC).
+fn hostile_refusal() -> RenderReply {
+    RenderReply {
+        reply: Reply::Refused(Refusal::new(0, "hostile")),
+        fence_signalled: None,
     }
 }
