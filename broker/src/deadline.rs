@@ -101,10 +101,23 @@ struct Armed {
     limit: Duration,
 }
 
+/// What the watchdog thread watches: the waits armed (by id), and when it
+/// wakes next on its own.
+#[derive(Default)]
+struct Waits {
+    last_id: u64,
+    armed: BTreeMap<u64, Armed>,
+    /// When the thread wakes next (None: only when told). An arm whose
+    /// deadline is later needs no wake-up: the thread looks again then.
+    /// So a wait costs two uncontended lock operations and no thread
+    /// switch, which a display flush or a map request pays every time.
+    wakes_at: Option<Instant>,
+}
+
 /// Shuts down the socket of each wait that outlives its deadline.
 #[derive(Default)]
 pub struct Watchdog {
-    armed: Mutex<(u64, BTreeMap<u64, Armed>)>,
+    waits: Mutex<Waits>,
     changed: Condvar,
 }
 
@@ -142,11 +155,11 @@ pub fn within<T>(
 
 impl Watchdog {
     fn arm(&self, socket: Arc<OwnedFd>, what: &'static str, limit: Duration) -> u64 {
-        let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
-        armed.0 += 1;
-        let id = armed.0;
+        let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+        waits.last_id += 1;
+        let id = waits.last_id;
         let at = Instant::now() + limit;
-        armed.1.insert(
+        waits.armed.insert(
             id,
             Armed {
                 at,
@@ -155,27 +168,29 @@ impl Watchdog {
                 limit,
             },
         );
-        self.changed.notify_one();
+        if waits.wakes_at.is_none_or(|w| at < w) {
+            self.changed.notify_one();
+        }
         id
     }
 
     fn disarm(&self, id: u64) {
-        let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
-        armed.1.remove(&id);
+        let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+        waits.armed.remove(&id);
     }
 
     fn run(&self) -> ! {
-        let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let now = Instant::now();
-            let overdue: Vec<u64> = armed
-                .1
+            let overdue: Vec<u64> = waits
+                .armed
                 .iter()
                 .filter(|(_, a)| a.at <= now)
                 .map(|(id, _)| *id)
                 .collect();
             for id in overdue {
-                if let Some(a) = armed.1.remove(&id) {
+                if let Some(a) = waits.armed.remove(&id) {
                     warn!(
                         "{}: no answer within {:?}; cutting that socket off",
                         a.what, a.limit
@@ -186,17 +201,19 @@ impl Watchdog {
                     );
                 }
             }
-            let next = armed.1.values().map(|a| a.at).min();
-            armed = match next {
-                None => self.changed.wait(armed).unwrap_or_else(|e| e.into_inner()),
+            let next = waits.armed.values().map(|a| a.at).min();
+            waits.wakes_at = next;
+            waits = match next {
+                None => self.changed.wait(waits).unwrap_or_else(|e| e.into_inner()),
                 Some(at) => {
                     let wait = at.saturating_duration_since(Instant::now());
-                    match self.changed.wait_timeout(armed, wait) {
+                    match self.changed.wait_timeout(waits, wait) {
                         Ok((guard, _)) => guard,
                         Err(e) => e.into_inner().0,
                     }
                 }
             };
+            waits.wakes_at = None;
         }
     }
 }

@@ -18,7 +18,11 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::blob_wire::*;
 use crate::gpu_wire::*;
-use crate::{dies_with_parent, Device, TempDir};
+use crate::{dies_with_parent, Device, TempDir, DATA_BASE, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+
+/// Where [`WaylandChannel::post_poll`] puts its POLL in the control
+/// queue's descriptor table ([`Device::control`] uses 0 and 1).
+pub const POLL_HEAD: u16 = 2;
 
 /// The channel ring's guest page (the query ring is at [`RING_AT`]).
 pub const CHANNEL_AT: u64 = RING_AT + 0x1_0000;
@@ -273,14 +277,56 @@ impl WaylandChannel {
     /// POLLs, fenced on the channel ring, and returns what the compositor
     /// sent: None if the fence did not signal within `timeout`.
     pub fn receive(&mut self, dev: &mut Device, timeout: Duration) -> Option<Vec<u8>> {
+        let poll = self.next_poll();
+        let (_, resp) = dev.control_within(&poll, 64, timeout)?;
+        assert_eq!(parse_hdr(&resp).0, RESP_OK_NODATA, "POLL answered");
+        Some(Self::received(dev))
+    }
+
+    /// Makes a POLL available (descriptors [`POLL_HEAD`] and the one
+    /// after) without waiting for it. A guest proxy keeps one in flight
+    /// (gpu-airlock-guest and sommelier do), so the compositor's answer
+    /// signals it as soon as it comes; [`WaylandChannel::receive_posted`]
+    /// waits for it. Only unfenced requests may go on the control queue
+    /// meanwhile, with [`Device::control`] (head 0).
+    pub fn post_poll(&mut self, dev: &mut Device) {
+        let poll = self.next_poll();
+        let (req, resp) = (DATA_BASE + 0x30_000, DATA_BASE + 0x31_000);
+        dev.mem.write_slice(&poll, GuestAddress(req)).unwrap();
+        let descs = [
+            (req, poll.len() as u32, VRING_DESC_F_NEXT, POLL_HEAD + 1),
+            (resp, 64, VRING_DESC_F_WRITE, 0),
+        ];
+        dev.controlq
+            .push_raw(&dev.mem, POLL_HEAD, &descs, POLL_HEAD);
+    }
+
+    /// Waits for the POLL [`WaylandChannel::post_poll`] made available and
+    /// returns what the compositor sent: None if it did not signal within
+    /// `timeout`.
+    pub fn receive_posted(&mut self, dev: &mut Device, timeout: Duration) -> Option<Vec<u8>> {
+        let (id, _) = dev.controlq.wait_used(&dev.mem, timeout)?;
+        assert_eq!(id, u32::from(POLL_HEAD), "the used entry is the POLL's");
+        let mut hdr = [0u8; 24];
+        dev.mem
+            .read_slice(&mut hdr, GuestAddress(DATA_BASE + 0x31_000))
+            .unwrap();
+        assert_eq!(parse_hdr(&hdr).0, RESP_OK_NODATA, "POLL answered");
+        Some(Self::received(dev))
+    }
+
+    /// The next POLL, fenced on the channel ring.
+    fn next_poll(&mut self) -> Vec<u8> {
         self.next_fence += 1;
-        let poll = submit(
+        submit(
             CTX,
             &cross_domain(3, &[0, 0], &[]),
             Some((self.next_fence, Some(1))),
-        );
-        let (_, resp) = dev.control_within(&poll, 64, timeout)?;
-        assert_eq!(parse_hdr(&resp).0, RESP_OK_NODATA, "POLL answered");
+        )
+    }
+
+    /// What the channel ring holds after a POLL signalled: a RECEIVE's data.
+    fn received(dev: &Device) -> Vec<u8> {
         let mut ring = vec![0u8; 4096];
         dev.mem
             .read_slice(&mut ring, GuestAddress(CHANNEL_AT))
@@ -290,7 +336,7 @@ impl WaylandChannel {
             "the channel ring holds a RECEIVE"
         );
         let size = u32::from_le_bytes(ring[12..16].try_into().unwrap()) as usize;
-        Some(ring[SEND_RECEIVE_HEADER..SEND_RECEIVE_HEADER + size].to_vec())
+        ring[SEND_RECEIVE_HEADER..SEND_RECEIVE_HEADER + size].to_vec()
     }
 
     /// Receives until an event satisfies `done`; returns every event.
