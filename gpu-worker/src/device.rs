@@ -23,6 +23,8 @@ use wire::{CtrlHdr, GpuCommand, GpuResponse, Queue, Refusal, RespDisplayInfo, Re
 use wire::{RESP_ERR_INVALID_PARAMETER, RESP_ERR_UNSPEC};
 
 mod blob;
+mod render;
+mod shown_blob;
 mod twod;
 
 use crate::chain::{self, ChainError};

@@ -5,36 +5,29 @@
 //! blobs (kept by render-worker); gpu-worker remembers which ids are blobs
 //! so every command reaches the process that holds the resource.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use std::cell::Cell;
-
-use ipc::{
-    Fence, MemoryRegion, RenderCall, RenderReply, RenderRequest, RenderValue, Reply,
-    MAX_MEMORY_REGIONS,
-};
+use ipc::{RenderRequest, RenderValue};
 use log::warn;
-use vm_memory::{
-    GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, Permissions,
-};
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
+use super::render::{context_fence, FenceSlot};
 use super::{ContextFence, GpuDevice, Handled};
-use crate::resources::read_ranges;
 use wire::command::MAX_BLOB_ENTRIES;
 use wire::*;
 
 /// What gpu-worker knows of a blob render-worker holds.
 #[derive(Debug, Clone)]
 pub struct Blob {
-    size: u64,
+    pub(super) size: u64,
     /// The guest memory behind a guest-memory blob (for SET_SCANOUT_BLOB);
     /// None for a host blob.
-    guest: Option<Vec<(GuestAddress, u32)>>,
+    pub(super) guest: Option<Vec<(GuestAddress, u32)>>,
     /// Host memory it takes, counted in `--max-resource-memory`.
-    host_bytes: u64,
+    pub(super) host_bytes: u64,
 }
 
 impl Blob {
@@ -46,7 +39,7 @@ impl Blob {
 /// The blob registry, resource UUIDs and live contexts of one connection.
 #[derive(Debug)]
 pub struct Blobs {
-    blobs: Mutex<HashMap<u32, Blob>>,
+    pub(super) blobs: Mutex<HashMap<u32, Blob>>,
     uuids: Mutex<HashMap<u32, [u8; 16]>>,
     contexts: Mutex<HashSet<u32>>,
     /// `--max-contexts`.
@@ -90,110 +83,7 @@ impl Blobs {
     }
 }
 
-/// The error codes render-worker may give the guest; anything else (it is
-/// less trusted than this process's own checks) becomes ERR_UNSPEC.
-fn sanitize(code: u32) -> u32 {
-    match code {
-        RESP_ERR_OUT_OF_MEMORY
-        | RESP_ERR_INVALID_RESOURCE_ID
-        | RESP_ERR_INVALID_CONTEXT_ID
-        | RESP_ERR_INVALID_PARAMETER => code,
-        _ => RESP_ERR_UNSPEC,
-    }
-}
-
 impl GpuDevice {
-    /// One call to render-worker, carrying the guest's fence on the
-    /// command if `fence` still holds it; render-worker's refusal becomes
-    /// the guest's.
-    fn call(
-        &self,
-        request: RenderRequest,
-        fence: &FenceSlot,
-    ) -> Result<Option<RenderValue>, Refusal> {
-        let carried = fence.take();
-        let call = RenderCall {
-            request,
-            fence: carried,
-        };
-        let Some(RenderReply {
-            reply,
-            fence_signalled,
-        }) = self.render.request(&call, &[])
-        else {
-            return refuse(RESP_ERR_UNSPEC, "render-worker is not reachable");
-        };
-        let value = match reply {
-            Reply::Refused(r) => return refuse(sanitize(r.code), r.why),
-            Reply::Done => None,
-            Reply::Value(v) => Some(v),
-        };
-        match (carried, fence_signalled) {
-            (None, None) => {}
-            (Some(_), Some(signalled)) => fence.signalled.set(Some(signalled)),
-            (carried, got) => {
-                self.render.fail(&format!(
-                    "answered fence state {got:?} to a call with fence {carried:?}"
-                ));
-                return refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn");
-            }
-        }
-        Ok(value)
-    }
-
-    /// A call whose only answer is done.
-    pub(super) fn call_done(
-        &self,
-        request: RenderRequest,
-        fence: &FenceSlot,
-    ) -> Result<(), Refusal> {
-        let what = format!("{request:?}");
-        match self.call(request, fence)? {
-            None => Ok(()),
-            Some(other) => {
-                self.render.fail(&format!("answered {other:?} to {what}"));
-                refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn")
-            }
-        }
-    }
-
-    /// A call with no fence whose only answer is done.
-    pub(super) fn render_done(&self, request: RenderRequest) -> Result<(), Refusal> {
-        self.call_done(request, &FenceSlot::default())
-    }
-
-    /// Gives render-worker the guest memory map (guest-memory blobs and
-    /// cross-domain rings live in it).
-    pub fn share_memory(&self, mem: &GuestMemoryMmap) {
-        let mut regions = Vec::new();
-        let mut fds = Vec::new();
-        for region in GuestMemoryBackend::iter(mem) {
-            let Some(file) = region.file_offset() else {
-                warn!("gpu-worker: a guest memory region has no descriptor; render-worker cannot map it");
-                return;
-            };
-            regions.push(MemoryRegion {
-                guest_addr: region.start_addr().0,
-                size: region.len(),
-                file_offset: file.start(),
-            });
-            fds.push(file.file().as_fd());
-        }
-        if regions.is_empty() || regions.len() > MAX_MEMORY_REGIONS {
-            return;
-        }
-        // A notice, not a request: see `Link::notify`.
-        if !self.render.notify(
-            &RenderCall {
-                request: RenderRequest::Memory(regions),
-                fence: None,
-            },
-            &fds,
-        ) {
-            warn!("gpu-worker: render-worker is not reachable to take guest memory");
-        }
-    }
-
     /// A context, capset or blob command: served by render-worker's
     /// rutabaga, then the context fence it carries, if any.
     pub(super) fn context_command(
@@ -530,214 +420,6 @@ impl GpuDevice {
             }
         }
         Some(self.render_done(RenderRequest::Unref { resource_id: id }))
-    }
-
-    /// SET_SCANOUT_BLOB of a guest-memory blob: the device keeps a host
-    /// copy in the blob's layout (refreshed from guest memory on each
-    /// RESOURCE_FLUSH), shown like a 2D resource. Host blobs are not shown
-    /// (their memory is render-worker's).
-    pub(super) fn set_scanout_blob(&self, b: &SetScanoutBlob) -> Result<(), Refusal> {
-        let (scanout_id, id) = (b.scanout_id.to_native(), b.resource_id.to_native());
-        let plain = SetScanout {
-            r: b.r,
-            scanout_id: b.scanout_id,
-            resource_id: b.resource_id,
-        };
-        if id == 0 {
-            return self.set_scanout(&plain);
-        }
-        if scanout_id as usize >= self.scanouts.len() {
-            return refuse(
-                RESP_ERR_INVALID_SCANOUT_ID,
-                format!(
-                    "scanout {scanout_id}, but the device has {}",
-                    self.scanouts.len()
-                ),
-            );
-        }
-        let Some(blob) = self
-            .blobs
-            .blobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
-        else {
-            return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}"));
-        };
-        let Some(ranges) = blob.guest else {
-            return refuse(
-                RESP_ERR_UNSPEC,
-                format!("blob {id} is a host blob: scanout of host blobs is not supported"),
-            );
-        };
-        let (w, h, format) = (
-            b.width.to_native(),
-            b.height.to_native(),
-            b.format.to_native(),
-        );
-        let (stride, offset) = (
-            b.strides[0].to_native(),
-            u64::from(b.offsets[0].to_native()),
-        );
-        if !is_2d_format(format) {
-            return refuse(RESP_ERR_INVALID_PARAMETER, format!("format {format}"));
-        }
-        let size = ipc::ScanoutSize {
-            width: w,
-            height: h,
-        };
-        let row = u64::from(w) * u64::from(BYTES_PER_PIXEL);
-        let end = u64::from(stride)
-            .checked_mul(u64::from(h.saturating_sub(1)))
-            .and_then(|e| e.checked_add(offset))
-            .and_then(|e| e.checked_add(row));
-        if !size.is_valid() || u64::from(stride) < row || end.is_none_or(|e| e > blob.size) {
-            return refuse(
-                RESP_ERR_INVALID_PARAMETER,
-                format!(
-                    "{w}x{h}, stride {stride}, offset {offset} does not fit blob {id} of {} bytes",
-                    blob.size
-                ),
-            );
-        }
-        let (was_shared, made) = self
-            .resources()
-            .blob_shadow(id, w, h, format, &ranges, offset, stride);
-        // The old copy is gone either way: the broker lets go of it.
-        if was_shared {
-            self.display.command(
-                &ipc::DisplayRequest::ReleaseSurface { resource_id: id },
-                &[],
-            );
-        }
-        made?;
-        self.set_scanout(&plain)
-    }
-
-    /// TRANSFER_TO_HOST_2D on a blob. Linux sends it for every dumb buffer
-    /// it flushes, and makes dumb buffers guest-memory blobs once
-    /// RESOURCE_BLOB is offered without VIRGL. The device reads a
-    /// guest-memory blob's pages where it needs them (a scanout copy is
-    /// refreshed on RESOURCE_FLUSH), so there is nothing to copy; QEMU
-    /// answers the same. A host blob has no guest pages to transfer from.
-    pub(super) fn transfer_to_blob(&self, t: &TransferToHost2d) -> Result<(), Refusal> {
-        let id = t.resource_id.to_native();
-        let Some((size, guest)) = self.with_blob(id, |b| (b.size, b.guest.is_some())) else {
-            return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}"));
-        };
-        if !guest {
-            return refuse(
-                RESP_ERR_INVALID_PARAMETER,
-                format!("TRANSFER_TO_HOST_2D to host blob {id}, which has no guest pages"),
-            );
-        }
-        let offset = t.offset.to_native();
-        if offset >= size {
-            return refuse(
-                RESP_ERR_INVALID_PARAMETER,
-                format!("transfer offset {offset} past blob {id} of {size} bytes"),
-            );
-        }
-        Ok(())
-    }
-
-    /// UPDATE_CURSOR naming a guest-memory blob (Linux's cursor buffers are
-    /// dumb buffers, so blobs once RESOURCE_BLOB is offered): the image is
-    /// the blob's first 64×64 pixels, rows 256 bytes apart, in ARGB8888
-    /// (the only cursor format Linux uses), read from guest memory now.
-    pub(super) fn blob_cursor(
-        &self,
-        mem: &GuestMemoryMmap,
-        c: &UpdateCursor,
-    ) -> Result<(), Refusal> {
-        let (scanout, id) = (c.scanout_id.to_native(), c.resource_id.to_native());
-        if scanout as usize >= self.scanouts.len() {
-            return refuse(
-                RESP_ERR_INVALID_SCANOUT_ID,
-                format!("cursor on scanout {scanout}"),
-            );
-        }
-        let mut image = vec![0u8; CURSOR_BYTES];
-        // Read in place: a blob may have many ranges, not worth a copy.
-        let read = self.with_blob(id, |blob| match &blob.guest {
-            None => refuse(
-                RESP_ERR_INVALID_PARAMETER,
-                format!("cursor from host blob {id}, which has no guest pages"),
-            ),
-            Some(ranges)
-                if blob.size < image.len() as u64 || !read_ranges(mem, ranges, 0, &mut image) =>
-            {
-                refuse(
-                    RESP_ERR_INVALID_PARAMETER,
-                    format!(
-                        "blob {id} of {} bytes holds no 64x64 cursor image",
-                        blob.size
-                    ),
-                )
-            }
-            Some(_) => Ok(()),
-        });
-        read.unwrap_or_else(|| refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}")))?;
-        self.display.command(
-            &ipc::DisplayRequest::CursorUpdate {
-                scanout,
-                x: c.x.to_native(),
-                y: c.y.to_native(),
-                hot_x: c.hot_x.to_native().min(CURSOR_SIZE - 1),
-                hot_y: c.hot_y.to_native().min(CURSOR_SIZE - 1),
-                format: FORMAT_B8G8R8A8_UNORM,
-                image,
-            },
-            &[],
-        );
-        Ok(())
-    }
-
-    /// `f` of blob `id`, under the registry's lock; None if `id` is none.
-    fn with_blob<R>(&self, id: u32, f: impl FnOnce(&Blob) -> R) -> Option<R> {
-        self.blobs
-            .blobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .map(f)
-    }
-}
-
-/// The guest's fence on a context (or a context's ring), which
-/// render-worker's rutabaga signals, at once or later. Fences of context 0
-/// are signalled by the response itself: no context fence.
-fn context_fence(hdr: &CtrlHdr) -> Result<Option<Fence>, Refusal> {
-    let flags = hdr.flags.to_native();
-    let ctx_id = hdr.ctx_id.to_native();
-    if flags & FLAG_FENCE == 0 || ctx_id == 0 {
-        return Ok(None);
-    }
-    let ring = (flags & FLAG_INFO_RING_IDX != 0).then_some(hdr.ring_idx);
-    if ring.is_some_and(|r| r > 63) {
-        return refuse(RESP_ERR_INVALID_PARAMETER, format!("ring index {ring:?}"));
-    }
-    Ok(Some(Fence {
-        ctx_id,
-        ring,
-        fence_id: hdr.fence_id.to_native(),
-    }))
-}
-
-/// The guest's fence on the command being served, carried by the first
-/// call to render-worker that serves it.
-#[derive(Debug, Default)]
-pub(super) struct FenceSlot {
-    fence: Option<Fence>,
-    /// Once carried: whether it had signalled when render-worker answered.
-    signalled: Cell<Option<bool>>,
-}
-
-impl FenceSlot {
-    /// The fence, if no call has carried it yet.
-    fn take(&self) -> Option<Fence> {
-        self.fence.filter(|_| self.signalled.get().is_none())
     }
 }
 

@@ -7,9 +7,11 @@
 //! of guest memory, and everything rutabaga refuses.
 
 use gpu_airlock_render_worker::framing::{check_cross_domain_framing, Walk};
+
+mod mapping;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -20,59 +22,11 @@ use ipc::{
 use log::warn;
 use rutabaga_gfx::{
     ResourceCreateBlob, Rutabaga, RutabagaBuilder, RutabagaComponentType, RutabagaError,
-    RutabagaFence, RutabagaFenceHandler, RutabagaHandle, RutabagaIovec, RutabagaPath,
-    RUTABAGA_BLOB_FLAG_USE_MAPPABLE, RUTABAGA_CAPSET_CROSS_DOMAIN, RUTABAGA_FLAG_FENCE,
-    RUTABAGA_FLAG_INFO_RING_IDX, RUTABAGA_MAP_ACCESS_MASK, RUTABAGA_MAP_ACCESS_READ,
-    RUTABAGA_MAP_CACHE_MASK,
+    RutabagaFence, RutabagaFenceHandler, RutabagaIovec, RutabagaPath, RUTABAGA_CAPSET_CROSS_DOMAIN,
+    RUTABAGA_FLAG_FENCE, RUTABAGA_FLAG_INFO_RING_IDX,
 };
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use wire::Refusal;
-
-/// Seals `fd` against resizing.
-fn fcntl_seal(fd: &OwnedFd) -> nix::Result<i32> {
-    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    fcntl(
-        fd,
-        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
-    )
-}
-
-/// A memfd of `size` bytes holding the first `len` of `fd`'s, sealed
-/// against resizing.
-fn padded_copy(fd: &OwnedFd, len: u64, size: u64) -> std::io::Result<OwnedFd> {
-    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    use nix::sys::memfd::{memfd_create, MFdFlags};
-    use std::io::{Read, Seek, SeekFrom, Write};
-
-    let copy = memfd_create(
-        c"airlock-compositor-copy",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )?;
-    let mut from = File::from(fd.try_clone()?);
-    from.seek(SeekFrom::Start(0))?;
-    let mut to = File::from(copy);
-    to.set_len(size)?;
-    // By read and write: std::io::copy between files would reach for
-    // copy_file_range and sendfile, which the policy does not allow.
-    let mut buf = [0u8; 4096];
-    let mut left = len;
-    while left > 0 {
-        let n = from.read(&mut buf[..left.min(4096) as usize])?;
-        if n == 0 {
-            break;
-        }
-        to.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    to.flush()?;
-    fcntl(
-        &to,
-        FcntlArg::F_ADD_SEALS(
-            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
-        ),
-    )?;
-    Ok(to.into())
-}
 
 use wire::{
     RESP_ERR_INVALID_CONTEXT_ID as ERR_INVALID_CONTEXT_ID,
@@ -564,131 +518,6 @@ impl RenderDevice {
         // rutabaga has let go of the blob's pages.
         self.prune_memory();
         answer
-    }
-
-    fn map_request(&self, request: &MapRequest, fd: Option<&OwnedFd>) -> Result<(), String> {
-        if self.map_lost.get() {
-            return Err("the map channel failed earlier in this connection".into());
-        }
-        let fds: Vec<_> = fd.map(|f| f.as_fd()).into_iter().collect();
-        match self.map.send(request, &fds).and_then(|()| self.map.recv()) {
-            Ok((Reply::Done, _)) => Ok(()),
-            Ok((Reply::Refused(r), _)) => Err(format!("the broker refused: {r}")),
-            Ok((Reply::Value(nothing), _)) => match nothing {},
-            Err(e) => {
-                self.map_lost.set(true);
-                warn!("render-worker: map channel: {e}; no more maps for this connection");
-                Err(format!("map channel: {e}"))
-            }
-        }
-    }
-
-    fn map_blob(&mut self, resource_id: u32, offset: u64) -> Answer {
-        let Some(blob) = self.blobs.get(&resource_id).copied() else {
-            return refused(ERR_INVALID_RESOURCE_ID, format!("no blob {resource_id}"));
-        };
-        if blob.flags & RUTABAGA_BLOB_FLAG_USE_MAPPABLE == 0 {
-            return refused(
-                ERR_INVALID_PARAMETER,
-                format!("blob {resource_id} was not created mappable"),
-            );
-        }
-        if blob.mapped.is_some() {
-            return refused(
-                ERR_INVALID_PARAMETER,
-                format!("blob {resource_id} is already mapped"),
-            );
-        }
-        let (map_info, mut writable) = match self.rutabaga.map_info(resource_id) {
-            Ok(i) => (
-                i & RUTABAGA_MAP_CACHE_MASK,
-                i & RUTABAGA_MAP_ACCESS_MASK != RUTABAGA_MAP_ACCESS_READ,
-            ),
-            Err(e) => return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {e}")),
-        };
-        let fd: OwnedFd = match self.rutabaga.export_blob(resource_id) {
-            Ok(RutabagaHandle::MagmaGpuHandle(h)) => match h.os_handle.as_fd().try_clone_to_owned()
-            {
-                Ok(fd) => fd,
-                Err(e) => return refused(ERR_OUT_OF_MEMORY, format!("blob {resource_id}: {e}")),
-            },
-            Ok(_) => {
-                return refused(
-                    ERR_INVALID_PARAMETER,
-                    format!("blob {resource_id} has no single descriptor to map"),
-                )
-            }
-            Err(e) => {
-                return refused(
-                    ERR_INVALID_PARAMETER,
-                    format!("blob {resource_id} cannot be exported: {e}"),
-                )
-            }
-        };
-        // A descriptor the compositor sent (a keymap) holds just its bytes,
-        // and QEMU maps only whole pages of a file at least that long; it
-        // may be sealed against writing, and QEMU 11 maps every SHMEM_MAP
-        // writable whatever its flags say. Such a one reaches the guest as
-        // a private copy padded to the blob's size, which the compositor
-        // can then neither change nor truncate under the VM.
-        // (Its size by lseek, which the policy allows for rutabaga.)
-        let fd_len = fd
-            .try_clone()
-            .and_then(|f| std::io::Seek::seek(&mut File::from(f), std::io::SeekFrom::End(0)))
-            .unwrap_or(0);
-        // The broker maps only memory sealed against shrinking (it would
-        // fault the VM's access). rutabaga's own memfds are made sealable
-        // and never resized once made: sealed here. One that refuses (a
-        // compositor's memfd sealed with F_SEAL_SEAL) goes through a copy.
-        let sealed = fcntl_seal(&fd).is_ok();
-        let fd = if fd_len < blob.size || !writable || !sealed {
-            match padded_copy(&fd, fd_len, blob.size) {
-                Ok(copy) => {
-                    writable = false;
-                    copy
-                }
-                Err(e) => {
-                    return refused(
-                        ERR_OUT_OF_MEMORY,
-                        format!("blob {resource_id}: a copy of its {fd_len} bytes: {e}"),
-                    )
-                }
-            }
-        } else {
-            fd
-        };
-        let request = MapRequest::Map {
-            resource_id,
-            shm_offset: offset,
-            size: blob.size,
-            writable,
-        };
-        if let Err(why) = self.map_request(&request, Some(&fd)) {
-            return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {why}"));
-        }
-        if let Some(b) = self.blobs.get_mut(&resource_id) {
-            b.mapped = Some(offset);
-        }
-        Reply::Value(RenderValue::Mapped { map_info })
-    }
-
-    fn unmap_blob(&mut self, resource_id: u32) -> Answer {
-        let Some(blob) = self.blobs.get(&resource_id).copied() else {
-            return refused(ERR_INVALID_RESOURCE_ID, format!("no blob {resource_id}"));
-        };
-        if blob.mapped.is_none() {
-            return refused(
-                ERR_INVALID_PARAMETER,
-                format!("blob {resource_id} is not mapped"),
-            );
-        }
-        if let Err(why) = self.map_request(&MapRequest::Unmap { resource_id }, None) {
-            return refused(ERR_UNSPEC, format!("blob {resource_id}: {why}"));
-        }
-        if let Some(b) = self.blobs.get_mut(&resource_id) {
-            b.mapped = None;
-        }
-        Reply::Done
     }
 
     /// Creates a fence: signalled at once, or pending until an event says

@@ -1,0 +1,192 @@
+//! Blobs into and out of the guest's host-visible region: render-worker
+//! exports a blob's memory (through a sealed, padded private copy where the
+//! compositor's descriptor could change or shrink under the VM) and asks
+//! the broker's mapper to map it; the broker checks and sends SHMEM_MAP.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+
+use ipc::{MapRequest, RenderValue, Reply};
+use log::warn;
+use rutabaga_gfx::{
+    RutabagaHandle, RUTABAGA_BLOB_FLAG_USE_MAPPABLE, RUTABAGA_MAP_ACCESS_MASK,
+    RUTABAGA_MAP_ACCESS_READ, RUTABAGA_MAP_CACHE_MASK,
+};
+
+use super::{
+    refused, Answer, RenderDevice, ERR_INVALID_PARAMETER, ERR_INVALID_RESOURCE_ID,
+    ERR_OUT_OF_MEMORY, ERR_UNSPEC,
+};
+
+/// Seals `fd` against resizing.
+fn fcntl_seal(fd: &OwnedFd) -> nix::Result<i32> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    fcntl(
+        fd,
+        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
+    )
+}
+
+/// A memfd of `size` bytes holding the first `len` of `fd`'s, sealed
+/// against resizing.
+fn padded_copy(fd: &OwnedFd, len: u64, size: u64) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    use std::io::{Read, Seek, SeekFrom, Write};
+
+    let copy = memfd_create(
+        c"airlock-compositor-copy",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut from = File::from(fd.try_clone()?);
+    from.seek(SeekFrom::Start(0))?;
+    let mut to = File::from(copy);
+    to.set_len(size)?;
+    // By read and write: std::io::copy between files would reach for
+    // copy_file_range and sendfile, which the policy does not allow.
+    let mut buf = [0u8; 4096];
+    let mut left = len;
+    while left > 0 {
+        let n = from.read(&mut buf[..left.min(4096) as usize])?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    to.flush()?;
+    fcntl(
+        &to,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    Ok(to.into())
+}
+
+impl RenderDevice {
+    fn map_request(&self, request: &MapRequest, fd: Option<&OwnedFd>) -> Result<(), String> {
+        if self.map_lost.get() {
+            return Err("the map channel failed earlier in this connection".into());
+        }
+        let fds: Vec<_> = fd.map(|f| f.as_fd()).into_iter().collect();
+        match self.map.send(request, &fds).and_then(|()| self.map.recv()) {
+            Ok((Reply::Done, _)) => Ok(()),
+            Ok((Reply::Refused(r), _)) => Err(format!("the broker refused: {r}")),
+            Ok((Reply::Value(nothing), _)) => match nothing {},
+            Err(e) => {
+                self.map_lost.set(true);
+                warn!("render-worker: map channel: {e}; no more maps for this connection");
+                Err(format!("map channel: {e}"))
+            }
+        }
+    }
+
+    pub(super) fn map_blob(&mut self, resource_id: u32, offset: u64) -> Answer {
+        let Some(blob) = self.blobs.get(&resource_id).copied() else {
+            return refused(ERR_INVALID_RESOURCE_ID, format!("no blob {resource_id}"));
+        };
+        if blob.flags & RUTABAGA_BLOB_FLAG_USE_MAPPABLE == 0 {
+            return refused(
+                ERR_INVALID_PARAMETER,
+                format!("blob {resource_id} was not created mappable"),
+            );
+        }
+        if blob.mapped.is_some() {
+            return refused(
+                ERR_INVALID_PARAMETER,
+                format!("blob {resource_id} is already mapped"),
+            );
+        }
+        let (map_info, mut writable) = match self.rutabaga.map_info(resource_id) {
+            Ok(i) => (
+                i & RUTABAGA_MAP_CACHE_MASK,
+                i & RUTABAGA_MAP_ACCESS_MASK != RUTABAGA_MAP_ACCESS_READ,
+            ),
+            Err(e) => return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {e}")),
+        };
+        let fd: OwnedFd = match self.rutabaga.export_blob(resource_id) {
+            Ok(RutabagaHandle::MagmaGpuHandle(h)) => match h.os_handle.as_fd().try_clone_to_owned()
+            {
+                Ok(fd) => fd,
+                Err(e) => return refused(ERR_OUT_OF_MEMORY, format!("blob {resource_id}: {e}")),
+            },
+            Ok(_) => {
+                return refused(
+                    ERR_INVALID_PARAMETER,
+                    format!("blob {resource_id} has no single descriptor to map"),
+                )
+            }
+            Err(e) => {
+                return refused(
+                    ERR_INVALID_PARAMETER,
+                    format!("blob {resource_id} cannot be exported: {e}"),
+                )
+            }
+        };
+        // A descriptor the compositor sent (a keymap) holds just its bytes,
+        // and QEMU maps only whole pages of a file at least that long; it
+        // may be sealed against writing, and QEMU 11 maps every SHMEM_MAP
+        // writable whatever its flags say. Such a one reaches the guest as
+        // a private copy padded to the blob's size, which the compositor
+        // can then neither change nor truncate under the VM.
+        // (Its size by lseek, which the policy allows for rutabaga.)
+        let fd_len = fd
+            .try_clone()
+            .and_then(|f| std::io::Seek::seek(&mut File::from(f), std::io::SeekFrom::End(0)))
+            .unwrap_or(0);
+        // The broker maps only memory sealed against shrinking (it would
+        // fault the VM's access). rutabaga's own memfds are made sealable
+        // and never resized once made: sealed here. One that refuses (a
+        // compositor's memfd sealed with F_SEAL_SEAL) goes through a copy.
+        let sealed = fcntl_seal(&fd).is_ok();
+        let fd = if fd_len < blob.size || !writable || !sealed {
+            match padded_copy(&fd, fd_len, blob.size) {
+                Ok(copy) => {
+                    writable = false;
+                    copy
+                }
+                Err(e) => {
+                    return refused(
+                        ERR_OUT_OF_MEMORY,
+                        format!("blob {resource_id}: a copy of its {fd_len} bytes: {e}"),
+                    )
+                }
+            }
+        } else {
+            fd
+        };
+        let request = MapRequest::Map {
+            resource_id,
+            shm_offset: offset,
+            size: blob.size,
+            writable,
+        };
+        if let Err(why) = self.map_request(&request, Some(&fd)) {
+            return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {why}"));
+        }
+        if let Some(b) = self.blobs.get_mut(&resource_id) {
+            b.mapped = Some(offset);
+        }
+        Reply::Value(RenderValue::Mapped { map_info })
+    }
+
+    pub(super) fn unmap_blob(&mut self, resource_id: u32) -> Answer {
+        let Some(blob) = self.blobs.get(&resource_id).copied() else {
+            return refused(ERR_INVALID_RESOURCE_ID, format!("no blob {resource_id}"));
+        };
+        if blob.mapped.is_none() {
+            return refused(
+                ERR_INVALID_PARAMETER,
+                format!("blob {resource_id} is not mapped"),
+            );
+        }
+        if let Err(why) = self.map_request(&MapRequest::Unmap { resource_id }, None) {
+            return refused(ERR_UNSPEC, format!("blob {resource_id}: {why}"));
+        }
+        if let Some(b) = self.blobs.get_mut(&resource_id) {
+            b.mapped = None;
+        }
+        Reply::Done
+    }
+}
