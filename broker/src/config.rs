@@ -52,12 +52,40 @@ impl DeviceConfig {
     }
 }
 
+/// A command-line value that cannot be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("'{0}' is not a size such as 8G, 512M or 1048576")]
+    NotASize(String),
+    #[error("'{0}': the size must be 4K to 1024G")]
+    SizeOutOfRange(String),
+    #[error(
+        "'{0}' is not a power of two (QEMU needs whole pages, crosvm rounds up to a power of \
+         two): use e.g. 4G or 8G"
+    )]
+    NotAPowerOfTwo(String),
+    #[error("'{0}' is not WIDTHxHEIGHT, e.g. 1280x800")]
+    NotASize2d(String),
+    #[error("{what} '{value}' in '{given}' is not a whole number")]
+    NotANumber {
+        what: &'static str,
+        value: String,
+        given: String,
+    },
+    #[error("'{0}': width and height must be 1 to {MAX_SCANOUT_DIMENSION}")]
+    ScanoutOutOfRange(String),
+    #[error(
+        "{0} --display options given; a virtio-gpu device has at most {MAX_SCANOUTS} scanouts"
+    )]
+    TooManyScanouts(usize),
+}
+
 /// Parses `--shm-size`: bytes with an optional K, M or G suffix (binary),
 /// a power of two from 4 KiB to 1 TiB. QEMU 11.1 refuses a region that is
 /// not a whole number of host pages, and crosvm rounds the size it is
 /// given up to a power of two (the guest would then see a window larger
 /// than the broker's region): a power of two is what both take as it is.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     let t = s.trim();
     let (digits, shift) = match t.char_indices().last() {
         Some((i, 'k' | 'K')) => (&t[..i], 10),
@@ -67,49 +95,45 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("'{s}' is not a size such as 8G, 512M or 1048576"))?;
+        .map_err(|_| ConfigError::NotASize(s.into()))?;
     let bytes = n
         .checked_mul(1 << shift)
         .filter(|b| (4096..=1 << 40).contains(b))
-        .ok_or(format!("'{s}': the size must be 4K to 1024G"))?;
+        .ok_or_else(|| ConfigError::SizeOutOfRange(s.into()))?;
     if !bytes.is_power_of_two() {
-        return Err(format!(
-            "'{s}' is not a power of two (QEMU needs whole pages, crosvm rounds up to a power \
-             of two): use e.g. 4G or 8G"
-        ));
+        return Err(ConfigError::NotAPowerOfTwo(s.into()));
     }
     Ok(bytes)
 }
 
 /// Parses `--display WIDTHxHEIGHT`.
-pub fn parse_scanout(s: &str) -> Result<ScanoutSize, String> {
+pub fn parse_scanout(s: &str) -> Result<ScanoutSize, ConfigError> {
     let (w, h) = s
         .split_once(['x', 'X'])
-        .ok_or_else(|| format!("'{s}' is not WIDTHxHEIGHT, e.g. 1280x800"))?;
-    let parse = |v: &str, what: &str| {
+        .ok_or_else(|| ConfigError::NotASize2d(s.into()))?;
+    let parse = |v: &str, what: &'static str| {
         v.trim()
             .parse::<u32>()
-            .map_err(|_| format!("{what} '{v}' in '{s}' is not a whole number"))
+            .map_err(|_| ConfigError::NotANumber {
+                what,
+                value: v.into(),
+                given: s.into(),
+            })
     };
     let size = ScanoutSize {
         width: parse(w, "width")?,
         height: parse(h, "height")?,
     };
     if !size.is_valid() {
-        return Err(format!(
-            "'{s}': width and height must be 1 to {MAX_SCANOUT_DIMENSION}"
-        ));
+        return Err(ConfigError::ScanoutOutOfRange(s.into()));
     }
     Ok(size)
 }
 
 /// Applies the default (one 1280x800 scanout) and the scanout limit.
-pub fn scanouts_or_default(given: Vec<ScanoutSize>) -> Result<Vec<ScanoutSize>, String> {
+pub fn scanouts_or_default(given: Vec<ScanoutSize>) -> Result<Vec<ScanoutSize>, ConfigError> {
     if given.len() > MAX_SCANOUTS {
-        return Err(format!(
-            "{} --display options given; a virtio-gpu device has at most {MAX_SCANOUTS} scanouts",
-            given.len()
-        ));
+        return Err(ConfigError::TooManyScanouts(given.len()));
     }
     if given.is_empty() {
         return Ok(vec![ScanoutSize {

@@ -18,6 +18,7 @@ use vhost::vhost_user::{BackendReqHandler, Error as VhostUserError, Frontend, Li
 
 use crate::cli::Args;
 use crate::config::DeviceConfig;
+use crate::error::{Context, Error};
 use crate::session::{self, Session};
 use crate::{deadline, display, internal, mapper, supervisor};
 
@@ -30,7 +31,7 @@ pub enum Chosen {
     Socket(FrontendSocket),
 }
 
-pub fn choose_frontend(args: &Args) -> Result<Chosen, String> {
+pub fn choose_frontend(args: &Args) -> Result<Chosen, Error> {
     let activated = supervisor::listen_fd()?;
     match (&args.socket_path, args.fd, activated) {
         (Some(path), None, None) => Ok(Chosen::Path(path.clone())),
@@ -38,11 +39,8 @@ pub fn choose_frontend(args: &Args) -> Result<Chosen, String> {
         (None, None, Some(fd)) => {
             frontend_from_fd(fd, "the socket systemd passed (LISTEN_FDS)").map(Chosen::Socket)
         }
-        (None, None, None) => Err(
-            "give --socket-path PATH or --fd N, or start from a systemd socket unit (see --help)"
-                .into(),
-        ),
-        _ => Err("give only one of --socket-path, --fd and a systemd socket (LISTEN_FDS)".into()),
+        (None, None, None) => Err(Error::NoFrontend),
+        _ => Err(Error::TwoFrontends),
     }
 }
 
@@ -57,34 +55,39 @@ pub enum FrontendSocket {
 
 /// Takes over descriptor `fd` (named `what` in errors) as the front-end
 /// socket: a Unix stream socket, listening or connected.
-fn frontend_from_fd(fd: RawFd, what: &str) -> Result<FrontendSocket, String> {
+fn frontend_from_fd(fd: RawFd, what: &str) -> Result<FrontendSocket, Error> {
     // SAFETY: the user or the service manager handed this descriptor over;
     // fstat and getsockopt on a borrowed descriptor only read its metadata.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let st = nix::sys::stat::fstat(borrowed)
-        .map_err(|e| format!("{what} is not an open descriptor: {e}"))?;
+    let st =
+        nix::sys::stat::fstat(borrowed).context(format!("{what} is not an open descriptor"))?;
     if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
-        return Err(format!("{what} is not a socket"));
+        return Err(Error::NotASocket { what: what.into() });
     }
     use nix::sys::socket::{getsockopt, sockopt};
-    let family = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd)
-        .map_err(|e| format!("{what}: {e}"))?;
+    let family =
+        nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd).context(what)?;
     let family = nix::sys::socket::SockaddrLike::family(&family);
     if family != Some(nix::sys::socket::AddressFamily::Unix) {
         let family = family.map_or_else(|| "unknown".to_string(), |f| format!("{f:?}"));
-        return Err(format!("{what} is not a Unix socket (family {family})"));
+        return Err(Error::NotUnix {
+            what: what.into(),
+            family,
+        });
     }
-    let kind = getsockopt(&borrowed, sockopt::SockType).map_err(|e| format!("{what}: {e}"))?;
+    let kind = getsockopt(&borrowed, sockopt::SockType).context(what)?;
     if kind != nix::sys::socket::SockType::Stream {
-        return Err(format!("{what} is a {kind:?} socket, not a stream socket"));
+        return Err(Error::NotStream {
+            what: what.into(),
+            kind: format!("{kind:?}"),
+        });
     }
-    let listening =
-        getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| format!("{what}: {e}"))?;
+    let listening = getsockopt(&borrowed, sockopt::AcceptConn).context(what)?;
     nix::fcntl::fcntl(
         borrowed,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
-    .map_err(|e| format!("{what}: {e}"))?;
+    .context(what)?;
     // SAFETY: the descriptor is an open stream socket we now own (checked
     // above).
     Ok(if listening {
@@ -174,10 +177,9 @@ impl FrontendService {
     /// Gives both workers the connection's channels, then connects to
     /// gpu-worker: each worker takes channels and connections in the same
     /// order.
-    fn open_relay(&self) -> Result<Relay, String> {
-        let pair = |what: &str| {
-            ipc::socketpair().map_err(|e| format!("cannot make the {what} channel: {e}"))
-        };
+    fn open_relay(&self) -> Result<Relay, Error> {
+        let pair =
+            |what: &str| ipc::socketpair().context(format!("cannot make the {what} channel"));
         let (display_ours, display_gpu) = pair("display")?;
         let (map_ours, map_render) = pair("map")?;
         let (link_gpu, link_render) = pair("render link")?;
@@ -199,7 +201,7 @@ impl FrontendService {
                 nix::sys::socket::sockopt::ReceiveTimeout,
                 &timeval(deadline),
             )
-            .map_err(|e| format!("cannot set the {what} channel's timeout: {e}"))?;
+            .context(format!("cannot set the {what} channel's timeout"))?;
         }
         // The broker's ends greet first, so each worker finds the
         // greeting there when it takes its channels.
@@ -208,7 +210,7 @@ impl FrontendService {
         display_ours
             .greet(Role::Broker)
             .and_then(|()| map_ours.greet(Role::Broker))
-            .map_err(|e| format!("cannot greet on a connection's channel: {e}"))?;
+            .context("cannot greet on a connection's channel")?;
         let render = RenderConnection {
             map: map_render.as_fd(),
             gpu: link_render.as_fd(),
@@ -216,7 +218,7 @@ impl FrontendService {
         };
         self.render
             .send(&RenderWorkerRequest::Connection, &render.into_vec())
-            .map_err(|e| format!("render-worker: {e}"))?;
+            .context("render-worker")?;
         let gpu = GpuConnection {
             display: display_gpu.as_fd(),
             render: link_gpu.as_fd(),
@@ -224,15 +226,15 @@ impl FrontendService {
         };
         self.gpu
             .send(&GpuWorkerRequest::Connection, &gpu.into_vec())
-            .map_err(|e| format!("gpu-worker: {e}"))?;
+            .context("gpu-worker")?;
         let display = Arc::new(display::DisplaySocket::default());
         self.display
             .send((display_ours, display.clone()))
-            .map_err(|_| "the display thread is gone".to_string())?;
+            .map_err(|_| Error::ThreadGone("display"))?;
         let region = Arc::new(mapper::HostVisible::new(self.config.shm_size));
         self.mapper
             .send((map_ours, region.clone()))
-            .map_err(|_| "the mapper thread is gone".to_string())?;
+            .map_err(|_| Error::ThreadGone("mapper"))?;
         let stream = self.internal.connect()?;
         Ok(Relay {
             stream,
@@ -241,7 +243,7 @@ impl FrontendService {
         })
     }
 
-    fn serve_one(&self, stream: UnixStream) -> Result<(), String> {
+    fn serve_one(&self, stream: UnixStream) -> Result<(), Error> {
         let relay = match self.open_relay() {
             Ok(r) => r,
             Err(e) => {
@@ -259,17 +261,17 @@ impl FrontendService {
             .stream
             .try_clone()
             .map(|s| Arc::new(OwnedFd::from(s)))
-            .map_err(|e| format!("cannot keep the relay: {e}"))?;
+            .context("cannot keep the relay")?;
         let session = Session::new(
             Frontend::from_stream(relay.stream, session::NUM_QUEUES),
             self.config.clone(),
             relay.display,
             relay.region,
         )
-        .map_err(|e| format!("gpu-worker refused the relay: {e}"))?;
+        .context("gpu-worker refused the relay")?;
         let peek = stream
             .try_clone()
-            .map_err(|e| format!("cannot keep the front-end connection: {e}"))?;
+            .context("cannot keep the front-end connection")?;
         let mut handler = BackendReqHandler::from_stream(stream, Arc::new(Mutex::new(session)));
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
             handler.try_clone_connection().ok();
@@ -294,11 +296,7 @@ impl FrontendService {
                 // A front-end that breaks the protocol loses its connection,
                 // as with vhost-user-backend; the device itself keeps
                 // running.
-                Err(e) => {
-                    return Err(format!(
-                        "front-end request failed, closing the connection: {e}"
-                    ))
-                }
+                Err(e) => return Err(Error::FrontendBroke(e)),
             }
         }
     }

@@ -24,6 +24,8 @@ use nix::sys::socket::{getsockopt, sockopt};
 use nix::sys::stat::Mode;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
+use crate::error::{Context, Error};
+
 /// The socket's file name inside its private directory.
 const SOCKET_NAME: &str = "vhost-user.sock";
 
@@ -45,24 +47,24 @@ struct PrivateDir {
     parent: OwnedFd,
 }
 
-fn open_dir(path: &std::path::Path) -> Result<OwnedFd, String> {
+fn open_dir(path: &std::path::Path) -> Result<OwnedFd, Error> {
     nix::fcntl::open(
         path,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| format!("cannot open {}: {e}", path.display()))
+    .context(format!("cannot open {}", path.display()))
 }
 
 /// Makes the listener (bound and listening) gpu-worker is to serve.
-pub fn listener(sandbox: SandboxMode) -> Result<(UnixListener, Internal), String> {
+pub fn listener(sandbox: SandboxMode) -> Result<(UnixListener, Internal), Error> {
     match sandbox {
         SandboxMode::Namespace => {
             let name = format!("gpu-airlock/{}/{}", std::process::id(), random_hex()?);
-            let addr =
-                SocketAddr::from_abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;
+            let addr = SocketAddr::from_abstract_name(name.as_bytes())
+                .context("the internal socket's name")?;
             let listener = UnixListener::bind_addr(&addr)
-                .map_err(|e| format!("cannot create the internal vhost-user socket: {e}"))?;
+                .context("cannot create the internal vhost-user socket")?;
             Ok((
                 listener,
                 Internal {
@@ -75,25 +77,21 @@ pub fn listener(sandbox: SandboxMode) -> Result<(UnixListener, Internal), String
         SandboxMode::None => {
             let parent_path = std::env::temp_dir();
             let path =
-                nix::unistd::mkdtemp(&parent_path.join("gpu-airlock-XXXXXX")).map_err(|e| {
-                    format!(
-                        "cannot make a private directory in {}: {e}",
-                        parent_path.display()
-                    )
-                })?;
+                nix::unistd::mkdtemp(&parent_path.join("gpu-airlock-XXXXXX")).context(format!(
+                    "cannot make a private directory in {}",
+                    parent_path.display()
+                ))?;
             let dir = PrivateDir {
                 fd: open_dir(&path)?,
                 parent: open_dir(&parent_path)?,
                 path,
             };
             let socket = dir.path.join(SOCKET_NAME);
-            let listener = UnixListener::bind(&socket).map_err(|e| {
-                format!(
-                    "cannot create the internal vhost-user socket {}: {e}",
-                    socket.display()
-                )
-            })?;
-            let addr = SocketAddr::from_pathname(&socket).map_err(|e| e.to_string())?;
+            let listener = UnixListener::bind(&socket).context(format!(
+                "cannot create the internal vhost-user socket {}",
+                socket.display()
+            ))?;
+            let addr = SocketAddr::from_pathname(&socket).context("the internal socket's path")?;
             Ok((
                 listener,
                 Internal {
@@ -109,16 +107,12 @@ pub fn listener(sandbox: SandboxMode) -> Result<(UnixListener, Internal), String
 impl Internal {
     /// Connects to gpu-worker, checking that the listener reached is the
     /// broker's own (SO_PEERCRED names the process that called listen).
-    pub fn connect(&self) -> Result<UnixStream, String> {
-        let stream = UnixStream::connect_addr(&self.addr)
-            .map_err(|e| format!("cannot reach gpu-worker: {e}"))?;
+    pub fn connect(&self) -> Result<UnixStream, Error> {
+        let stream = UnixStream::connect_addr(&self.addr).context("cannot reach gpu-worker")?;
         let peer = getsockopt(&stream, sockopt::PeerCredentials)
-            .map_err(|e| format!("cannot read the internal socket's owner: {e}"))?;
+            .context("cannot read the internal socket's owner")?;
         if peer.pid() != self.pid {
-            return Err(format!(
-                "the internal vhost-user socket belongs to process {}, not to this broker",
-                peer.pid()
-            ));
+            return Err(Error::NotOurListener(peer.pid()));
         }
         Ok(stream)
     }
@@ -162,15 +156,12 @@ fn own_pid() -> i32 {
 
 /// 128 random bits in hex, from getrandom(2) (not /dev/urandom: this may
 /// run inside the empty root).
-fn random_hex() -> Result<String, String> {
+fn random_hex() -> Result<String, Error> {
     let mut random = [0u8; 16];
     // SAFETY: the kernel writes at most random.len() bytes into the buffer.
     let n = unsafe { nix::libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
     if usize::try_from(n).ok() != Some(random.len()) {
-        return Err(format!(
-            "cannot draw a random socket name: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(Error::NoRandomness(std::io::Error::last_os_error()));
     }
     Ok(random.iter().map(|b| format!("{b:02x}")).collect())
 }

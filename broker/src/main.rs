@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod deadline;
 mod display;
+mod error;
 mod frontend;
 mod internal;
 mod mapper;
@@ -36,6 +37,7 @@ use vhost::vhost_user::Listener;
 
 use cli::{Args, SandboxArg};
 use config::{scanouts_or_default, DeviceConfig};
+use error::{Context, Error};
 use frontend::{
     choose_frontend, Chosen, CurrentConnection, DisplayWork, FrontendService, FrontendSocket,
     MapWork,
@@ -74,8 +76,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<(), String> {
-    let scanouts = scanouts_or_default(args.displays)?;
+fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<(), Error> {
+    let scanouts = scanouts_or_default(args.displays).map_err(Error::Config)?;
     let jail = JailConfig {
         sandbox: match args.sandbox {
             SandboxArg::Namespace => SandboxMode::Namespace,
@@ -96,8 +98,7 @@ fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<
 
     let listener = match frontend {
         Chosen::Path(path) => FrontendSocket::Listening(
-            Listener::new(&path, true)
-                .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
+            Listener::new(&path, true).context(format!("cannot listen on {}", path.display()))?,
         ),
         Chosen::Socket(socket) => socket,
     };
@@ -110,23 +111,24 @@ fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<
         None => None,
     };
 
-    let gpu_exe = workers::worker_path(args.worker_dir.as_deref(), GPU_WORKER_BIN)
-        .map_err(|e| e.to_string())?;
+    let gpu_exe =
+        workers::worker_path(args.worker_dir.as_deref(), GPU_WORKER_BIN).map_err(Error::Spawn)?;
     let render_exe = workers::worker_path(args.worker_dir.as_deref(), RENDER_WORKER_BIN)
-        .map_err(|e| e.to_string())?;
+        .map_err(Error::Spawn)?;
 
-    let (gpu_broker_end, gpu_end) = ipc::socketpair().map_err(|e| e.to_string())?;
-    let (render_broker_end, render_end) = ipc::socketpair().map_err(|e| e.to_string())?;
-    let (gpu_peer_end, render_peer_end) = ipc::socketpair().map_err(|e| e.to_string())?;
-    let gpu = workers::spawn(Role::GpuWorker, &gpu_exe, gpu_end, gpu_peer_end)
-        .map_err(|e| e.to_string())?;
+    let pair = || ipc::socketpair().context("cannot make a worker's channel");
+    let (gpu_broker_end, gpu_end) = pair()?;
+    let (render_broker_end, render_end) = pair()?;
+    let (gpu_peer_end, render_peer_end) = pair()?;
+    let gpu =
+        workers::spawn(Role::GpuWorker, &gpu_exe, gpu_end, gpu_peer_end).map_err(Error::Spawn)?;
     let render = match workers::spawn(Role::RenderWorker, &render_exe, render_end, render_peer_end)
     {
         Ok(w) => w,
         Err(e) => {
             let mut gpu = gpu;
             gpu.kill();
-            return Err(e.to_string());
+            return Err(Error::Spawn(e));
         }
     };
     let mut workers = [gpu, render];
@@ -154,13 +156,13 @@ fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<
     stop_signals.add(Signal::SIGINT);
     stop_signals
         .thread_block()
-        .map_err(|e| format!("cannot block SIGTERM and SIGINT: {e}"))?;
+        .context("cannot block SIGTERM and SIGINT")?;
     let stops = SignalFd::with_flags(&stop_signals, SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| format!("cannot make a signalfd: {e}"))?;
+        .context("cannot make a signalfd")?;
 
     // Capabilities belong to threads: drop them before the front-end thread
     // exists, so it starts with none.
-    policies::drop_capabilities().map_err(|e| format!("cannot enter the jail: {e}"))?;
+    policies::drop_capabilities().context("cannot enter the jail")?;
     let current: CurrentConnection = Arc::new(Mutex::new(None));
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (display_tx, display_rx) = std::sync::mpsc::channel::<DisplayWork>();
@@ -183,7 +185,7 @@ fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<
                 thread::park();
             }
         })
-        .map_err(|e| format!("cannot start the mapper thread: {e}"))?;
+        .context("cannot start the mapper thread")?;
     let (scanout_count, max_bytes) = (config.scanouts.len(), config.max_resource_memory);
     thread::Builder::new()
         .name("display".into())
@@ -200,9 +202,8 @@ fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<
                 thread::park();
             }
         })
-        .map_err(|e| format!("cannot start the display thread: {e}"))?;
-    let (ended, ended_watch) =
-        UnixStream::pair().map_err(|e| format!("cannot make the end-of-service pair: {e}"))?;
+        .context("cannot start the display thread")?;
+    let (ended, ended_watch) = UnixStream::pair().context("cannot make the end-of-service pair")?;
     let internal = Arc::new(internal);
     let frontends = FrontendService {
         ended,
@@ -220,20 +221,16 @@ fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<
             let _ = started_tx.send(());
             frontends.serve(listener)
         })
-        .map_err(|e| format!("cannot start the front-end thread: {e}"))?;
-    deadline::start(started_tx_deadlines)
-        .map_err(|e| format!("cannot start the deadline thread: {e}"))?;
+        .context("cannot start the front-end thread")?;
+    deadline::start(started_tx_deadlines).context("cannot start the deadline thread")?;
     // The filter below covers every thread at once (TSYNC); let them all
     // finish starting (signal stack, name) first.
     for _ in 0..4 {
-        started_rx
-            .recv()
-            .map_err(|_| "a broker thread did not start".to_string())?;
+        started_rx.recv().map_err(|_| Error::ThreadDidNotStart)?;
     }
     // Everything the broker needs a path or a new kind of descriptor for is
     // open; from here on it routes what it already holds.
-    policies::apply_seccomp(policies::Profile::Broker, &jail)
-        .map_err(|e| format!("cannot enter the jail: {e}"))?;
+    policies::apply_seccomp(policies::Profile::Broker, &jail).context("cannot enter the jail")?;
     match &args.socket_path {
         Some(p) => info!(
             "gpu-airlock ready on {} ({} scanout(s))",

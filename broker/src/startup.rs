@@ -11,6 +11,7 @@ use ipc::{Channel, GpuWorkerRequest, RenderWorkerRequest, Role, SandboxMode, Wor
 use log::{info, warn};
 
 use crate::config::DeviceConfig;
+use crate::error::{Context, Error};
 use crate::internal;
 
 /// Handshakes, configures render-worker, enters the broker's namespaces,
@@ -22,12 +23,12 @@ pub fn start_workers(
     render: &Channel<RenderWorkerRequest, WorkerReport>,
     config: &mut DeviceConfig,
     socket_dir: Option<&OwnedFd>,
-) -> Result<internal::Internal, String> {
+) -> Result<internal::Internal, Error> {
     gpu.handshake(Role::Broker, Role::GpuWorker)
-        .map_err(|e| format!("gpu-worker: {e}"))?;
+        .context("gpu-worker")?;
     render
         .handshake(Role::Broker, Role::RenderWorker)
-        .map_err(|e| format!("render-worker: {e}"))?;
+        .context("render-worker")?;
     render
         .send(
             &RenderWorkerRequest::Configure(ipc::RenderConfig {
@@ -36,63 +37,79 @@ pub fn start_workers(
             }),
             &[],
         )
-        .map_err(|e| format!("render-worker: {e}"))?;
+        .context("render-worker")?;
     // The broker's own namespaces, empty root and landlock, before the
     // internal socket is bound: its abstract name then exists only in the
     // broker's private network namespace, where no other process can reach
     // it.
     if config.jail.sandbox == SandboxMode::Namespace {
         policies::enter_namespaces(policies::Profile::Broker, socket_dir.map(|d| d.as_fd()))
-            .map_err(|e| format!("cannot enter the jail: {e}"))?;
+            .context("cannot enter the jail")?;
     } else {
         warn!("broker: running without namespaces, an empty root or landlock (--sandbox none)");
     }
     let timeout = Some(Duration::from_secs(10));
-    render
-        .set_recv_timeout(timeout)
-        .map_err(|e| e.to_string())?;
+    render.set_recv_timeout(timeout).context("render-worker")?;
     match render.recv() {
         Ok((WorkerReport::Ready { num_capsets }, _)) if num_capsets <= 64 => {
             config.num_capsets = num_capsets;
         }
-        other => return Err(format!("render-worker did not start rutabaga: {other:?}")),
+        other => {
+            return Err(Error::WorkerNotReady {
+                role: Role::RenderWorker,
+                what: "start rutabaga",
+                got: format!("{other:?}"),
+            })
+        }
     }
     // gpu-worker's features follow from render-worker's capsets.
     gpu.send(&GpuWorkerRequest::Configure(config.gpu_config()), &[])
-        .map_err(|e| format!("gpu-worker: {e}"))?;
+        .context("gpu-worker")?;
 
     let (listener, internal) = internal::listener(config.jail.sandbox)?;
     gpu.send(&GpuWorkerRequest::VhostUserListener, &[listener.as_fd()])
-        .map_err(|e| format!("gpu-worker: {e}"))?;
+        .context("gpu-worker")?;
     drop(listener);
 
-    gpu.set_recv_timeout(timeout).map_err(|e| e.to_string())?;
+    gpu.set_recv_timeout(timeout).context("gpu-worker")?;
     gpu.send(&GpuWorkerRequest::Ping { nonce: 1 }, &[])
-        .map_err(|e| format!("gpu-worker: {e}"))?;
+        .context("gpu-worker")?;
     match gpu.recv() {
         Ok((WorkerReport::Pong { nonce: 1 }, _)) => {}
-        other => return Err(format!("gpu-worker did not become ready: {other:?}")),
+        other => {
+            return Err(Error::WorkerNotReady {
+                role: Role::GpuWorker,
+                what: "become ready",
+                got: format!("{other:?}"),
+            })
+        }
     }
-    gpu.set_recv_timeout(None).map_err(|e| e.to_string())?;
+    gpu.set_recv_timeout(None).context("gpu-worker")?;
     render
         .send(&RenderWorkerRequest::Ping { nonce: 1 }, &[])
-        .map_err(|e| format!("render-worker: {e}"))?;
+        .context("render-worker")?;
     match render.recv() {
         Ok((WorkerReport::Pong { nonce: 1 }, _)) => {}
-        other => return Err(format!("render-worker did not become ready: {other:?}")),
+        other => {
+            return Err(Error::WorkerNotReady {
+                role: Role::RenderWorker,
+                what: "become ready",
+                got: format!("{other:?}"),
+            })
+        }
     }
-    render.set_recv_timeout(None).map_err(|e| e.to_string())?;
+    render.set_recv_timeout(None).context("render-worker")?;
     Ok(internal)
 }
 
 /// The compositor socket: `--wayland-socket` (which must be a socket), or
 /// $XDG_RUNTIME_DIR/$WAYLAND_DISPLAY if that is one, or none.
-pub fn wayland_socket(given: Option<&Path>) -> Result<Option<String>, String> {
+pub fn wayland_socket(given: Option<&Path>) -> Result<Option<String>, Error> {
     use std::os::unix::fs::FileTypeExt;
     let is_socket = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket());
     if let Some(p) = given {
         if !is_socket(p) {
-            return Err(format!("--wayland-socket {}: not a socket", p.display()));
+            return Err(Error::WaylandNotASocket(p.to_path_buf()));
         }
         return Ok(Some(p.display().to_string()));
     }
@@ -115,7 +132,7 @@ pub fn wayland_socket(given: Option<&Path>) -> Result<Option<String>, String> {
     }
 }
 
-pub fn open_parent_dir(socket: &Path) -> Result<OwnedFd, String> {
+pub fn open_parent_dir(socket: &Path) -> Result<OwnedFd, Error> {
     let dir = match socket.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -125,7 +142,7 @@ pub fn open_parent_dir(socket: &Path) -> Result<OwnedFd, String> {
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| format!("cannot open the directory of {}: {e}", socket.display()))
+    .context(format!("cannot open the directory of {}", socket.display()))
 }
 
 /// Removes the socket file through its directory's descriptor.

@@ -14,33 +14,31 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use log::warn;
+
+use crate::error::{Context, Error};
 use sd_notify::NotifyState;
 
 /// The one listening socket systemd passed (`LISTEN_FDS`), if any. The
 /// variables are removed from the environment, so the workers never see
 /// them. Must run before the broker starts a thread.
-pub fn listen_fd() -> Result<Option<RawFd>, String> {
+pub fn listen_fd() -> Result<Option<RawFd>, Error> {
     if let Ok(pid) = std::env::var("LISTEN_PID") {
         let ours = std::process::id().to_string();
         if pid.trim() != ours && std::env::var_os("LISTEN_FDS").is_some() {
-            return Err(format!(
-                "LISTEN_FDS is meant for process {pid}, not this one ({ours}); \
-                 unset LISTEN_FDS and LISTEN_PID or start gpu-airlock from the socket unit"
-            ));
+            return Err(Error::ListenFdsForAnother {
+                pid,
+                ours: std::process::id(),
+            });
         }
     }
     // SAFETY: called from main before any thread exists (see above), so
     // nothing reads the environment concurrently.
-    let fds =
-        unsafe { sd_notify::listen_fds_and_unset_env() }.map_err(|e| format!("LISTEN_FDS: {e}"))?;
+    let fds = unsafe { sd_notify::listen_fds_and_unset_env() }.context("LISTEN_FDS")?;
     let fds: Vec<RawFd> = fds.collect();
     match fds.as_slice() {
         [] => Ok(None),
         [fd] => Ok(Some(*fd)),
-        more => Err(format!(
-            "LISTEN_FDS passes {} sockets; gpu-airlock serves one (one socket unit per VM)",
-            more.len()
-        )),
+        more => Err(Error::ListenFdsMany(more.len())),
     }
 }
 

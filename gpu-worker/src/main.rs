@@ -17,6 +17,33 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
+/// Why gpu-worker stops.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(transparent)]
+    Bootstrap(#[from] policies::BootstrapError),
+    #[error("message from the broker: {0}")]
+    Broker(ipc::Error),
+    #[error("configuration refused: {0}")]
+    ConfigRefused(ipc::ConfigError),
+    #[error("cannot enter the jail: {0}")]
+    Jail(policies::Error),
+    #[error("the broker sent {0}")]
+    OutOfTurn(&'static str),
+    #[error("cannot start the vhost-user thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the vhost-user thread is gone")]
+    ThreadGone,
+    #[error("cannot make the device: {0}")]
+    Backend(std::io::Error),
+    #[error("vhost-user service: {0}")]
+    Daemon(vhost_user_backend::Error),
+    #[error("cannot listen to render-worker's events: {0}")]
+    Events(std::io::Error),
+    #[error("cannot stop the vring thread: {0}")]
+    StopVring(std::io::Error),
+}
+
 fn main() -> ExitCode {
     ipc::logging::init();
     match run() {
@@ -28,15 +55,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
+fn run() -> Result<(), Error> {
     // The start-up link to render-worker is kept open (its handshake said
     // both workers are of this build); each connection brings its own
     // channels.
     let policies::WorkerChannels {
         broker,
         peer: _peer,
-    } = policies::bootstrap::<WorkerReport, GpuWorkerRequest>(Role::GpuWorker)
-        .map_err(|e| e.to_string())?;
+    } = policies::bootstrap::<WorkerReport, GpuWorkerRequest>(Role::GpuWorker)?;
 
     let mut config: Option<GpuConfig> = None;
     // Each connection's channels go to the vhost-user thread in the order
@@ -53,45 +79,43 @@ fn run() -> Result<(), String> {
                 info!("gpu-worker: the broker closed its channel; exiting");
                 return Ok(());
             }
-            Err(e) => return Err(format!("message from the broker: {e}")),
+            Err(e) => return Err(Error::Broker(e)),
         };
         match msg {
             GpuWorkerRequest::Configure(c) => {
-                c.validate()
-                    .map_err(|e| format!("configuration refused: {e}"))?;
+                c.validate().map_err(Error::ConfigRefused)?;
                 if config.is_some() {
-                    return Err("the broker sent a second configuration".into());
+                    return Err(Error::OutOfTurn("a second configuration"));
                 }
-                policies::enter(policies::Profile::GpuWorker, &c.jail)
-                    .map_err(|e| format!("cannot enter the jail: {e}"))?;
+                policies::enter(policies::Profile::GpuWorker, &c.jail).map_err(Error::Jail)?;
                 config = Some(c);
             }
             GpuWorkerRequest::VhostUserListener => {
                 let config = config
                     .clone()
-                    .ok_or("the broker sent a listener before the configuration")?;
+                    .ok_or(Error::OutOfTurn("a listener before the configuration"))?;
                 let connection_rx = connection_rx
                     .take()
-                    .ok_or("the broker sent a second vhost-user listener")?;
-                let fd = fds.pop().ok_or("listener message without its fd")?;
+                    .ok_or(Error::OutOfTurn("a second vhost-user listener"))?;
+                let fd = fds
+                    .pop()
+                    .ok_or(Error::OutOfTurn("a listener message without its fd"))?;
                 // SAFETY: `fd` is a socket the broker created with listen();
                 // ownership moves into the Listener.
                 let listener = unsafe { Listener::from_raw_fd(fd.into_raw_fd()) };
                 thread::Builder::new()
                     .name("vhost-user".into())
                     .spawn(move || serve(listener, config, connection_rx))
-                    .map_err(|e| format!("cannot start the vhost-user thread: {e}"))?;
+                    .map_err(Error::Thread)?;
             }
             GpuWorkerRequest::Connection => {
-                let slots =
-                    GpuConnection::from_vec(fds).ok_or("a connection came without its channels")?;
-                connection_tx
-                    .send(slots)
-                    .map_err(|_| "the vhost-user thread is gone".to_string())?;
+                let slots = GpuConnection::from_vec(fds)
+                    .ok_or(Error::OutOfTurn("a connection without its channels"))?;
+                connection_tx.send(slots).map_err(|_| Error::ThreadGone)?;
             }
             GpuWorkerRequest::Ping { nonce } => broker
                 .send(&WorkerReport::Pong { nonce }, &[])
-                .map_err(|e| format!("answering the broker: {e}"))?,
+                .map_err(Error::Broker)?,
         }
     }
 }
@@ -119,7 +143,7 @@ fn serve_one(
     listener: &mut Listener,
     config: &GpuConfig,
     channels: GpuConnection<OwnedFd>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let display = Channel::new(channels.display);
     let render = Channel::new(channels.render);
     let events = Channel::new(channels.events);
@@ -140,21 +164,21 @@ fn serve_one(
             ),
             events,
         )
-        .map_err(|e| e.to_string())?,
+        .map_err(Error::Backend)?,
     );
     let mut daemon = VhostUserDaemon::new(
         "gpu-worker".into(),
         backend.clone(),
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
-    .map_err(|e| e.to_string())?;
-    daemon.start(listener).map_err(|e| e.to_string())?;
+    .map_err(Error::Daemon)?;
+    daemon.start(listener).map_err(Error::Daemon)?;
     // render-worker's events (fences that signal later) wake the vring
     // thread like a kick.
     if let (Some(fd), Some(handler)) = (backend.events_fd(), daemon.get_epoll_handlers().first()) {
         handler
             .register_listener(fd, EventSet::IN, u64::from(RENDER_EVENTS))
-            .map_err(|e| format!("cannot listen to render-worker's events: {e}"))?;
+            .map_err(Error::Events)?;
         backend.set_epoll_handler(Arc::downgrade(handler));
     }
     info!("gpu-worker: front-end connected");
@@ -166,9 +190,7 @@ fn serve_one(
         Err(e) => warn!("gpu-worker: front-end connection ended with an error: {e}"),
     }
     drop(daemon);
-    backend
-        .stop_worker_thread()
-        .map_err(|e| format!("cannot stop the vring thread: {e}"))?;
+    backend.stop_worker_thread().map_err(Error::StopVring)?;
     // The vring thread ends and drops its reference; whichever reference
     // is last closes the descriptors vhost-user-backend leaked (Drop).
     drop(backend);

@@ -123,27 +123,29 @@ pub const MAX_CONTEXTS: u32 = 4096;
 
 impl GpuConfig {
     /// Checks what a receiver must not take on trust.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_contexts == 0 || self.max_contexts > MAX_CONTEXTS {
-            return Err(format!(
-                "max_contexts {} is outside 1..={MAX_CONTEXTS}",
-                self.max_contexts
-            ));
+            return Err(ConfigError::MaxContexts(self.max_contexts));
         }
         if self.scanouts.is_empty() || self.scanouts.len() > MAX_SCANOUTS {
-            return Err(format!(
-                "{} scanouts configured; a virtio-gpu device has 1 to {MAX_SCANOUTS}",
-                self.scanouts.len()
-            ));
+            return Err(ConfigError::ScanoutCount(self.scanouts.len()));
         }
         if let Some(bad) = self.scanouts.iter().find(|s| !s.is_valid()) {
-            return Err(format!(
-                "scanout size {}x{} is outside 1..={MAX_SCANOUT_DIMENSION}",
-                bad.width, bad.height
-            ));
+            return Err(ConfigError::ScanoutSize(*bad));
         }
         Ok(())
     }
+}
+
+/// A configuration a worker must not take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("max_contexts {0} is outside 1..={MAX_CONTEXTS}")]
+    MaxContexts(u32),
+    #[error("{0} scanouts configured; a virtio-gpu device has 1 to {MAX_SCANOUTS}")]
+    ScanoutCount(usize),
+    #[error("scanout size {}x{} is outside 1..={MAX_SCANOUT_DIMENSION}", .0.width, .0.height)]
+    ScanoutSize(ScanoutSize),
 }
 
 /// broker → gpu-worker.

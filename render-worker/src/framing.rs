@@ -14,6 +14,15 @@ pub struct Walk {
     pub requirements: usize,
 }
 
+/// A cross-domain stream rutabaga must not walk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    #[error("a cross-domain header cut short at byte {at}")]
+    HeaderCutShort { at: usize },
+    #[error("a cross-domain command of {size} bytes at byte {at} of {len}")]
+    BadSize { size: usize, at: usize, len: usize },
+}
+
 /// The size of a cross-domain command header (`CrossDomainHeader`).
 pub const CROSS_DOMAIN_HEADER: usize = 8;
 
@@ -24,19 +33,20 @@ pub const CROSS_DOMAIN_HEADER: usize = 8;
 /// the stream holds an INIT that opens a channel (CROSS_DOMAIN_CMD_INIT
 /// with a channel type, the word 16 bytes in), and how many image
 /// requirements it asks.
-pub fn check_cross_domain_framing(commands: &[u8]) -> Result<Walk, String> {
+pub fn check_cross_domain_framing(commands: &[u8]) -> Result<Walk, FramingError> {
     let mut at = 0;
     let mut walk = Walk::default();
     while at < commands.len() {
         let hdr = commands
             .get(at..at + CROSS_DOMAIN_HEADER)
-            .ok_or(format!("a cross-domain header cut short at byte {at}"))?;
+            .ok_or(FramingError::HeaderCutShort { at })?;
         let size = usize::from(u16::from_le_bytes([hdr[2], hdr[3]]));
         if size < CROSS_DOMAIN_HEADER || at + size > commands.len() {
-            return Err(format!(
-                "a cross-domain command of {size} bytes at byte {at} of {}",
-                commands.len()
-            ));
+            return Err(FramingError::BadSize {
+                size,
+                at,
+                len: commands.len(),
+            });
         }
         if hdr[0] == CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS {
             walk.requirements += 1;

@@ -17,6 +17,25 @@ use ipc::{
 };
 use log::{error, info, warn};
 
+/// Why render-worker stops.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(transparent)]
+    Bootstrap(#[from] policies::BootstrapError),
+    #[error("the broker's channel: {0}")]
+    Broker(ipc::Error),
+    #[error("the broker sent {0}")]
+    OutOfTurn(&'static str),
+    #[error("cannot enter the jail: {0}")]
+    Jail(policies::Error),
+    #[error(transparent)]
+    Rutabaga(#[from] device::RutabagaFailed),
+    #[error("cannot start the connection thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the connection thread is gone")]
+    ThreadGone,
+}
+
 fn main() -> ExitCode {
     ipc::logging::init();
     match run() {
@@ -28,19 +47,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
+fn run() -> Result<(), Error> {
     let policies::WorkerChannels {
         broker,
         peer: _peer,
-    } = policies::bootstrap::<WorkerReport, RenderWorkerRequest>(Role::RenderWorker)
-        .map_err(|e| e.to_string())?;
+    } = policies::bootstrap::<WorkerReport, RenderWorkerRequest>(Role::RenderWorker)?;
 
     let mut connections: Option<Sender<RenderConnection<OwnedFd>>> = None;
     loop {
         match broker.recv() {
             Ok((RenderWorkerRequest::Configure(config), _)) => {
                 if connections.is_some() {
-                    return Err("the broker sent a second configuration".into());
+                    return Err(Error::OutOfTurn("a second configuration"));
                 }
                 let host_socket = config.wayland_socket.as_deref().map(Path::new);
                 policies::enter_with_socket(
@@ -48,7 +66,7 @@ fn run() -> Result<(), String> {
                     &config.jail,
                     host_socket.map(|p| (p, ipc::WAYLAND_SOCKET_IN_JAIL)),
                 )
-                .map_err(|e| format!("cannot enter the jail: {e}"))?;
+                .map_err(Error::Jail)?;
                 // Where the compositor is from inside the jail.
                 let wayland: Option<PathBuf> = host_socket.map(|p| match config.jail.sandbox {
                     ipc::SandboxMode::Namespace => PathBuf::from(ipc::WAYLAND_SOCKET_IN_JAIL),
@@ -64,32 +82,31 @@ fn run() -> Result<(), String> {
                         },
                         &[],
                     )
-                    .map_err(|e| format!("telling the broker: {e}"))?;
+                    .map_err(Error::Broker)?;
                 drop(probe);
                 let (tx, rx) = channel();
                 thread::Builder::new()
                     .name("connection".into())
                     .spawn(move || serve(rx, wayland))
-                    .map_err(|e| format!("cannot start the connection thread: {e}"))?;
+                    .map_err(Error::Thread)?;
                 connections = Some(tx);
             }
             Ok((RenderWorkerRequest::Connection, fds)) => {
                 let tx = connections
                     .as_ref()
-                    .ok_or("the broker sent a connection before the configuration")?;
+                    .ok_or(Error::OutOfTurn("a connection before the configuration"))?;
                 let slots = RenderConnection::from_vec(fds)
-                    .ok_or("a connection came without its channels")?;
-                tx.send(slots)
-                    .map_err(|_| "the connection thread is gone".to_string())?;
+                    .ok_or(Error::OutOfTurn("a connection without its channels"))?;
+                tx.send(slots).map_err(|_| Error::ThreadGone)?;
             }
             Ok((RenderWorkerRequest::Ping { nonce }, _)) => broker
                 .send(&WorkerReport::Pong { nonce }, &[])
-                .map_err(|e| format!("answering the broker: {e}"))?,
+                .map_err(Error::Broker)?,
             Err(ipc::Error::Closed) => {
                 info!("render-worker: the broker closed its channel; exiting");
                 return Ok(());
             }
-            Err(e) => return Err(format!("message from the broker: {e}")),
+            Err(e) => return Err(Error::Broker(e)),
         }
     }
 }

@@ -138,13 +138,20 @@ fn socket_activation_and_socket_path_at_once_is_bad_input() {
         .arg("--socket-path")
         .arg(&other);
     let mut backend = Backend::spawn(cmd, TempDir::new("activate-twice-backend"), socket.clone());
+    // The socket file exists once systemd-socket-activate has bound it,
+    // a moment before it listens: connecting can be refused in between
+    // (seen once in a full run).
+    let mut conn = None;
     for _ in 0..200 {
-        if socket.exists() {
-            break;
+        match std::os::unix::net::UnixStream::connect(&socket) {
+            Ok(c) => {
+                conn = Some(c);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
-    let _conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let _conn = conn.expect("systemd-socket-activate listens");
     let status = backend.wait_exit(Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(2), "{:#?}", backend.log.lines());
     assert!(backend

@@ -239,7 +239,7 @@ impl Resources {
         };
         let data = match Pixels::new(len) {
             Ok(d) => d,
-            Err(e) => return refuse(RESP_ERR_OUT_OF_MEMORY, e),
+            Err(e) => return refuse(RESP_ERR_OUT_OF_MEMORY, e.to_string()),
         };
         self.resources.insert(
             id,

@@ -28,18 +28,34 @@ pub(super) struct Pixels {
     pub(super) len: usize,
 }
 
+/// Why a resource's pixel memory cannot be had (the guest gets
+/// ERR_OUT_OF_MEMORY).
+#[derive(Debug, thiserror::Error)]
+pub enum PixelsError {
+    #[error("larger than a file can be")]
+    TooLarge,
+    #[error("memfd_create: {0}")]
+    Memfd(nix::errno::Errno),
+    #[error("cannot allocate {0} bytes: {1}")]
+    Allocate(usize, nix::errno::Errno),
+    #[error("cannot seal the memfd: {0}")]
+    Seal(nix::errno::Errno),
+    #[error("cannot map {0} bytes: {1}")]
+    Map(usize, vm_memory::mmap::MmapRegionError),
+}
+
 impl Pixels {
     /// A zeroed buffer of `len` bytes, or why it cannot be allocated.
-    pub(super) fn new(len: usize) -> Result<Pixels, String> {
-        let size = i64::try_from(len).map_err(|_| "larger than a file can be".to_string())?;
+    pub(super) fn new(len: usize) -> Result<Pixels, PixelsError> {
+        let size = i64::try_from(len).map_err(|_| PixelsError::TooLarge)?;
         let fd = memfd_create(
             "gpu-airlock-resource",
             MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
         )
-        .map_err(|e| format!("memfd_create: {e}"))?;
+        .map_err(PixelsError::Memfd)?;
         if len > 0 {
             fallocate(&fd, FallocateFlags::empty(), 0, size)
-                .map_err(|e| format!("cannot allocate {len} bytes: {e}"))?;
+                .map_err(|e| PixelsError::Allocate(len, e))?;
         }
         fcntl(
             &fd,
@@ -47,7 +63,7 @@ impl Pixels {
                 SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
             ),
         )
-        .map_err(|e| format!("cannot seal the memfd: {e}"))?;
+        .map_err(PixelsError::Seal)?;
         // A mapping needs at least one byte; a zero-size resource never
         // exists (create_2d refuses it), but keep the type total.
         let memfd = Arc::new(File::from(fd));
@@ -57,7 +73,7 @@ impl Pixels {
             nix::libc::PROT_READ | nix::libc::PROT_WRITE,
             nix::libc::MAP_SHARED,
         )
-        .map_err(|e| format!("cannot map {len} bytes: {e}"))?;
+        .map_err(|e| PixelsError::Map(len, e))?;
         Ok(Pixels { map, memfd, len })
     }
 

@@ -64,20 +64,31 @@ fn padded_copy(fd: &OwnedFd, len: u64, size: u64) -> std::io::Result<OwnedFd> {
     Ok(to.into())
 }
 
+/// Why the broker did not map or unmap a blob.
+#[derive(Debug, thiserror::Error)]
+enum MapFailed {
+    #[error("the map channel failed earlier in this connection")]
+    LostEarlier,
+    #[error("the broker refused: {0}")]
+    Refused(ipc::Refusal),
+    #[error("map channel: {0}")]
+    Channel(ipc::Error),
+}
+
 impl RenderDevice {
-    fn map_request(&self, request: &MapRequest, fd: Option<&OwnedFd>) -> Result<(), String> {
+    fn map_request(&self, request: &MapRequest, fd: Option<&OwnedFd>) -> Result<(), MapFailed> {
         if self.map_lost.get() {
-            return Err("the map channel failed earlier in this connection".into());
+            return Err(MapFailed::LostEarlier);
         }
         let fds: Vec<_> = fd.map(|f| f.as_fd()).into_iter().collect();
         match self.map.send(request, &fds).and_then(|()| self.map.recv()) {
             Ok((Reply::Done, _)) => Ok(()),
-            Ok((Reply::Refused(r), _)) => Err(format!("the broker refused: {r}")),
+            Ok((Reply::Refused(r), _)) => Err(MapFailed::Refused(r)),
             Ok((Reply::Value(nothing), _)) => match nothing {},
             Err(e) => {
                 self.map_lost.set(true);
                 warn!("render-worker: map channel: {e}; no more maps for this connection");
-                Err(format!("map channel: {e}"))
+                Err(MapFailed::Channel(e))
             }
         }
     }

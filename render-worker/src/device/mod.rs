@@ -100,12 +100,17 @@ fn key(f: &RutabagaFence) -> (u32, Option<u8>, u64) {
     (f.ctx_id, ring, f.fence_id)
 }
 
+/// rutabaga could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("rutabaga: {0}")]
+pub struct RutabagaFailed(RutabagaError);
+
 /// Builds rutabaga; the fences it signals go through `fences`; a
 /// cross-domain context reaches the compositor at `wayland`.
 pub fn build_rutabaga(
     fences: Arc<Mutex<Fences>>,
     wayland: Option<PathBuf>,
-) -> Result<Rutabaga, String> {
+) -> Result<Rutabaga, RutabagaFailed> {
     let handler = RutabagaFenceHandler::new(move |fence| {
         let k = key(&fence);
         let mut f = fences.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,7 +146,7 @@ pub fn build_rutabaga(
     builder
         .set_rutabaga_paths(paths)
         .build()
-        .map_err(|e| format!("rutabaga: {e}"))
+        .map_err(RutabagaFailed)
 }
 
 /// What render-worker answers a request.
@@ -173,6 +178,15 @@ struct Blob {
     /// For a blob of guest memory: the memory map its pages were found in
     /// (rutabaga holds pointers into it).
     generation: Option<u64>,
+}
+
+/// Why a guest-memory blob's ranges cannot be reached here.
+#[derive(Debug, thiserror::Error)]
+enum GuestRange {
+    #[error("no guest memory was given for a guest-memory blob")]
+    NoMemory,
+    #[error("guest range {addr:#x}+{len}: {why}")]
+    Outside { addr: u64, len: u32, why: String },
 }
 
 /// One guest memory map, as SET_MEM_TABLE gave it.
@@ -214,7 +228,7 @@ impl RenderDevice {
         map: Channel<MapRequest, Reply<Nothing>>,
         events: Channel<RenderEvent, Nothing>,
         wayland: Option<PathBuf>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RutabagaFailed> {
         let fences = Arc::new(Mutex::new(Fences {
             events: Some(events),
             ..Fences::default()
@@ -310,7 +324,7 @@ impl RenderDevice {
                 if self.contexts.get(&ctx_id) == Some(&RUTABAGA_CAPSET_CROSS_DOMAIN) {
                     match check_cross_domain_framing(&commands) {
                         Ok(w) => walk = w,
-                        Err(why) => return refused(ERR_INVALID_PARAMETER, why),
+                        Err(why) => return refused(ERR_INVALID_PARAMETER, why.to_string()),
                     }
                 }
                 let asked = self.requirements.get(&ctx_id).copied().unwrap_or(0);
@@ -410,24 +424,25 @@ impl RenderDevice {
 
     /// Host addresses of guest ranges, each inside one region of the
     /// current guest memory map, and that map's generation.
-    fn iovecs(&self, entries: &[(u64, u32)]) -> Result<(Vec<RutabagaIovec>, u64), String> {
-        let current = self
-            .memory
-            .last()
-            .ok_or("no guest memory was given for a guest-memory blob")?;
+    fn iovecs(&self, entries: &[(u64, u32)]) -> Result<(Vec<RutabagaIovec>, u64), GuestRange> {
+        let current = self.memory.last().ok_or(GuestRange::NoMemory)?;
         let mem = &current.mem;
         entries
             .iter()
             .map(|&(addr, len)| {
                 let slice = mem
                     .get_slice(GuestAddress(addr), len as usize)
-                    .map_err(|e| format!("guest range {addr:#x}+{len}: {e}"))?;
+                    .map_err(|e| GuestRange::Outside {
+                        addr,
+                        len,
+                        why: e.to_string(),
+                    })?;
                 Ok(RutabagaIovec {
                     base: slice.ptr_guard_mut().as_ptr().cast(),
                     len: len as usize,
                 })
             })
-            .collect::<Result<_, String>>()
+            .collect::<Result<_, GuestRange>>()
             .map(|v| (v, current.generation))
     }
 
@@ -443,7 +458,7 @@ impl RenderDevice {
         } else {
             match self.iovecs(entries) {
                 Ok((v, g)) => (Some(v), Some(g)),
-                Err(why) => return refused(ERR_INVALID_PARAMETER, why),
+                Err(why) => return refused(ERR_INVALID_PARAMETER, why.to_string()),
             }
         };
         if let Err(e) = self
@@ -495,7 +510,7 @@ impl RenderDevice {
                 self.prune_memory();
                 Reply::Done
             }
-            Err(e) => refused(ERR_UNSPEC, e),
+            Err(e) => refused(ERR_UNSPEC, e.to_string()),
         }
     }
 
