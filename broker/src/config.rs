@@ -39,7 +39,6 @@ impl DeviceConfig {
             max_resource_memory: self.max_resource_memory,
             jail: self.jail,
             contexts: self.num_capsets > 0,
-            max_contexts: self.max_contexts,
         }
     }
 

@@ -14,6 +14,27 @@ use crate::config::DeviceConfig;
 use crate::error::{Context, Error};
 use crate::internal;
 
+/// Sends a worker `ping` (nonce 1) and waits for its pong, within the
+/// channel's receive timeout, which is cleared after.
+fn ping<Req: ipc::Message>(
+    worker: &Channel<Req, WorkerReport>,
+    role: Role,
+    ping: &Req,
+) -> Result<(), Error> {
+    worker.send(ping, &[]).context(role.to_string())?;
+    match worker.recv() {
+        Ok((WorkerReport::Pong { nonce: 1 }, _)) => {}
+        other => {
+            return Err(Error::WorkerNotReady {
+                role,
+                what: "become ready",
+                got: format!("{other:?}"),
+            })
+        }
+    }
+    worker.set_recv_timeout(None).context(role.to_string())
+}
+
 /// Handshakes, configures render-worker, enters the broker's namespaces,
 /// configures gpu-worker with what render-worker offers (its features
 /// follow from the capsets), hands it the internal vhost-user listener,
@@ -34,6 +55,7 @@ pub fn start_workers(
             &RenderWorkerRequest::Configure(ipc::RenderConfig {
                 jail: config.jail,
                 wayland_socket: config.wayland_socket.clone(),
+                max_contexts: config.max_contexts,
             }),
             &[],
         )
@@ -72,33 +94,12 @@ pub fn start_workers(
     drop(listener);
 
     gpu.set_recv_timeout(timeout).context("gpu-worker")?;
-    gpu.send(&GpuWorkerRequest::Ping { nonce: 1 }, &[])
-        .context("gpu-worker")?;
-    match gpu.recv() {
-        Ok((WorkerReport::Pong { nonce: 1 }, _)) => {}
-        other => {
-            return Err(Error::WorkerNotReady {
-                role: Role::GpuWorker,
-                what: "become ready",
-                got: format!("{other:?}"),
-            })
-        }
-    }
-    gpu.set_recv_timeout(None).context("gpu-worker")?;
-    render
-        .send(&RenderWorkerRequest::Ping { nonce: 1 }, &[])
-        .context("render-worker")?;
-    match render.recv() {
-        Ok((WorkerReport::Pong { nonce: 1 }, _)) => {}
-        other => {
-            return Err(Error::WorkerNotReady {
-                role: Role::RenderWorker,
-                what: "become ready",
-                got: format!("{other:?}"),
-            })
-        }
-    }
-    render.set_recv_timeout(None).context("render-worker")?;
+    ping(gpu, Role::GpuWorker, &GpuWorkerRequest::Ping { nonce: 1 })?;
+    ping(
+        render,
+        Role::RenderWorker,
+        &RenderWorkerRequest::Ping { nonce: 1 },
+    )?;
     Ok(internal)
 }
 

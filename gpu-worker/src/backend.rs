@@ -107,16 +107,12 @@ impl GpuBackend {
         let (exit_consumer, exit_notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
         Ok(GpuBackend {
             features: device_features(config.contexts),
-            device: {
-                let device = GpuDevice::new(
-                    config.scanouts.clone(),
-                    config.max_resource_memory,
-                    display,
-                    render,
-                );
-                device.set_max_contexts(config.max_contexts);
-                device
-            },
+            device: GpuDevice::new(
+                config.scanouts.clone(),
+                config.max_resource_memory,
+                display,
+                render,
+            ),
             mem: RwLock::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
             event_idx: AtomicBool::new(false),
             exit_consumer,

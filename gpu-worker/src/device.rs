@@ -120,11 +120,6 @@ impl GpuDevice {
         *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = self.scanouts.clone();
     }
 
-    /// `--max-contexts`: most contexts the guest may have at once.
-    pub fn set_max_contexts(&self, n: u32) {
-        self.blobs.set_max_contexts(n);
-    }
-
     /// The features the driver acked (SET_FEATURES).
     pub fn set_acked_features(&self, features: u64) {
         self.acked.store(features, Ordering::Relaxed);

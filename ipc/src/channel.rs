@@ -404,7 +404,6 @@ mod tests {
                 height: 800,
             }],
             max_resource_memory: 1 << 28,
-            max_contexts: 64,
             jail: JAIL,
             contexts: false,
         };
@@ -646,7 +645,6 @@ mod tests {
                 height: 1080,
             }],
             max_resource_memory: 1 << 28,
-            max_contexts: 64,
             jail: JAIL,
             contexts: false,
         };
@@ -654,7 +652,6 @@ mod tests {
         assert!(GpuConfig {
             scanouts: vec![],
             max_resource_memory: 1 << 28,
-            max_contexts: 64,
             jail: JAIL,
             contexts: false
         }
@@ -663,7 +660,6 @@ mod tests {
         let too_many = GpuConfig {
             scanouts: vec![ok.scanouts[0]; wire::MAX_SCANOUTS + 1],
             max_resource_memory: 1 << 28,
-            max_contexts: 64,
             jail: JAIL,
             contexts: false,
         };
@@ -674,7 +670,6 @@ mod tests {
                 height: 10,
             }],
             max_resource_memory: 1 << 28,
-            max_contexts: 64,
             jail: JAIL,
             contexts: false,
         };

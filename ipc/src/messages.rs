@@ -112,9 +112,6 @@ pub struct GpuConfig {
     /// EXECBUFFER, host blobs and context attachment on it, whatever the
     /// context type (crosvm offers it for cross-domain alone too).
     pub contexts: bool,
-    /// Most contexts a guest may have at once (each is a rutabaga context,
-    /// and a cross-domain one a thread and a compositor connection).
-    pub max_contexts: u32,
 }
 
 /// The most `--max-contexts` may be: virtio-gpu context ids are 32-bit,
@@ -124,9 +121,6 @@ pub const MAX_CONTEXTS: u32 = 4096;
 impl GpuConfig {
     /// Checks what a receiver must not take on trust.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_contexts == 0 || self.max_contexts > MAX_CONTEXTS {
-            return Err(ConfigError::MaxContexts(self.max_contexts));
-        }
         if self.scanouts.is_empty() || self.scanouts.len() > MAX_SCANOUTS {
             return Err(ConfigError::ScanoutCount(self.scanouts.len()));
         }
@@ -192,6 +186,20 @@ pub struct RenderConfig {
     /// bind-mounted at [`WAYLAND_SOCKET_IN_JAIL`] in render-worker's empty
     /// root, and the cross-domain capset is offered only with it.
     pub wayland_socket: Option<String>,
+    /// Most contexts a guest may have at once (each is a rutabaga context,
+    /// and a cross-domain one a thread and a compositor connection):
+    /// render-worker, which holds them, counts them.
+    pub max_contexts: u32,
+}
+
+impl RenderConfig {
+    /// Checks what a receiver must not take on trust.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_contexts == 0 || self.max_contexts > MAX_CONTEXTS {
+            return Err(ConfigError::MaxContexts(self.max_contexts));
+        }
+        Ok(())
+    }
 }
 
 /// broker → render-worker.

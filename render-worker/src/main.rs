@@ -28,6 +28,8 @@ enum Error {
     OutOfTurn(&'static str),
     #[error("cannot enter the jail: {0}")]
     Jail(policies::Error),
+    #[error("configuration refused: {0}")]
+    ConfigRefused(ipc::ConfigError),
     #[error(transparent)]
     Rutabaga(#[from] device::RutabagaFailed),
     #[error("cannot start the connection thread: {0}")]
@@ -60,6 +62,8 @@ fn run() -> Result<(), Error> {
                 if connections.is_some() {
                     return Err(Error::OutOfTurn("a second configuration"));
                 }
+                config.validate().map_err(Error::ConfigRefused)?;
+                let max_contexts = config.max_contexts;
                 let host_socket = config.wayland_socket.as_deref().map(Path::new);
                 policies::enter_with_socket(
                     policies::Profile::RenderWorker,
@@ -87,7 +91,7 @@ fn run() -> Result<(), Error> {
                 let (tx, rx) = channel();
                 thread::Builder::new()
                     .name("connection".into())
-                    .spawn(move || serve(rx, wayland))
+                    .spawn(move || serve(rx, wayland, max_contexts))
                     .map_err(Error::Thread)?;
                 connections = Some(tx);
             }
@@ -114,7 +118,11 @@ fn run() -> Result<(), Error> {
 /// Serves one front-end connection at a time, each with fresh state: the
 /// broker sends each connection's channels (map channel, gpu-worker link)
 /// before gpu-worker can use them.
-fn serve(connections: Receiver<RenderConnection<OwnedFd>>, wayland: Option<PathBuf>) {
+fn serve(
+    connections: Receiver<RenderConnection<OwnedFd>>,
+    wayland: Option<PathBuf>,
+    max_contexts: u32,
+) {
     for channels in connections {
         let gpu: Channel<RenderReply, RenderCall> = Channel::new(channels.gpu);
         let map = Channel::new(channels.map);
@@ -133,7 +141,8 @@ fn serve(connections: Receiver<RenderConnection<OwnedFd>>, wayland: Option<PathB
             warn!("render-worker: a connection's handshake failed ({e}); not serving it");
             continue;
         }
-        let mut device = match device::RenderDevice::new(map, events, wayland.clone()) {
+        let mut device = match device::RenderDevice::new(map, events, wayland.clone(), max_contexts)
+        {
             Ok(d) => d,
             Err(e) => {
                 error!("render-worker: {e}; exiting");

@@ -6,8 +6,7 @@
 //! so every command reaches the process that holds the resource.
 
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use ipc::{RenderRequest, RenderValue};
@@ -36,43 +35,20 @@ impl Blob {
     }
 }
 
-/// The blob registry, resource UUIDs and live contexts of one connection.
-#[derive(Debug)]
+/// The blob registry and resource UUIDs of one connection: what routing
+/// and scanout need of the blobs render-worker holds (contexts are
+/// render-worker's alone, `--max-contexts` included).
+#[derive(Debug, Default)]
 pub struct Blobs {
     pub(super) blobs: Mutex<HashMap<u32, Blob>>,
     uuids: Mutex<HashMap<u32, [u8; 16]>>,
-    contexts: Mutex<HashSet<u32>>,
-    /// `--max-contexts`.
-    max_contexts: AtomicU32,
 }
-
-impl Default for Blobs {
-    fn default() -> Self {
-        Blobs {
-            blobs: Mutex::default(),
-            uuids: Mutex::default(),
-            contexts: Mutex::default(),
-            max_contexts: AtomicU32::new(DEFAULT_MAX_CONTEXTS),
-        }
-    }
-}
-
-/// `--max-contexts`'s default.
-pub const DEFAULT_MAX_CONTEXTS: u32 = 256;
 
 impl Blobs {
-    /// Forgets every blob and context (the device was reset).
+    /// Forgets every blob (the device was reset).
     pub fn clear(&self) {
         self.blobs.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.uuids.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.contexts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-    }
-
-    pub fn set_max_contexts(&self, n: u32) {
-        self.max_contexts.store(n, Ordering::Relaxed);
     }
 
     pub fn contains(&self, id: u32) -> bool {
@@ -155,20 +131,6 @@ impl GpuDevice {
             }
             GpuCommand::CtxCreate { context_init, name } => {
                 let ctx_id = needs_ctx(ctx_id)?;
-                // Held across the request, so two queues cannot both take
-                // the last context.
-                let mut live = self
-                    .blobs
-                    .contexts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let max = self.blobs.max_contexts.load(Ordering::Relaxed);
-                if !live.contains(&ctx_id) && live.len() >= max as usize {
-                    return refuse(
-                        RESP_ERR_OUT_OF_MEMORY,
-                        format!("context {ctx_id}: {max} contexts exist (--max-contexts)"),
-                    );
-                }
                 self.call_done(
                     RenderRequest::CtxCreate {
                         ctx_id,
@@ -177,17 +139,11 @@ impl GpuDevice {
                     },
                     fence,
                 )?;
-                live.insert(ctx_id);
                 Ok(GpuResponse::OkNoData)
             }
             GpuCommand::CtxDestroy => {
                 let ctx_id = needs_ctx(ctx_id)?;
                 self.call_done(RenderRequest::CtxDestroy { ctx_id }, fence)?;
-                self.blobs
-                    .contexts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&ctx_id);
                 Ok(GpuResponse::OkNoData)
             }
             GpuCommand::CtxAttachResource { resource_id }

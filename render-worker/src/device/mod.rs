@@ -221,6 +221,8 @@ pub struct RenderDevice {
     requirements: BTreeMap<u32, usize>,
     /// The compositor, for a rutabaga built anew after a reset.
     wayland: Option<PathBuf>,
+    /// `--max-contexts`: most contexts at once.
+    max_contexts: u32,
 }
 
 impl RenderDevice {
@@ -228,6 +230,7 @@ impl RenderDevice {
         map: Channel<MapRequest, Reply<Nothing>>,
         events: Channel<RenderEvent, Nothing>,
         wayland: Option<PathBuf>,
+        max_contexts: u32,
     ) -> Result<Self, RutabagaFailed> {
         let fences = Arc::new(Mutex::new(Fences {
             events: Some(events),
@@ -245,6 +248,7 @@ impl RenderDevice {
             channels: BTreeSet::new(),
             requirements: BTreeMap::new(),
             wayland,
+            max_contexts,
         })
     }
 
@@ -294,6 +298,13 @@ impl RenderDevice {
                 context_init,
                 name,
             } => {
+                let max = self.max_contexts;
+                if !self.contexts.contains_key(&ctx_id) && self.contexts.len() >= max as usize {
+                    return refused(
+                        ERR_OUT_OF_MEMORY,
+                        format!("context {ctx_id}: {max} contexts exist (--max-contexts)"),
+                    );
+                }
                 let name = Some(&name).filter(|n| !n.is_empty()).map(String::as_str);
                 let created = self.rutabaga.create_context(ctx_id, context_init, name);
                 if created.is_ok() {
