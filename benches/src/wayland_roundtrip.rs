@@ -91,6 +91,11 @@ fn main() {
         eprintln!("wayland-roundtrip needs weston (apt-get install weston)");
         std::process::exit(1);
     };
+    // weston's shell and keyboard clients load their fonts and images for
+    // a second or two after its socket appears (perf showed them taking a
+    // fifth of both CPUs then): measuring during it put both paths under
+    // that load, the direct one at 2x its settled round trip.
+    std::thread::sleep(Duration::from_secs(3));
     let backend = Backend::start(&["--wayland-socket", &weston.arg()]);
     let mut dev = Device::connect(&backend.socket);
     let (mut channel, init) = WaylandChannel::open(&mut dev);

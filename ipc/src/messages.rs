@@ -373,6 +373,29 @@ pub enum RenderRequest {
     },
 }
 
+impl RenderRequest {
+    /// The request's name, for log lines: cheaper than its Debug form,
+    /// which spells out a SUBMIT_3D's bytes.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RenderRequest::Memory(_) => "Memory",
+            RenderRequest::GetCapsetInfo { .. } => "GetCapsetInfo",
+            RenderRequest::GetCapset { .. } => "GetCapset",
+            RenderRequest::CtxCreate { .. } => "CtxCreate",
+            RenderRequest::CtxDestroy { .. } => "CtxDestroy",
+            RenderRequest::CtxAttach { .. } => "CtxAttach",
+            RenderRequest::CtxDetach { .. } => "CtxDetach",
+            RenderRequest::Submit { .. } => "Submit",
+            RenderRequest::FenceAlone => "FenceAlone",
+            RenderRequest::CreateBlob { .. } => "CreateBlob",
+            RenderRequest::Unref { .. } => "Unref",
+            RenderRequest::Reset => "Reset",
+            RenderRequest::MapBlob { .. } => "MapBlob",
+            RenderRequest::UnmapBlob { .. } => "UnmapBlob",
+        }
+    }
+}
+
 /// A context fence (`ring` with VIRTIO_GPU_FLAG_INFO_RING_IDX), created
 /// once its call's request is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -73,7 +73,7 @@ impl GpuDevice {
         request: RenderRequest,
         fence: &FenceSlot,
     ) -> Result<(), Refusal> {
-        let what = format!("{request:?}");
+        let what = request.name();
         match self.call(request, fence)? {
             None => Ok(()),
             Some(other) => {
