@@ -354,3 +354,127 @@ fn validate_accepts_well_formed_chain() {
     let chain = q.iter(&m).unwrap().next().unwrap();
     assert_eq!(crate::chain::validate(chain), Ok(()));
 }
+
+/// A device whose render-worker is a thread here, answering each call
+/// with `answer` and reporting every call it got.
+fn device_with_render(
+    answer: impl Fn(&ipc::RenderCall) -> ipc::RenderReply + Send + 'static,
+) -> (GpuDevice, std::sync::mpsc::Receiver<ipc::RenderCall>) {
+    let (ours, theirs) = ipc::socketpair().unwrap();
+    let peer: ipc::Channel<ipc::RenderReply, ipc::RenderCall> = ipc::Channel::new(theirs);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok((call, _)) = peer.recv() {
+            let reply = answer(&call);
+            tx.send(call).unwrap();
+            if peer.send(&reply, &[]).is_err() {
+                return;
+            }
+        }
+    });
+    let device = GpuDevice::new(
+        vec![ScanoutSize {
+            width: 640,
+            height: 480,
+        }],
+        1 << 28,
+        DisplayLink::none(),
+        Link::new("render-worker", ipc::Channel::new(ours)),
+    );
+    device.set_acked_features(u64::MAX);
+    (device, rx)
+}
+
+/// Runs `descs` through `device`, returning the completion.
+fn run_on(device: &GpuDevice, mem: &GuestMemoryMmap, descs: &[RawDescriptor]) -> Completion {
+    let vq = MockSplitQueue::new(mem, 16);
+    for (i, d) in descs.iter().enumerate() {
+        vq.desc_table().store(i as u16, *d).unwrap();
+    }
+    vq.avail().ring().ref_at(0).unwrap().store(0u16);
+    vq.avail().idx().store(1u16);
+    let mut q: virtio_queue::Queue = vq.create_queue().unwrap();
+    let chain = q.iter(mem).unwrap().next().unwrap();
+    device.process_chain_fenced(mem, chain, Queue::Control)
+}
+
+#[test]
+fn a_fenced_context_command_is_one_call_with_its_fence() {
+    let m = mem();
+    let (dev, calls) = device_with_render(|_| ipc::RenderReply {
+        reply: ipc::Reply::Done,
+        fence_signalled: Some(false),
+    });
+    // CTX_CREATE on context 3, fenced on ring 1 (the request helper's
+    // header): one call to render-worker, carrying the fence.
+    let len = request(
+        &m,
+        CMD_CTX_CREATE,
+        FLAG_FENCE | FLAG_INFO_RING_IDX,
+        &[0; 72],
+    );
+    let chain = [
+        desc(REQ, len, VRING_DESC_F_NEXT, 1),
+        desc(RESP, 64, VRING_DESC_F_WRITE, 0),
+    ];
+    let done = run_on(&dev, &m, &chain);
+    assert_eq!(response_hdr(&m).type_.to_native(), RESP_OK_NODATA);
+    assert_eq!(
+        done.fence,
+        Some(ContextFence {
+            ctx_id: 3,
+            ring: Some(1),
+            fence_id: 42,
+            signalled: false
+        })
+    );
+    let call = calls.recv().unwrap();
+    assert!(matches!(
+        call.request,
+        ipc::RenderRequest::CtxCreate { ctx_id: 3, .. }
+    ));
+    assert_eq!(
+        call.fence,
+        Some(ipc::Fence {
+            ctx_id: 3,
+            ring: Some(1),
+            fence_id: 42
+        })
+    );
+    assert!(calls.try_recv().is_err(), "no second round trip");
+
+    // A ring index past 63 is refused before anything reaches rutabaga.
+    let mut hdr: CtrlHdr = m.read_obj(GuestAddress(REQ)).unwrap();
+    hdr.ring_idx = 64;
+    m.write_obj(hdr, GuestAddress(REQ)).unwrap();
+    let done = run_on(&dev, &m, &chain);
+    assert_eq!(
+        response_hdr(&m).type_.to_native(),
+        RESP_ERR_INVALID_PARAMETER
+    );
+    assert_eq!(done.fence, None);
+    assert!(calls.try_recv().is_err(), "the command did not run");
+}
+
+#[test]
+fn a_render_worker_that_forgets_the_fence_state_is_out_of_turn() {
+    let m = mem();
+    // Done, but no word of the fence it was given.
+    let (dev, calls) = device_with_render(|_| ipc::RenderReply {
+        reply: ipc::Reply::Done,
+        fence_signalled: None,
+    });
+    let len = request(&m, CMD_CTX_CREATE, FLAG_FENCE, &[0; 72]);
+    let chain = [
+        desc(REQ, len, VRING_DESC_F_NEXT, 1),
+        desc(RESP, 64, VRING_DESC_F_WRITE, 0),
+    ];
+    let done = run_on(&dev, &m, &chain);
+    assert_eq!(response_hdr(&m).type_.to_native(), RESP_ERR_UNSPEC);
+    assert_eq!(done.fence, None);
+    assert!(calls.recv().unwrap().fence.is_some());
+    // The link is dropped: the next command finds no render-worker.
+    run_on(&dev, &m, &chain);
+    assert_eq!(response_hdr(&m).type_.to_native(), RESP_ERR_UNSPEC);
+    assert!(calls.try_recv().is_err());
+}
