@@ -153,7 +153,14 @@ fn serve_one(
     // a display.
     let display = greeted(display, Role::Broker, "the display channel");
     let render = greeted(render, Role::RenderWorker, "the render-worker link");
-    let events = checked(events, Role::RenderWorker, "render-worker's events");
+    // render-worker greets on its event channel before the link, so that
+    // greeting is there once the link's was; without the link's, the
+    // events are of no use, and waiting for them would only add a second
+    // deadline to the first.
+    let events = match render {
+        Some(_) => checked(events, Role::RenderWorker, "render-worker's events"),
+        None => None,
+    };
     let backend = Arc::new(
         GpuBackend::new(
             config,

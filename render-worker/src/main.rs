@@ -130,7 +130,8 @@ fn serve(
         // Each of the connection's channels opens with the handshake (the
         // event channel is one-way: a greeting only), within the deadlines
         // the broker set. A connection whose peers are not who they should
-        // be is not served.
+        // be is not served. The event channel greets first: gpu-worker
+        // reads that greeting only once the link's has come.
         let greeted = events
             .greet(Role::RenderWorker)
             .and_then(|()| gpu.greet(Role::RenderWorker))
