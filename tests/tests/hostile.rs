@@ -11,8 +11,9 @@ use std::time::Duration;
 use harness::shmem::ShmemEvent;
 use harness::*;
 
-#[test]
-fn forged_map_requests_from_a_compromised_render_worker_are_refused() {
+/// A worker directory with the real gpu-worker and the hostile
+/// render-worker in render-worker's place.
+fn hostile_workers() -> TempDir {
     let dir = TempDir::new("hostile-workers");
     symlink(
         binary("gpu-airlock-gpu-worker"),
@@ -24,6 +25,56 @@ fn forged_map_requests_from_a_compromised_render_worker_are_refused() {
         dir.0.join("gpu-airlock-render-worker"),
     )
     .unwrap();
+    dir
+}
+
+/// A render-worker that never greets on a connection's channels: gpu-worker
+/// waits for it one deadline (render-worker's answer, 9 s), then serves the
+/// connection without it: 2D commands answered, context commands refused,
+/// the refusal logged; the relay's own deadline is not reached.
+#[test]
+fn a_render_worker_that_never_greets_leaves_a_device_without_contexts() {
+    let dir = hostile_workers();
+    let backend_dir = TempDir::new("silent-backend");
+    let socket = backend_dir.0.join("gpu.sock");
+    let mut command = std::process::Command::new(binary("gpu-airlock"));
+    command
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--worker-dir")
+        .arg(&dir.0)
+        .env("HOSTILE_SILENT", "1");
+    let backend = Backend::spawn(command, backend_dir, socket);
+    assert!(backend
+        .log
+        .wait_for(&["ready on"], Duration::from_secs(20))
+        .is_some());
+    let mut dev = Device::connect(&backend.socket);
+    let (_, resp) = dev.control(&cmd(CMD_GET_DISPLAY_INFO, &[]), 512);
+    assert_eq!(parse_hdr(&resp).0, RESP_OK_DISPLAY_INFO);
+    let (_, resp) = dev.control(&cmd(CMD_GET_CAPSET_INFO, &[0, 0]), 64);
+    assert_eq!(parse_hdr(&resp).0, RESP_ERR_UNSPEC);
+    assert!(backend
+        .log
+        .wait_for(
+            &["the render-worker link: handshake"],
+            Duration::from_secs(5)
+        )
+        .is_some());
+    assert!(
+        !backend
+            .log
+            .lines()
+            .iter()
+            .any(|l| l.contains("cutting that socket off")),
+        "the relay's deadline was not reached: {:#?}",
+        backend.log.lines()
+    );
+}
+
+#[test]
+fn forged_map_requests_from_a_compromised_render_worker_are_refused() {
+    let dir = hostile_workers();
     let worker_dir = dir.0.display().to_string();
     let backend = Backend::start(&["--worker-dir", &worker_dir]);
     let dev = Device::connect(&backend.socket);

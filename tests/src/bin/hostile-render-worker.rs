@@ -1,8 +1,9 @@
 //! A render-worker an attacker controls, for `tests/tests/hostile.rs`: it
 //! speaks the ipc protocol correctly (same build) and then sends the broker
 //! forged map requests, reporting each answer on stderr as
-//! `HOSTILE: <request> -> <answer>`. Never installed; only the test starts
-//! it, through `gpu-airlock --worker-dir`.
+//! `HOSTILE: <request> -> <answer>`. With `HOSTILE_SILENT` set it instead
+//! never greets on a connection's channels. Never installed; only the test
+//! starts it, through `gpu-airlock --worker-dir`.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -52,6 +53,13 @@ fn main() {
             }
             Ok((RenderWorkerRequest::Connection, fds)) => {
                 let slots = RenderConnection::from_vec(fds).unwrap();
+                if std::env::var_os("HOSTILE_SILENT").is_some() {
+                    // Takes the connection's channels and never greets
+                    // on them (nor answers anything).
+                    eprintln!("HOSTILE: silent on a connection");
+                    std::mem::forget(slots);
+                    continue;
+                }
                 // Each channel greets as the protocol asks; the event
                 // channel is kept open, never used.
                 let events: Channel<ipc::RenderEvent, Nothing> = Channel::new(slots.events);
