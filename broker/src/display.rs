@@ -537,7 +537,7 @@ impl Display {
         if self.scanout_index(scanout).is_none() {
             return refused(format!("cursor on scanout {scanout}, which does not exist"));
         }
-        if !wire::is_2d_format(format) || hot_x >= 64 || hot_y >= 64 {
+        if !wire::is_2d_format(format) || hot_x >= wire::CURSOR_SIZE || hot_y >= wire::CURSOR_SIZE {
             return refused(format!(
                 "cursor of format {format}, hot spot ({hot_x}, {hot_y})"
             ));

@@ -112,7 +112,7 @@ pub fn required_feature(cmd: u32) -> Option<(u32, &'static str)> {
 }
 
 /// Reads a command's body; a request too short for it is refused.
-pub fn body<T: ByteValued>(reader: &mut Reader<'_>) -> Result<T, Refusal> {
+fn body<T: ByteValued>(reader: &mut Reader<'_>) -> Result<T, Refusal> {
     reader.read_obj::<T>().map_err(|_| {
         Refusal::invalid(format!(
             "request too short for its {}-byte body",

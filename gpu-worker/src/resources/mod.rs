@@ -53,8 +53,25 @@ pub struct Resources {
     scanouts: Scanouts,
 }
 
+impl Resource2d {
+    /// Refuses `r` (the rectangle of a `what` on resource `id`) unless it
+    /// lies inside the resource.
+    fn check_rect(&self, id: u32, r: &Rect, what: &str) -> Result<(), Refusal> {
+        if rect_within(r, self.width, self.height) {
+            return Ok(());
+        }
+        refuse(
+            RESP_ERR_INVALID_PARAMETER,
+            format!(
+                "{what} rectangle {r:?} is outside resource {id} ({}x{})",
+                self.width, self.height
+            ),
+        )
+    }
+}
+
 /// Whether `r` lies inside a `width`×`height` surface, without overflow.
-pub(crate) fn rect_within(r: &Rect, width: u32, height: u32) -> bool {
+fn rect_within(r: &Rect, width: u32, height: u32) -> bool {
     let (x, y, w, h) = (
         r.x.to_native(),
         r.y.to_native(),
@@ -319,15 +336,7 @@ impl Resources {
         if res.backing.is_empty() {
             return refuse(RESP_ERR_UNSPEC, format!("resource {id} has no backing"));
         }
-        if !rect_within(&t.r, res.width, res.height) {
-            return refuse(
-                RESP_ERR_INVALID_PARAMETER,
-                format!(
-                    "transfer rectangle {:?} is outside resource {id} ({}x{})",
-                    t.r, res.width, res.height
-                ),
-            );
-        }
+        res.check_rect(id, &t.r, "transfer")?;
         let (x, y, w, h) = (
             t.r.x.to_native(),
             t.r.y.to_native(),

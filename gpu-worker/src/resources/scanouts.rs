@@ -5,7 +5,7 @@
 use ipc::PixelRect;
 use wire::*;
 
-use super::{rect_within, Resources};
+use super::Resources;
 
 /// What a scanout shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,18 +66,13 @@ impl Resources {
             return Ok(());
         }
         let res = self.get(id)?;
-        if s.r.width.to_native() == 0
-            || s.r.height.to_native() == 0
-            || !rect_within(&s.r, res.width, res.height)
-        {
+        if s.r.width.to_native() == 0 || s.r.height.to_native() == 0 {
             return refuse(
                 RESP_ERR_INVALID_PARAMETER,
-                format!(
-                    "scanout rectangle {:?} is empty or outside resource {id} ({}x{})",
-                    s.r, res.width, res.height
-                ),
+                format!("scanout rectangle {:?} is empty", s.r),
             );
         }
+        res.check_rect(id, &s.r, "scanout")?;
         self.scanouts.shown[slot] = Some(ScanoutState {
             resource_id: id,
             x: s.r.x.to_native(),
@@ -93,15 +88,7 @@ impl Resources {
     pub fn flush(&self, f: &ResourceFlush) -> Result<Vec<(u32, PixelRect)>, Refusal> {
         let id = f.resource_id.to_native();
         let res = self.get(id)?;
-        if !rect_within(&f.r, res.width, res.height) {
-            return refuse(
-                RESP_ERR_INVALID_PARAMETER,
-                format!(
-                    "flush rectangle {:?} is outside resource {id} ({}x{})",
-                    f.r, res.width, res.height
-                ),
-            );
-        }
+        res.check_rect(id, &f.r, "flush")?;
         // Inside the resource (checked above): no sum overflows.
         let (fx, fy) = (f.r.x.to_native(), f.r.y.to_native());
         let (fr, fb) = (fx + f.r.width.to_native(), fy + f.r.height.to_native());
