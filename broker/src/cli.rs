@@ -182,6 +182,11 @@ fn man_page() -> String {
              host-visible region blobs are mapped into). A guest past a limit gets \
              VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY or the code the virtio-gpu specification \
              gives, and the device keeps running.",
+            "At start gpu-airlock raises its soft descriptor and thread limits to the hard \
+             ones (the workers inherit them). Each cross-domain context holds up to 8 \
+             descriptors and a thread in render-worker; where the hard limit is too low for \
+             --max-contexts, the cap is lowered to what it allows and one warning says so \
+             (raise LimitNOFILE= in the unit to keep it).",
         ],
     );
     section(

@@ -13,6 +13,7 @@ mod display;
 mod error;
 mod frontend;
 mod internal;
+mod limits;
 mod mapper;
 mod serve;
 mod session;
@@ -95,6 +96,9 @@ fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<
         wayland_socket,
         jail,
     };
+    // Before the workers, which inherit the limits raised here.
+    let allowed = limits::apply(config.max_contexts, config.wayland_socket.is_some());
+    config.max_contexts = allowed.max_contexts;
 
     let listener = match frontend {
         Chosen::Path(path) => FrontendSocket::Listening(

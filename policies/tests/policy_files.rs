@@ -185,3 +185,72 @@ fn readme_table_matches_the_policy_files() {
         "README.md's syscall table is stale; replace it with:\n\n{want}"
     );
 }
+
+/// For each C library call the processes make after the jail, the system
+/// calls a supported C library may make for it on x86_64 (glibc 2.36 to
+/// 2.41, as Debian 12 and 13 and Ubuntu 24.04 ship, and musl): a policy
+/// that allows one allows each, so that the jail holds whichever library a
+/// distribution links the binaries against (ARCHITECTURE.md, "One policy,
+/// many C libraries"). Seen: glibc 2.36's fstat is newfstatat, 2.39's and
+/// 2.41's is fstat.
+const LIBC_FORMS: [(&str, &[&str]); 4] = [
+    // fstat(fd): fstat (glibc >= 2.39, musl), newfstatat with AT_EMPTY_PATH
+    // (glibc 2.33 to 2.38), statx with AT_EMPTY_PATH (a libc built for
+    // 64-bit time on a 32-bit-time kernel interface, and Rust's std).
+    ("fstat", &["fstat", "newfstatat", "statx"]),
+    // poll(): poll on x86_64 in glibc and musl, ppoll where a libc builds
+    // poll from it (glibc on architectures without poll).
+    ("poll", &["poll", "ppoll"]),
+    // nanosleep() (std::thread::sleep): clock_nanosleep in glibc,
+    // nanosleep in musl.
+    ("nanosleep", &["nanosleep", "clock_nanosleep"]),
+    // epoll_wait(): epoll_wait in glibc, epoll_pwait in musl (and in
+    // crates that call epoll_pwait themselves).
+    ("epoll_wait", &["epoll_wait", "epoll_pwait"]),
+];
+
+/// Rules for calls that do not go through the C library, so that its
+/// choice does not change them: (filter, syscall, who makes it).
+const NOT_THROUGH_LIBC: [(&str, &str, &str); 2] = [
+    // rustix (rutabaga's cross-domain, through magma-gpu) makes its system
+    // calls itself on x86_64 Linux (its linux_raw backend; no use-libc).
+    ("render-worker", "fstat", "rustix"),
+    ("render-worker", "epoll_pwait", "rustix"),
+];
+
+#[test]
+fn each_libc_call_is_allowed_in_every_form_a_c_library_makes_it() {
+    let mut filters: Vec<(String, Vec<Value>)> = PROFILES
+        .iter()
+        .map(|(name, _)| (name.to_string(), rules(name)))
+        .collect();
+    for (name, kind, _) in THREADS {
+        filters.push((format!("{name} {kind}"), thread_rules(name, kind)));
+    }
+    for (filter, rules) in filters {
+        let allowed: BTreeSet<&str> = rules
+            .iter()
+            .filter_map(|r| r["syscall"].as_str())
+            .filter(|s| {
+                !NOT_THROUGH_LIBC
+                    .iter()
+                    .any(|(f, n, _)| *f == filter && n == s)
+            })
+            .collect();
+        for (call, forms) in LIBC_FORMS {
+            if forms.iter().any(|f| allowed.contains(f)) {
+                for form in forms {
+                    assert!(
+                        allowed.contains(form),
+                        "{filter}: {call}() is allowed as {:?} but not as {form}, which another C \
+                         library makes for it",
+                        forms
+                            .iter()
+                            .filter(|f| allowed.contains(*f))
+                            .collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
+    }
+}

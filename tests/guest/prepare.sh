@@ -3,7 +3,8 @@
 # bookworm-backports, a Debian kernel with its virtio-gpu modules and a
 # busybox initramfs (tests/tests/guest.rs), weston (tests/tests/wayland.rs),
 # and QEMU 11 from trixie-backports in a debootstrapped trixie root, run
-# through tests/guest/qemu11 (tests/tests/guest_blob.rs). Idempotent; the
+# through tests/guest/qemu11 (tests/tests/guest_blob.rs); that root's glibc
+# 2.41 is also the second C library the jailed suites run on (tests/libc/). Idempotent; the
 # kernel, initramfs and trixie root are cached in $GPU_AIRLOCK_GUEST_CACHE
 # (default tests/guest-cache, ignored by git).
 set -euo pipefail
@@ -42,6 +43,14 @@ command -v weston >/dev/null || need+=(weston)
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
 command -v man >/dev/null || need+=(man-db)
 [ -x /usr/sbin/libvirtd ] && command -v virsh >/dev/null || need+=(libvirt)
+# The jailed suites on Debian 13's C library (tests/libc/): patchelf gives
+# the binaries the trixie root's loader, bubblewrap enters that root with
+# pivot_root for the package test, and the kernel's syscall numbers name
+# what tests/libc/seccomp-audit finds.
+command -v patchelf >/dev/null || need+=(patchelf)
+command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v prlimit >/dev/null || need+=(util-linux)
+[ -r /usr/include/x86_64-linux-gnu/asm/unistd_64.h ] || need+=(linux-libc-dev)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-system-gui >/dev/null
@@ -52,6 +61,7 @@ if [ ${#need[@]} -gt 0 ]; then
     # The libvirt test: Debian's libvirt 9 (daemon, QEMU driver, virsh);
     # the test starts the daemons itself where nothing else has.
     apt-get install -y -qq --no-install-recommends libvirt-daemon-system libvirt-clients >/dev/null
+    apt-get install -y -qq patchelf bubblewrap util-linux linux-libc-dev >/dev/null
 fi
 
 # QEMU 11.1, the first with SHMEM on its generic vhost-user device, is

@@ -128,8 +128,29 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// The binaries that run on the host inside the jail: the device's three
+/// processes and the hostile stand-in for render-worker.
+pub const HOST_PROCESS_BINARIES: [&str; 4] = [
+    "gpu-airlock",
+    "gpu-airlock-gpu-worker",
+    "gpu-airlock-render-worker",
+    "hostile-render-worker",
+];
+
+/// `GPU_AIRLOCK_BIN_DIR`: where the host processes' binaries are taken
+/// from instead of the build's own directory; `tests/libc/suites` points it
+/// at copies that load another Debian root's C library
+/// (`tests/libc/relink`), so that the same suites prove the jail on it.
+pub fn host_binary_dir() -> Option<PathBuf> {
+    std::env::var_os("GPU_AIRLOCK_BIN_DIR").map(PathBuf::from)
+}
+
 pub fn binary(name: &str) -> PathBuf {
-    let path = target_dir().join(name);
+    let dir = match host_binary_dir() {
+        Some(dir) if HOST_PROCESS_BINARIES.contains(&name) => dir,
+        _ => target_dir(),
+    };
+    let path = dir.join(name);
     assert!(
         path.is_file(),
         "{} is missing: run the tests with `cargo test --workspace`, which builds every binary",
@@ -267,8 +288,11 @@ impl Backend {
     pub fn spawn(mut cmd: Command, dir: TempDir, socket: PathBuf) -> Backend {
         // For writing policies: GPU_AIRLOCK_TEST_SECCOMP=trap names the
         // syscall a filter refused.
+        // A test that chooses its own --seccomp keeps it.
         if let Some(mode) = std::env::var_os("GPU_AIRLOCK_TEST_SECCOMP") {
-            cmd.arg("--seccomp").arg(mode);
+            if !cmd.get_args().any(|a| a == "--seccomp") {
+                cmd.arg("--seccomp").arg(mode);
+            }
         }
         cmd.env("RUST_LOG", "info")
             // The compositor is always the test's choice (--wayland-socket).

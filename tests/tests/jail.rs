@@ -4,6 +4,7 @@
 //! and holds no capability.
 
 use std::fs;
+use std::path::PathBuf;
 
 use harness::*;
 
@@ -242,6 +243,42 @@ fn trap_and_log_filters_serve_like_kill() {
                 .any(|l| l.contains("seccomp trapped")),
             "--seccomp {mode}: {:#?}",
             backend.log.lines()
+        );
+    }
+}
+
+/// The C library a process mapped (the path its maps name for libc.so.6).
+fn mapped_libc(pid: &str) -> PathBuf {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let path = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libc.so.6"))
+        .unwrap_or_else(|| panic!("process {pid} maps no libc.so.6"));
+    fs::canonicalize(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The suites prove the jail on the C library they were asked to
+/// (`tests/libc/suites` sets GPU_AIRLOCK_EXPECT_LIBC; without it, the
+/// tests' own): every process runs on it, not on a library the loader
+/// found elsewhere.
+#[test]
+fn every_process_runs_on_the_c_library_under_test() {
+    let expected = match std::env::var_os("GPU_AIRLOCK_EXPECT_LIBC") {
+        Some(path) => fs::canonicalize(PathBuf::from(path)).unwrap(),
+        None => mapped_libc("self"),
+    };
+    let backend = Backend::start(&[]);
+    let (gpu, render) = backend.worker_pids();
+    for (what, pid) in [
+        ("broker", backend.pid()),
+        ("gpu-worker", gpu),
+        ("render-worker", render),
+    ] {
+        assert_eq!(
+            mapped_libc(&pid.to_string()),
+            expected,
+            "{what} runs on the C library under test"
         );
     }
 }

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use harness::*;
+use vm_memory::{Bytes, GuestAddress};
 
 const BROKER: &str = "/usr/bin/gpu-airlock";
 
@@ -127,4 +128,149 @@ fn the_installed_units_verify_with_their_man_page() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "systemd-analyze verify: {stderr}");
     assert!(stderr.trim().is_empty(), "warnings: {stderr}");
+}
+
+/// The trixie root (tests/guest/prepare.sh), if the package is installed
+/// in it (`.ci/run` installs the same .deb there with `dpkg -i`).
+fn trixie_with_package() -> Option<std::path::PathBuf> {
+    let root = harness::guest::guest_cache().join("trixie");
+    let ok = Command::new("chroot")
+        .arg(&root)
+        .args(["dpkg-query", "-W", "-f=${Status}", "gpu-airlock"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"));
+    if ok {
+        return Some(root);
+    }
+    let why = format!(
+        "the gpu-airlock package is not installed in the Debian 13 root {} (cp the .deb into \
+         its /tmp and chroot it dpkg -i, as .ci/run does)",
+        root.display()
+    );
+    if std::env::var_os("GPU_AIRLOCK_REQUIRE_PACKAGE").is_some() {
+        panic!("{why}");
+    }
+    eprintln!("\n*** SKIPPED, NOT PASSED: {why} ***\n");
+    None
+}
+
+/// The children of a process, by pid.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The package built on Debian 12, installed on Debian 13 (glibc 2.41)
+/// with dpkg and started there (a root entered with pivot_root, where its
+/// own jail can make its namespaces): it serves a front-end a 2D frame
+/// with every process jailed, on that root's C library.
+#[test]
+fn the_package_built_on_debian_12_serves_on_debian_13() {
+    let Some(root) = trixie_with_package() else {
+        return;
+    };
+    let dir = TempDir::new("trixie-package");
+    let socket = dir.0.join("gpu.sock");
+    let in_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("libc/in-root");
+    let mut launcher = Command::new(in_root);
+    launcher
+        .arg(&root)
+        .arg(&dir.0)
+        .arg(BROKER)
+        .arg("--socket-path")
+        .arg(&socket);
+    let backend = Backend::spawn(launcher, dir, socket.clone());
+    assert!(
+        backend
+            .log
+            .wait_for(&["ready on"], Duration::from_secs(20))
+            .is_some(),
+        "{:#?}",
+        backend.log.lines()
+    );
+    for process in ["broker", "gpu-worker", "render-worker"] {
+        assert!(
+            backend
+                .log
+                .lines()
+                .iter()
+                .any(|l| l.contains(&format!("{process}: jailed in new user"))),
+            "{process} is jailed on Debian 13: {:#?}",
+            backend.log.lines()
+        );
+    }
+    // A frame to QEMU's display: the broker's display thread (fstat of the
+    // resource's memfd) is what glibc 2.41 killed first.
+    let (mut dev, display) = Device::connect_with_display(
+        &socket,
+        DisplayConfig {
+            modes: vec![(64, 48)],
+            edid: true,
+        },
+    );
+    let (_, resp) = dev.control(&ctrl_hdr(CMD_GET_DISPLAY_INFO, 0, 0), 1024);
+    assert_eq!(parse_hdr(&resp).0, RESP_OK_DISPLAY_INFO);
+    // B8G8R8X8 is the display's own byte order: it shows these bytes.
+    let pixels: Vec<u8> = (0..64 * 48 * 4u32)
+        .map(|i| (i * 7 % 251) as u8 | 3)
+        .collect();
+    let at = 0x40_0000u64;
+    dev.mem.write_slice(&pixels, GuestAddress(at)).unwrap();
+    let mut attach = cmd(CMD_RESOURCE_ATTACH_BACKING, &[1, 1]);
+    attach.extend_from_slice(&at.to_le_bytes());
+    attach.extend_from_slice(&(pixels.len() as u32).to_le_bytes());
+    attach.extend_from_slice(&0u32.to_le_bytes());
+    for request in [
+        cmd(CMD_RESOURCE_CREATE_2D, &[1, 2, 64, 48]),
+        attach,
+        cmd(CMD_TRANSFER_TO_HOST_2D, &[0, 0, 64, 48, 0, 0, 1, 0]),
+        cmd(CMD_SET_SCANOUT, &[0, 0, 64, 48, 0, 1]),
+        cmd(CMD_RESOURCE_FLUSH, &[0, 0, 64, 48, 1, 0]),
+    ] {
+        assert_eq!(dev.answer(&request), RESP_OK_NODATA);
+    }
+    display.wait_for(Duration::from_secs(10), |e| {
+        e.iter()
+            .any(|e| matches!(e, harness::display::Event::Update { .. }))
+    });
+    let shown = display.surface(0).expect("scanout 0 is shown").pixels;
+    let want: Vec<u8> = pixels
+        .chunks(4)
+        .flat_map(|p| [p[0], p[1], p[2], 0xff])
+        .collect();
+    let got: Vec<u8> = shown
+        .chunks(4)
+        .flat_map(|p| [p[0], p[1], p[2], 0xff])
+        .collect();
+    assert_eq!(got, want, "the frame reaches the display");
+    // bubblewrap's child is the broker; every process of the device maps
+    // Debian 13's C library, from the root's own /usr/lib.
+    let broker = *children(backend.pid())
+        .first()
+        .expect("the broker runs under bubblewrap");
+    let mut processes = vec![broker];
+    processes.extend(children(broker));
+    assert_eq!(processes.len(), 3, "the broker and its two workers");
+    let libc = std::fs::canonicalize(root.join("usr/lib/x86_64-linux-gnu/libc.so.6")).unwrap();
+    for pid in processes {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let mapped = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.ends_with("/libc.so.6"))
+            .unwrap_or_else(|| panic!("process {pid} maps no libc.so.6"));
+        assert_eq!(
+            std::fs::canonicalize(root.join(mapped.trim_start_matches('/'))).unwrap(),
+            libc,
+            "process {pid} maps {mapped}"
+        );
+    }
+    assert!(
+        !backend.log.lines().iter().any(|l| l.contains("SIGSYS")),
+        "{:#?}",
+        backend.log.lines()
+    );
 }
