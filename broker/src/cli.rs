@@ -1,5 +1,6 @@
-//! The command line, kept apart from everything else so that build.rs
-//! can build the man page from the same definition (clap_mangen).
+//! The command line, kept apart from everything else so that the man page
+//! is rendered from the same definition (clap_mangen, in this module's
+//! test, which keeps packaging/gpu-airlock.1 current).
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;

@@ -19,6 +19,7 @@
 //! its main loop, which can be blocked waiting on a vhost-user reply from
 //! the front-end thread: the two must never wait on each other.
 
+use ipc::LockExt;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -41,36 +42,36 @@ use vm_memory::{FileOffset, VolatileMemory};
 /// The front-end's display socket, as the vhost-user session received it.
 /// QEMU sends a new one on every DRIVER_OK; each gets a new generation.
 /// Beside it, a duplicate of its descriptor, for cutting it off when the
-/// VMM does not answer in time (crate::deadline).
+/// VMM does not answer in time (crate::watchdog).
 #[derive(Default)]
 pub struct DisplaySocket {
-    current: Mutex<Option<(u64, GpuBackend, crate::deadline::Cutoff)>>,
+    current: Mutex<Option<(u64, GpuBackend, crate::watchdog::Cutoff)>>,
     /// The duplicate the front-end thread peeked from the SET_SOCKET
     /// message being handled; the next `set` takes it.
-    peeked: Mutex<crate::deadline::Cutoff>,
+    peeked: Mutex<crate::watchdog::Cutoff>,
 }
 
 impl DisplaySocket {
     /// The duplicate of the socket the next [`DisplaySocket::set`] brings.
     pub fn expect(&self, dup: OwnedFd) {
-        *self.peeked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(dup));
+        *self.peeked.lock_or_recover() = Some(Arc::new(dup));
     }
 
     pub fn set(&self, display: GpuBackend) {
-        let dup = self.peeked.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let dup = self.peeked.lock_or_recover().take();
+        let mut current = self.current.lock_or_recover();
         let generation = current.as_ref().map_or(1, |(g, _, _)| g + 1);
         *current = Some((generation, display, dup));
     }
 
     fn get(&self) -> Option<(u64, GpuBackend)> {
-        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.lock_or_recover();
         current.as_ref().map(|(g, b, _)| (*g, b.clone()))
     }
 
     /// The current socket's duplicate, to arm a deadline with.
     fn cutoff(&self) -> Option<Arc<OwnedFd>> {
-        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.lock_or_recover();
         current.as_ref().and_then(|(_, _, dup)| dup.clone())
     }
 }
@@ -102,7 +103,7 @@ pub fn serve<W>(
             // the VMM's deadline: past it the socket is cut off and marked
             // failed, and gpu-worker gets its answer before its own deadline.
             let socket = display.socket.cutoff();
-            crate::deadline::within(
+            crate::watchdog::within(
                 socket.as_ref(),
                 "the display socket",
                 ipc::deadline::VMM_REPLY,

@@ -3,6 +3,7 @@
 //! another, each through a fresh relay to gpu-worker and fresh
 //! per-connection channels for both workers.
 
+use ipc::LockExt;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use crate::cli::Args;
 use crate::config::DeviceConfig;
 use crate::error::{Context, Error};
 use crate::session::{self, Session};
-use crate::{deadline, display, internal, mapper, supervisor};
+use crate::{display, internal, mapper, supervisor, watchdog};
 
 /// The front-end connection being served, so the watchdog can close it.
 pub type CurrentConnection = Arc<Mutex<Option<UnixStream>>>;
@@ -143,7 +144,7 @@ impl FrontendService {
                 if let Err(e) = self.serve_one(stream) {
                     warn!("{e}");
                 }
-                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *self.current.lock_or_recover() = None;
                 // The one front-end has gone: the device ends, as QEMU's
                 // own back-end does. Closing `ended` tells the main thread.
                 info!("the front-end given with --fd disconnected");
@@ -169,7 +170,7 @@ impl FrontendService {
             if let Err(e) = self.serve_one(stream) {
                 warn!("{e}");
             }
-            *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *self.current.lock_or_recover() = None;
             info!("front-end disconnected; waiting for the next connection");
         }
     }
@@ -273,16 +274,15 @@ impl FrontendService {
             .try_clone()
             .context("cannot keep the front-end connection")?;
         let mut handler = BackendReqHandler::from_stream(stream, Arc::new(Mutex::new(session)));
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
-            handler.try_clone_connection().ok();
+        *self.current.lock_or_recover() = handler.try_clone_connection().ok();
         loop {
             // Blocks until the front-end's next request is there.
-            match deadline::peek_vmm_socket(&peek) {
-                Some((deadline::VmmSocket::Display, dup)) => display.expect(dup),
-                Some((deadline::VmmSocket::BackendRequests, dup)) => region.expect(dup),
+            match watchdog::peek_vmm_socket(&peek) {
+                Some((watchdog::VmmSocket::Display, dup)) => display.expect(dup),
+                Some((watchdog::VmmSocket::BackendRequests, dup)) => region.expect(dup),
                 None => {}
             }
-            let handled = deadline::within(
+            let handled = watchdog::within(
                 Some(&relay_cutoff),
                 "the relay to gpu-worker",
                 ipc::deadline::RELAY_ANSWER,

@@ -154,15 +154,11 @@ fn own_pid() -> i32 {
     i32::try_from(std::process::id()).unwrap_or(-1)
 }
 
-/// 128 random bits in hex, from getrandom(2) (not /dev/urandom: this may
-/// run inside the empty root).
+/// 128 random bits in hex, from the kernel's random numbers (getrandom(2),
+/// not /dev/urandom: this may run inside the empty root).
 fn random_hex() -> Result<String, Error> {
     let mut random = [0u8; 16];
-    // SAFETY: the kernel writes at most random.len() bytes into the buffer.
-    let n = unsafe { nix::libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
-    if usize::try_from(n).ok() != Some(random.len()) {
-        return Err(Error::NoRandomness(std::io::Error::last_os_error()));
-    }
+    getrandom::fill(&mut random).map_err(|e| Error::NoRandomness(std::io::Error::from(e)))?;
     Ok(random.iter().map(|b| format!("{b:02x}")).collect())
 }
 

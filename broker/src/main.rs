@@ -8,7 +8,6 @@
 mod capabilities;
 mod cli;
 mod config;
-mod deadline;
 mod display;
 mod error;
 mod frontend;
@@ -19,9 +18,11 @@ mod serve;
 mod session;
 mod startup;
 mod supervisor;
+mod watch;
 mod watchdog;
 mod workers;
 
+use ipc::LockExt;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -44,7 +45,7 @@ use frontend::{
     MapWork,
 };
 use startup::{open_parent_dir, remove_socket, start_workers, wayland_socket};
-use watchdog::{watch_workers, Stop};
+use watch::{watch_workers, Stop};
 use workers::{GPU_WORKER_BIN, RENDER_WORKER_BIN};
 
 fn main() -> ExitCode {
@@ -226,7 +227,7 @@ fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<
             frontends.serve(listener)
         })
         .context("cannot start the front-end thread")?;
-    deadline::start(started_tx_deadlines).context("cannot start the deadline thread")?;
+    watchdog::start(started_tx_deadlines).context("cannot start the watchdog thread")?;
     // The filter below covers every thread at once (TSYNC); let them all
     // finish starting (signal stack, name) first.
     for _ in 0..4 {
@@ -266,7 +267,7 @@ fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<
         }
     };
     notifier.stopping();
-    if let Some(conn) = current.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(conn) = current.lock_or_recover().take() {
         let _ = conn.shutdown(std::net::Shutdown::Both);
     }
     for w in &mut workers {

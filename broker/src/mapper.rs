@@ -11,6 +11,7 @@
 //! map its own memory into the guest's region, which is its job, and
 //! nothing else: not outside the region, not over another mapping.
 
+use ipc::LockExt;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,10 +38,10 @@ pub const MAX_MAPPINGS: usize = 256;
 /// and, once the front-end sent it, the back-end request channel.
 pub struct HostVisible {
     pub size: u64,
-    channel: Mutex<Option<(Backend, bool, crate::deadline::Cutoff)>>,
+    channel: Mutex<Option<(Backend, bool, crate::watchdog::Cutoff)>>,
     /// The duplicate the front-end thread peeked from the
     /// SET_BACKEND_REQ_FD message being handled.
-    peeked: Mutex<crate::deadline::Cutoff>,
+    peeked: Mutex<crate::watchdog::Cutoff>,
     /// Bumped each time the front-end dropped every mapping on its own
     /// (QEMU 11's generic device does at a device reset, and sends no
     /// RESET_DEVICE): the mapper then forgets its mappings, and answers
@@ -66,18 +67,18 @@ impl HostVisible {
     /// The front-end's back-end request channel, and whether it negotiated
     /// SHMEM.
     pub fn set_channel(&self, backend: Backend, shmem: bool) {
-        let dup = self.peeked.lock().unwrap_or_else(|e| e.into_inner()).take();
-        *self.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some((backend, shmem, dup));
+        let dup = self.peeked.lock_or_recover().take();
+        *self.channel.lock_or_recover() = Some((backend, shmem, dup));
     }
 
     /// The duplicate of the channel the next [`HostVisible::set_channel`]
     /// brings, for cutting it off when the VMM does not answer in time.
     pub fn expect(&self, dup: OwnedFd) {
-        *self.peeked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(dup));
+        *self.peeked.lock_or_recover() = Some(Arc::new(dup));
     }
 
-    fn channel(&self) -> Result<(Backend, crate::deadline::Cutoff), MapRefusal> {
-        match &*self.channel.lock().unwrap_or_else(|e| e.into_inner()) {
+    fn channel(&self) -> Result<(Backend, crate::watchdog::Cutoff), MapRefusal> {
+        match &*self.channel.lock_or_recover() {
             None => Err(MapRefusal::NoChannel),
             Some((_, false, _)) => Err(MapRefusal::NoShmem),
             Some((backend, true, dup)) => Ok((backend.clone(), dup.clone())),
@@ -379,7 +380,7 @@ impl Mapper {
                     flags: flags.bits(),
                     ..Default::default()
                 };
-                let result = crate::deadline::within(
+                let result = crate::watchdog::within(
                     cutoff.as_ref(),
                     "the back-end request channel (SHMEM_MAP)",
                     ipc::deadline::VMM_REPLY,
@@ -408,7 +409,7 @@ impl Mapper {
                     len,
                     ..Default::default()
                 };
-                let result = crate::deadline::within(
+                let result = crate::watchdog::within(
                     cutoff.as_ref(),
                     "the back-end request channel (SHMEM_UNMAP)",
                     ipc::deadline::VMM_REPLY,

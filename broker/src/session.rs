@@ -70,6 +70,19 @@ fn relay<T>(r: vhost::Result<T>) -> Result<T> {
     })
 }
 
+/// gpu-worker's virtio features, less any bit outside what the device
+/// offers (`offered`), with one line if there was one.
+fn held_to_the_device(worker: u64, offered: u64) -> u64 {
+    if worker & !offered != 0 {
+        log::warn!(
+            "gpu-worker offered virtio features {:#x} beyond the device's {offered:#x}; not \
+             offered to the front-end",
+            worker & !offered
+        );
+    }
+    worker & offered
+}
+
 impl Session {
     /// Opens the relay: negotiates the internal link's own protocol features
     /// (REPLY_ACK, so a request gpu-worker refuses reaches the VMM as an
@@ -80,7 +93,14 @@ impl Session {
         display: Arc<DisplaySocket>,
         region: Arc<HostVisible>,
     ) -> vhost::Result<Self> {
-        let device_features = worker.get_features()?;
+        // gpu-worker reads guest bytes and is less trusted than the broker:
+        // its word on the device's features is held to what this device
+        // offers (the same list gpu-worker is built with), as every other
+        // answer of a worker is re-checked.
+        let device_features = held_to_the_device(
+            worker.get_features()?,
+            wire::device_features(config.num_capsets > 0),
+        );
         let offered = worker.get_protocol_features()?;
         let wanted = VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::MQ
@@ -159,7 +179,8 @@ impl VhostUserBackendReqHandlerMut for Session {
     }
 
     fn get_features(&mut self) -> Result<u64> {
-        relay(self.worker.get_features())
+        // gpu-worker's word, as held at the start of the session.
+        Ok(self.device_features)
     }
 
     fn set_features(&mut self, features: u64) -> Result<()> {
@@ -414,6 +435,18 @@ impl VhostUserBackendReqHandlerMut for Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_offering_more_than_the_device_is_held_to_the_device() {
+        let device = wire::device_features(false);
+        let virgl = 1u64 << wire::F_VIRGL;
+        assert_eq!(held_to_the_device(device | virgl | 1 << 60, device), device);
+        // What it leaves out stays out: the broker adds nothing.
+        assert_eq!(
+            held_to_the_device(device & !virgl, device | virgl),
+            device & !virgl
+        );
+    }
 
     #[test]
     fn config_reads_stay_inside_the_space() {

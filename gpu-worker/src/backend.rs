@@ -2,6 +2,7 @@
 //! front-end connection, so nothing of one connection's device state
 //! (memory map, vrings, scanouts) survives into the next.
 
+use ipc::LockExt;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsFd;
@@ -13,10 +14,8 @@ use ipc::{Channel, Nothing, RenderEvent};
 use log::warn;
 use vhost_user_backend::VringEpollHandler;
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -30,7 +29,6 @@ use crate::display::DisplayLink;
 use ipc::limited_warn as guest_warn;
 use ipc::ratelimit::LogLimiter;
 use wire::Queue;
-use wire::{F_CONTEXT_INIT, F_EDID, F_RESOURCE_BLOB, F_RESOURCE_UUID, F_VIRGL};
 
 /// controlq and cursorq.
 pub const NUM_QUEUES: usize = 2;
@@ -42,21 +40,9 @@ pub const MAX_QUEUE_SIZE: usize = 1024;
 const CONTROL_QUEUE: u16 = 0;
 const CURSOR_QUEUE: u16 = 1;
 
-/// Every virtio feature the device offers; `contexts` when render-worker
-/// has a context type (VIRGL, which Linux requires for any context
-/// command). The broker relays the guest's choice unchanged.
-pub fn device_features(contexts: bool) -> u64 {
-    let virgl = if contexts { 1 << F_VIRGL } else { 0 };
-    virgl
-        | 1 << VIRTIO_F_VERSION_1
-        | 1 << VIRTIO_RING_F_INDIRECT_DESC
-        | 1 << VIRTIO_RING_F_EVENT_IDX
-        | 1 << F_EDID
-        | 1 << F_RESOURCE_UUID
-        | 1 << F_RESOURCE_BLOB
-        | 1 << F_CONTEXT_INIT
-        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
-}
+/// Every virtio feature the device offers (one list, in `wire`, which the
+/// broker holds gpu-worker's answer to).
+pub use wire::device_features;
 
 pub struct GpuBackend {
     device: GpuDevice,
@@ -130,20 +116,19 @@ impl GpuBackend {
     /// epoll (as [`RENDER_EVENTS`]).
     pub fn events_fd(&self) -> Option<RawFd> {
         self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_or_recover()
             .as_ref()
             .map(|c| c.as_fd().as_raw_fd())
     }
 
     pub fn set_epoll_handler(&self, handler: Weak<VringEpollHandler<Arc<GpuBackend>>>) {
-        *self.epoll.lock().unwrap_or_else(|e| e.into_inner()) = handler;
+        *self.epoll.lock_or_recover() = handler;
     }
 
     /// Returns to the used ring every fenced chain whose fence, and every
     /// earlier fence on its ring, has signalled. True if any was returned.
     fn complete_fenced(&self, vring: &VringRwLock) -> bool {
-        let mut fenced = self.fenced.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fenced = self.fenced.lock_or_recover();
         // Rings with an earlier fence still unsignalled, in one pass.
         let mut blocked: Vec<(u32, Option<u8>)> = Vec::new();
         let mut ready = Vec::new();
@@ -170,7 +155,7 @@ impl GpuBackend {
     /// One event from render-worker.
     fn render_event(&self, evset: EventSet, vrings: &[VringRwLock]) -> io::Result<()> {
         let event = {
-            let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            let mut events = self.events.lock_or_recover();
             let Some(channel) = events.as_ref() else {
                 return Ok(());
             };
@@ -182,13 +167,9 @@ impl GpuBackend {
                     if let Err(e) = result {
                         warn!("gpu-worker: render-worker's event channel: {e}");
                     }
-                    if let (Some(handler), Some(c)) = (
-                        self.epoll
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .upgrade(),
-                        events.as_ref(),
-                    ) {
+                    if let (Some(handler), Some(c)) =
+                        (self.epoll.lock_or_recover().upgrade(), events.as_ref())
+                    {
                         let _ = handler.unregister_listener(
                             c.as_fd().as_raw_fd(),
                             EventSet::IN,
@@ -206,12 +187,7 @@ impl GpuBackend {
             fence_id,
         } = event;
         // A fence signalling means every earlier one on its ring did.
-        for chain in self
-            .fenced
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter_mut()
-        {
+        for chain in self.fenced.lock_or_recover().iter_mut() {
             let f = &mut chain.fence;
             if f.ctx_id == ctx_id && f.ring == ring && f.fence_id <= fence_id {
                 f.signalled = true;
@@ -249,12 +225,7 @@ impl GpuBackend {
             // A head held for a fence is the device's until it is used: a
             // guest making it available again breaks the virtqueue rules.
             // Ignoring it keeps the held list within one entry per head.
-            let held = self
-                .fenced
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .any(|c| c.head == head);
+            let held = self.fenced.lock_or_recover().iter().any(|c| c.head == head);
             if kind == Queue::Control && held {
                 guest_warn!(
                     self.log,
@@ -267,14 +238,11 @@ impl GpuBackend {
             if let Some(fence) = done.fence {
                 // Its used entry waits for the fence, and for every earlier
                 // fence on the same ring.
-                self.fenced
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back(FencedChain {
-                        fence,
-                        head,
-                        len: done.len,
-                    });
+                self.fenced.lock_or_recover().push_back(FencedChain {
+                    fence,
+                    head,
+                    len: done.len,
+                });
                 self.complete_fenced(vring);
                 continue;
             }
@@ -335,10 +303,7 @@ impl VhostUserBackend for GpuBackend {
     /// The guest reset the device: every resource, context, mapping and
     /// held command of the old driver goes.
     fn reset_device(&self) {
-        self.fenced
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.fenced.lock_or_recover().clear();
         self.device.reset();
     }
 
@@ -359,10 +324,7 @@ impl VhostUserBackend for GpuBackend {
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         let consumer = self.exit_consumer.try_clone().ok()?;
         let notifier = self.exit_notifier.try_clone().ok()?;
-        self.handed_out
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(consumer.as_raw_fd());
+        self.handed_out.lock_or_recover().push(consumer.as_raw_fd());
         Some((consumer, notifier))
     }
 

@@ -4,13 +4,15 @@
 //! This is the code that reads guest-controlled bytes, so it assumes every
 //! chain is hostile. A chain is validated as a whole before any command in
 //! it is looked at (`chain`); the command is decoded by the wire crate
-//! (`GpuCommand::decode`) and served by one handler here (2D resources,
-//! scanouts and cursor in `twod`, contexts and blobs in `blob`); guest
+//! (`GpuCommand::decode`) and served by one handler, chosen in one match
+//! here (2D resources, scanouts and cursor in `twod`, contexts and blobs in
+//! `blob`, blobs shown like 2D resources in `shown_blob`); guest
 //! memory is reached only through `virtio-queue`'s `Reader` and `Writer`,
 //! which check every range against the memory map; and every outcome is a
 //! response (or a zero-length used entry where no response fits), never a
 //! panic.
 
+use ipc::LockExt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -18,7 +20,6 @@ use std::sync::Mutex;
 use ipc::{DisplayRequest, DisplayValue, RenderCall, RenderReply, RenderRequest, ScanoutSize};
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::{GuestMemoryMmap, Le32};
-use wire::command::required_feature;
 use wire::{CtrlHdr, GpuCommand, GpuResponse, Queue, Refusal, RespDisplayInfo, RespEdid};
 use wire::{RESP_ERR_INVALID_PARAMETER, RESP_ERR_UNSPEC};
 
@@ -34,6 +35,7 @@ use crate::link::Link;
 use crate::resources::Resources;
 use ipc::limited_warn as guest_warn;
 use ipc::ratelimit::LogLimiter;
+use render::{context_fence, FenceSlot};
 
 /// A fence on a context's ring, as the guest asked for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +66,6 @@ pub struct GpuDevice {
     display: DisplayLink,
     /// render-worker, which serves what needs rutabaga.
     render: RenderLink,
-    /// Which resource ids are blobs (held by render-worker).
-    blobs: blob::Blobs,
     /// The mode sizes last reported to the guest: the display's once it
     /// gave any, else `--display`'s. A generated EDID matches them.
     reported: Mutex<Vec<ScanoutSize>>,
@@ -75,13 +75,9 @@ pub struct GpuDevice {
     log: LogLimiter,
 }
 
-/// What a handler gives: the response, and the context fence the command
-/// carried (its used entry may wait for it).
+/// What serving a command gives: the response, and the context fence the
+/// command carried (its used entry may wait for it).
 type Handled = Result<(GpuResponse, Option<ContextFence>), Refusal>;
-
-fn ok() -> Handled {
-    Ok((GpuResponse::OkNoData, None))
-}
 
 impl GpuDevice {
     pub fn new(
@@ -92,7 +88,6 @@ impl GpuDevice {
     ) -> Self {
         GpuDevice {
             render,
-            blobs: blob::Blobs::default(),
             resources: Mutex::new(Resources::new(&scanouts, max_resource_memory)),
             reported: Mutex::new(scanouts.clone()),
             acked: AtomicU64::new(0),
@@ -111,13 +106,12 @@ impl GpuDevice {
             self.display
                 .command(&DisplayRequest::ReleaseSurface { resource_id }, &[]);
         }
-        self.blobs.clear();
         if self.render.is_connected() {
             if let Err(r) = self.render_done(RenderRequest::Reset) {
                 log::warn!("gpu-worker: render-worker did not reset: {}", r.why);
             }
         }
-        *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = self.scanouts.clone();
+        *self.reported.lock_or_recover() = self.scanouts.clone();
     }
 
     /// The features the driver acked (SET_FEATURES).
@@ -127,7 +121,7 @@ impl GpuDevice {
 
     /// The 2D resources, for inspection in tests.
     pub fn resources(&self) -> std::sync::MutexGuard<'_, Resources> {
-        self.resources.lock().unwrap_or_else(|e| e.into_inner())
+        self.resources.lock_or_recover()
     }
 
     /// Processes one chain and returns how many bytes were written into it,
@@ -217,7 +211,8 @@ impl GpuDevice {
         }
     }
 
-    /// Decodes one request and serves it.
+    /// Decodes one request and serves it: every command's handler is
+    /// chosen here, once.
     fn execute(
         &self,
         mem: &GuestMemoryMmap,
@@ -225,72 +220,76 @@ impl GpuDevice {
         hdr: &CtrlHdr,
         reader: &mut Reader<'_>,
     ) -> Handled {
-        let cmd = hdr.type_.to_native();
-        if let Some((bit, name)) = required_feature(cmd) {
-            if self.acked.load(Ordering::Relaxed) & (1 << bit) == 0 {
+        let command = GpuCommand::decode(queue, hdr, reader)?;
+        if let Some(feature) = command.required_feature() {
+            if self.acked.load(Ordering::Relaxed) & (1 << feature.bit) == 0 {
                 return Err(Refusal::new(
                     RESP_ERR_UNSPEC,
-                    format!("it needs feature {name}, which the driver did not ack"),
+                    format!(
+                        "it needs feature {}, which the driver did not ack",
+                        feature.name
+                    ),
                 ));
             }
         }
-        let command = GpuCommand::decode(queue, hdr, reader)?;
-        if command.is_context_command() {
-            return self.context_command(mem, hdr, command);
-        }
-        match command {
-            GpuCommand::GetDisplayInfo => Ok((GpuResponse::DisplayInfo(self.display_info()), None)),
-            GpuCommand::GetEdid { scanout } => Ok((GpuResponse::Edid(self.edid(scanout)?), None)),
-            GpuCommand::ResourceCreate2d(c) => {
-                let id = c.resource_id.to_native();
-                if self.blobs.contains(id) {
-                    return Err(Refusal::new(
-                        wire::RESP_ERR_INVALID_RESOURCE_ID,
-                        format!("resource id {id} is a blob"),
-                    ));
-                }
-                self.resources().create_2d(&c).and_then(|()| ok())
-            }
-            GpuCommand::ResourceUnref { resource_id } => self
-                .unref_blob(resource_id)
-                .unwrap_or_else(|| self.unref(resource_id))
-                .and_then(|()| ok()),
-            GpuCommand::AttachBacking {
+        let fence = FenceSlot::new(match command.is_context_command() {
+            true => context_fence(hdr)?,
+            false => None,
+        });
+        let ctx_id = hdr.ctx_id.to_native();
+        let done = GpuResponse::OkNoData;
+        use GpuCommand::*;
+        let response = match command {
+            GetDisplayInfo => GpuResponse::DisplayInfo(self.display_info()),
+            GetEdid { scanout } => GpuResponse::Edid(self.edid(scanout)?),
+            ResourceCreate2d(c) => self.resources().create_2d(&c).map(|()| done)?,
+            ResourceUnref { resource_id } => self.unref(resource_id).map(|()| done)?,
+            AttachBacking {
                 resource_id,
                 entries,
             } => self
                 .resources()
                 .attach_backing(mem, resource_id, &entries)
-                .and_then(|()| ok()),
-            GpuCommand::DetachBacking { resource_id } => self
+                .map(|()| done)?,
+            DetachBacking { resource_id } => self
                 .resources()
                 .detach_backing(resource_id)
-                .and_then(|()| ok()),
-            GpuCommand::TransferToHost2d(t) => {
-                if self.blobs.contains(t.resource_id.to_native()) {
-                    self.transfer_to_blob(&t)?;
-                } else {
-                    self.resources().transfer_to_host_2d(mem, &t)?;
-                }
-                ok()
-            }
-            GpuCommand::SetScanout(s) => self.set_scanout(&s).and_then(|()| ok()),
-            GpuCommand::ResourceFlush(f) => self.flush(mem, &f).and_then(|()| ok()),
-            GpuCommand::SetScanoutBlob(b) => self.set_scanout_blob(&b).and_then(|()| ok()),
-            GpuCommand::UpdateCursor(c) => {
-                if self.blobs.contains(c.resource_id.to_native()) {
-                    self.blob_cursor(mem, &c)?;
-                } else {
-                    self.cursor(&c, false)?;
-                }
-                ok()
-            }
-            GpuCommand::MoveCursor(c) => self.cursor(&c, true).and_then(|()| ok()),
-            other => Err(Refusal::new(
-                RESP_ERR_UNSPEC,
-                format!("{other:?} has no handler"),
-            )),
-        }
+                .map(|()| done)?,
+            TransferToHost2d(t) => self.transfer_to_host_2d(mem, &t).map(|()| done)?,
+            SetScanout(s) => self
+                .set_scanout(s.scanout_id.to_native(), s.resource_id.to_native(), &s.r)
+                .map(|()| done)?,
+            ResourceFlush(f) => self.flush(mem, &f).map(|()| done)?,
+            SetScanoutBlob(b) => self.set_scanout_blob(&b).map(|()| done)?,
+            UpdateCursor(c) => self.update_cursor(mem, &c).map(|()| done)?,
+            MoveCursor(c) => self.move_cursor(&c).map(|()| done)?,
+            AssignUuid { resource_id } => GpuResponse::Uuid(
+                self.resources()
+                    .assign_uuid(resource_id, blob::random_uuid)?,
+            ),
+            GetCapsetInfo { index } => self.capset_info(index, &fence)?,
+            GetCapset { id, version } => self.capset(id, version, &fence)?,
+            CtxCreate { context_init, name } => self
+                .ctx_create(ctx_id, context_init, name, &fence)
+                .map(|()| done)?,
+            CtxDestroy => self.ctx_destroy(ctx_id, &fence).map(|()| done)?,
+            CtxAttachResource { resource_id } => self
+                .ctx_resource(ctx_id, resource_id, true, &fence)
+                .map(|()| done)?,
+            CtxDetachResource { resource_id } => self
+                .ctx_resource(ctx_id, resource_id, false, &fence)
+                .map(|()| done)?,
+            Submit3d { commands } => self.submit(ctx_id, commands, &fence).map(|()| done)?,
+            CreateBlob { blob, entries } => self
+                .create_blob(mem, ctx_id, &blob, &entries, &fence)
+                .map(|()| done)?,
+            MapBlob {
+                resource_id,
+                offset,
+            } => self.map_blob(resource_id, offset, &fence)?,
+            UnmapBlob { resource_id } => self.unmap_blob(resource_id, &fence).map(|()| done)?,
+        };
+        Ok((response, self.finish_fence(&fence)?))
     }
 
     /// The display's modes when the front-end has a display, else the
@@ -323,7 +322,7 @@ impl GpuDevice {
                 }
             }
         }
-        *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = reported;
+        *self.reported.lock_or_recover() = reported;
         resp
     }
 
@@ -354,7 +353,7 @@ impl GpuDevice {
                 resp.edid[..blob.len()].copy_from_slice(&blob);
             }
             _ => {
-                let size = self.reported.lock().unwrap_or_else(|e| e.into_inner())[index];
+                let size = self.reported.lock_or_recover()[index];
                 let block = edid::build(size.width, size.height, scanout);
                 resp.size = Le32::from(edid::EDID_LEN as u32);
                 resp.edid[..edid::EDID_LEN].copy_from_slice(&block);

@@ -13,6 +13,7 @@
 //! SET_MEM_TABLE to be answered (QEMU 11 sends one inside each
 //! SHMEM_MAP/UNMAP it handles).
 
+use ipc::LockExt;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
@@ -57,7 +58,7 @@ impl<Tx: Message, Rx: Message> Link<Tx, Rx> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Channel<Tx, Rx>>>> {
-        self.channel.lock().unwrap_or_else(|e| e.into_inner())
+        self.channel.lock_or_recover()
     }
 
     fn drop_channel(&self, what: &str, e: &ipc::Error) {
@@ -72,7 +73,7 @@ impl<Tx: Message, Rx: Message> Link<Tx, Rx> {
     /// came with it. `None` when there is no peer (never was, or the
     /// channel failed and was dropped).
     pub fn request_with_fds(&self, msg: &Tx, fds: &[BorrowedFd<'_>]) -> Option<(Rx, Vec<OwnedFd>)> {
-        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        let _turn = self.turn.lock_or_recover();
         let channel = self.lock().clone()?;
         match channel.send(msg, fds).and_then(|()| channel.recv()) {
             Ok(answer) => Some(answer),

@@ -7,6 +7,7 @@
 //! descriptor that came with it is closed (they arrive as `OwnedFd`s, which
 //! close on drop).
 
+use crate::LockExt;
 use std::io::{IoSlice, IoSliceMut};
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -267,7 +268,7 @@ impl<Tx: Message, Rx: Message> Channel<Tx, Rx> {
     fn recv_value<T: serde::de::DeserializeOwned>(&self) -> Result<(T, Vec<OwnedFd>), Error> {
         // Uninitialized is not allowed behind IoSliceMut; one zeroed buffer
         // per channel, reused, costs nothing per message.
-        let mut guard = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.buf.lock_or_recover();
         let buf: &mut [u8] = &mut guard[..];
         let mut cmsg_space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
         let (len, flags, fds, foreign_cmsg) = loop {

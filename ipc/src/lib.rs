@@ -14,6 +14,7 @@ pub mod deadline;
 pub mod logging;
 pub mod messages;
 pub mod ratelimit;
+pub mod sync;
 
 #[doc(hidden)]
 pub use log as __log;
@@ -22,6 +23,7 @@ pub use channel::{
     decode_frame, Channel, Error, Role, BUILD_ID, MAX_FDS, MAX_FRAME, PROTOCOL_VERSION,
 };
 pub use messages::*;
+pub use sync::LockExt;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -4,6 +4,7 @@
 //! not a full disk. It lives here, beside the vocabulary, because every
 //! receiver of that vocabulary needs it.
 
+use crate::LockExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,7 @@ impl LogLimiter {
     pub fn admit(&self) -> Option<u64> {
         // A poisoned lock only means another thread panicked while counting;
         // the counters are still usable.
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.lock_or_recover();
         let now = Instant::now();
         if now.duration_since(s.window_start) >= WINDOW {
             s.window_start = now;

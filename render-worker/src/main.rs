@@ -1,7 +1,8 @@
 //! render-worker's process: spawned by the broker with its channels at fixed
-//! descriptor numbers (`ipc::worker_fds`). It will hold rutabaga and every
-//! GPU and Wayland descriptor; today it completes its handshakes and answers
-//! liveness probes until the broker goes away.
+//! descriptor numbers (`ipc::worker_fds`). It alone holds rutabaga and the
+//! compositor's (Wayland) socket: for each front-end connection it serves
+//! gpu-worker's calls (contexts, blobs, fences) and the broker's map
+//! requests go out from here, until the broker goes away.
 
 mod device;
 

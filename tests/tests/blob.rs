@@ -756,3 +756,55 @@ fn image_requirements_past_the_per_context_cap_are_refused() {
     let (r, _) = backend.worker_pids();
     assert!(process_alive(r), "render-worker is alive");
 }
+
+/// gpu-worker's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in status")
+}
+
+/// A resource's UUID goes with it: a resource re-created with a freed id
+/// gets a new UUID, and a guest cycling RESOURCE_CREATE_2D,
+/// RESOURCE_ASSIGN_UUID and RESOURCE_UNREF leaves gpu-worker's memory
+/// where it was (before the resource table, each cycle left its UUID
+/// behind: 8.8 MB after 20,000).
+#[test]
+fn a_recreated_resource_gets_a_fresh_uuid_and_the_cycle_leaves_nothing() {
+    let backend = Backend::start(&[]);
+    let mut dev = Device::connect(&backend.socket);
+    let cycle = |dev: &mut Device| {
+        assert_eq!(
+            code(dev, &cmd(CMD_RESOURCE_CREATE_2D, &[5, 1, 4, 4])),
+            RESP_OK_NODATA
+        );
+        let (_, r) = dev.control(&words(hdr(CMD_RESOURCE_ASSIGN_UUID, 0, None), &[5, 0]), 64);
+        assert_eq!(parse_hdr(&r).0, RESP_OK_RESOURCE_UUID);
+        assert_eq!(code(dev, &cmd(CMD_RESOURCE_UNREF, &[5, 0])), RESP_OK_NODATA);
+        r[24..40].to_vec()
+    };
+    let first = cycle(&mut dev);
+    let second = cycle(&mut dev);
+    assert_ne!(
+        first, second,
+        "resource 5 re-created gets a UUID of its own"
+    );
+    let gpu = backend.worker_pids().0;
+    // Let the allocator reach its working set first.
+    for _ in 0..2_000 {
+        cycle(&mut dev);
+    }
+    let before = rss_kib(gpu);
+    for _ in 0..20_000 {
+        cycle(&mut dev);
+    }
+    let after = rss_kib(gpu);
+    assert!(
+        after <= before + 1024,
+        "20,000 cycles grew gpu-worker from {before} KiB to {after} KiB"
+    );
+    eprintln!("gpu-worker: {before} KiB before 20,000 cycles, {after} KiB after");
+}

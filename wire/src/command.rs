@@ -92,24 +92,31 @@ pub enum GpuCommand {
     MoveCursor(UpdateCursor),
 }
 
-/// The virtio feature bit a command needs the driver to have acked, if
-/// any, and its name for log lines.
-pub fn required_feature(cmd: u32) -> Option<(u32, &'static str)> {
-    match cmd {
-        CMD_GET_EDID => Some((F_EDID, "EDID")),
-        CMD_RESOURCE_ASSIGN_UUID => Some((F_RESOURCE_UUID, "RESOURCE_UUID")),
-        CMD_RESOURCE_CREATE_BLOB
-        | CMD_SET_SCANOUT_BLOB
-        | CMD_RESOURCE_MAP_BLOB
-        | CMD_RESOURCE_UNMAP_BLOB => Some((F_RESOURCE_BLOB, "RESOURCE_BLOB")),
-        CMD_CTX_CREATE
-        | CMD_CTX_DESTROY
-        | CMD_CTX_ATTACH_RESOURCE
-        | CMD_CTX_DETACH_RESOURCE
-        | CMD_SUBMIT_3D => Some((F_VIRGL, "VIRGL")),
-        _ => None,
-    }
+/// A virtio-gpu feature a command needs the driver to have acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Feature {
+    /// Its bit in the device features.
+    pub bit: u32,
+    /// Its name in the spec, for log lines.
+    pub name: &'static str,
 }
+
+const EDID: Feature = Feature {
+    bit: F_EDID,
+    name: "EDID",
+};
+const RESOURCE_UUID: Feature = Feature {
+    bit: F_RESOURCE_UUID,
+    name: "RESOURCE_UUID",
+};
+const RESOURCE_BLOB: Feature = Feature {
+    bit: F_RESOURCE_BLOB,
+    name: "RESOURCE_BLOB",
+};
+const VIRGL: Feature = Feature {
+    bit: F_VIRGL,
+    name: "VIRGL",
+};
 
 /// Reads a command's body; a request too short for it is refused.
 fn body<T: ByteValued>(reader: &mut Reader<'_>) -> Result<T, Refusal> {
@@ -264,23 +271,67 @@ impl GpuCommand {
         })
     }
 
-    /// Whether the command goes to render-worker's rutabaga (contexts,
-    /// capsets, blobs), where a context fence it carries is created.
+    /// The feature the driver must have acked for the device to serve the
+    /// command, if any.
+    pub fn required_feature(&self) -> Option<Feature> {
+        use GpuCommand::*;
+        match self {
+            GetEdid { .. } => Some(EDID),
+            AssignUuid { .. } => Some(RESOURCE_UUID),
+            CreateBlob { .. } | SetScanoutBlob(_) | MapBlob { .. } | UnmapBlob { .. } => {
+                Some(RESOURCE_BLOB)
+            }
+            CtxCreate { .. }
+            | CtxDestroy
+            | CtxAttachResource { .. }
+            | CtxDetachResource { .. }
+            | Submit3d { .. } => Some(VIRGL),
+            GetDisplayInfo
+            | ResourceCreate2d(_)
+            | ResourceUnref { .. }
+            | SetScanout(_)
+            | ResourceFlush(_)
+            | TransferToHost2d(_)
+            | AttachBacking { .. }
+            | DetachBacking { .. }
+            | GetCapsetInfo { .. }
+            | GetCapset { .. }
+            | UpdateCursor(_)
+            | MoveCursor(_) => None,
+        }
+    }
+
+    /// Whether a context fence the command carries is the context's (the
+    /// command is served by render-worker's rutabaga, or beside it, and
+    /// render-worker signals the fence), rather than signalled by the
+    /// response itself.
     pub fn is_context_command(&self) -> bool {
-        matches!(
-            self,
-            GpuCommand::GetCapsetInfo { .. }
-                | GpuCommand::GetCapset { .. }
-                | GpuCommand::CtxCreate { .. }
-                | GpuCommand::CtxDestroy
-                | GpuCommand::CtxAttachResource { .. }
-                | GpuCommand::CtxDetachResource { .. }
-                | GpuCommand::Submit3d { .. }
-                | GpuCommand::CreateBlob { .. }
-                | GpuCommand::MapBlob { .. }
-                | GpuCommand::UnmapBlob { .. }
-                | GpuCommand::AssignUuid { .. }
-        )
+        use GpuCommand::*;
+        match self {
+            GetCapsetInfo { .. }
+            | GetCapset { .. }
+            | CtxCreate { .. }
+            | CtxDestroy
+            | CtxAttachResource { .. }
+            | CtxDetachResource { .. }
+            | Submit3d { .. }
+            | CreateBlob { .. }
+            | MapBlob { .. }
+            | UnmapBlob { .. }
+            | AssignUuid { .. } => true,
+            GetDisplayInfo
+            | GetEdid { .. }
+            | ResourceCreate2d(_)
+            | ResourceUnref { .. }
+            | SetScanout(_)
+            | ResourceFlush(_)
+            | TransferToHost2d(_)
+            | AttachBacking { .. }
+            | DetachBacking { .. }
+            | SetScanoutBlob(_)
+            | UpdateCursor(_)
+            | MoveCursor(_) => false,
+        }
     }
 }
 

@@ -105,12 +105,36 @@ pub const BYTES_PER_PIXEL: u32 = 4;
 /// Virtio feature bit: the device answers GET_EDID.
 pub const F_EDID: u32 = b::VIRTIO_GPU_F_EDID;
 /// Virtio feature bit: contexts and 3D commands. Offered with any context
-/// type, not only virgl's (see `backend::device_features`).
+/// type, not only virgl's (see [`device_features`]).
 pub const F_VIRGL: u32 = b::VIRTIO_GPU_F_VIRGL;
 /// Virtio feature bits of the blob path.
 pub const F_RESOURCE_UUID: u32 = b::VIRTIO_GPU_F_RESOURCE_UUID;
 pub const F_RESOURCE_BLOB: u32 = b::VIRTIO_GPU_F_RESOURCE_BLOB;
 pub const F_CONTEXT_INIT: u32 = b::VIRTIO_GPU_F_CONTEXT_INIT;
+/// vhost-user's bit in a back-end's virtio features: it speaks the
+/// protocol-feature negotiation (vhost-user.rst, VHOST_USER_F_PROTOCOL_FEATURES).
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
+
+/// Every virtio feature a gpu-airlock device offers: the transport's
+/// (version 1, indirect descriptors, event index, vhost-user's protocol
+/// features) and virtio-gpu's, with VIRGL when render-worker has a context
+/// type (`contexts`; Linux sends no context command without it, whatever
+/// the context type). gpu-worker offers these, and the broker offers the
+/// VMM no bit outside them, whatever gpu-worker says.
+pub fn device_features(contexts: bool) -> u64 {
+    use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+    let virgl = if contexts { 1 << F_VIRGL } else { 0 };
+    virgl
+        | 1 << VIRTIO_F_VERSION_1
+        | 1 << VIRTIO_RING_F_INDIRECT_DESC
+        | 1 << VIRTIO_RING_F_EVENT_IDX
+        | 1 << F_EDID
+        | 1 << F_RESOURCE_UUID
+        | 1 << F_RESOURCE_BLOB
+        | 1 << F_CONTEXT_INIT
+        | 1 << VHOST_USER_F_PROTOCOL_FEATURES
+}
 
 pub const CONTEXT_INIT_CAPSET_ID_MASK: u32 = b::VIRTIO_GPU_CONTEXT_INIT_CAPSET_ID_MASK;
 pub const BLOB_MEM_GUEST: u32 = b::VIRTIO_GPU_BLOB_MEM_GUEST;

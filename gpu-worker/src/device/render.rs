@@ -14,7 +14,7 @@ use log::warn;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use wire::*;
 
-use super::GpuDevice;
+use super::{ContextFence, GpuDevice};
 
 /// The error codes render-worker may give the guest; anything else (it is
 /// less trusted than this process's own checks) becomes ERR_UNSPEC.
@@ -81,6 +81,25 @@ impl GpuDevice {
                 refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn")
             }
         }
+    }
+
+    /// The context fence of a command served, once its handler is done: a
+    /// command served without a call to render-worker (one gpu-worker
+    /// answers itself) sends the fence alone, for rutabaga to signal in
+    /// order on its ring.
+    pub(super) fn finish_fence(&self, slot: &FenceSlot) -> Result<Option<ContextFence>, Refusal> {
+        let Some(fence) = slot.fence else {
+            return Ok(None);
+        };
+        if slot.signalled.get().is_none() {
+            self.call_done(RenderRequest::FenceAlone, slot)?;
+        }
+        Ok(Some(ContextFence {
+            ctx_id: fence.ctx_id,
+            ring: fence.ring,
+            fence_id: fence.fence_id,
+            signalled: slot.signalled.get().unwrap_or(true),
+        }))
     }
 
     /// A call with no fence whose only answer is done.
@@ -151,6 +170,13 @@ pub(super) struct FenceSlot {
 }
 
 impl FenceSlot {
+    pub(super) fn new(fence: Option<Fence>) -> Self {
+        FenceSlot {
+            fence,
+            signalled: Cell::new(None),
+        }
+    }
+
     /// The fence, if no call has carried it yet.
     fn take(&self) -> Option<Fence> {
         self.fence.filter(|_| self.signalled.get().is_none())

@@ -5,9 +5,8 @@
 use vm_memory::GuestMemoryMmap;
 use wire::*;
 
-use super::blob::Blob;
 use super::GpuDevice;
-use crate::resources::read_ranges;
+use crate::resources::{read_ranges, Blob};
 
 impl GpuDevice {
     /// SET_SCANOUT_BLOB of a guest-memory blob: the device keeps a host
@@ -16,13 +15,8 @@ impl GpuDevice {
     /// (their memory is render-worker's).
     pub(super) fn set_scanout_blob(&self, b: &SetScanoutBlob) -> Result<(), Refusal> {
         let (scanout_id, id) = (b.scanout_id.to_native(), b.resource_id.to_native());
-        let plain = SetScanout {
-            r: b.r,
-            scanout_id: b.scanout_id,
-            resource_id: b.resource_id,
-        };
         if id == 0 {
-            return self.set_scanout(&plain);
+            return self.set_scanout(scanout_id, 0, &b.r);
         }
         if scanout_id as usize >= self.scanouts.len() {
             return refuse(
@@ -33,17 +27,7 @@ impl GpuDevice {
                 ),
             );
         }
-        let Some(blob) = self
-            .blobs
-            .blobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
-        else {
-            return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}"));
-        };
-        let Some(ranges) = blob.guest else {
+        let Some(blob_size) = self.guest_blob_size(id)? else {
             return refuse(
                 RESP_ERR_UNSPEC,
                 format!("blob {id} is a host blob: scanout of host blobs is not supported"),
@@ -70,18 +54,18 @@ impl GpuDevice {
             .checked_mul(u64::from(h.saturating_sub(1)))
             .and_then(|e| e.checked_add(offset))
             .and_then(|e| e.checked_add(row));
-        if !size.is_valid() || u64::from(stride) < row || end.is_none_or(|e| e > blob.size) {
+        if !size.is_valid() || u64::from(stride) < row || end.is_none_or(|e| e > blob_size) {
             return refuse(
                 RESP_ERR_INVALID_PARAMETER,
                 format!(
-                    "{w}x{h}, stride {stride}, offset {offset} does not fit blob {id} of {} bytes",
-                    blob.size
+                    "{w}x{h}, stride {stride}, offset {offset} does not fit blob {id} of \
+                     {blob_size} bytes"
                 ),
             );
         }
         let (was_shared, made) = self
             .resources()
-            .blob_shadow(id, w, h, format, &ranges, offset, stride);
+            .blob_shadow(id, w, h, format, offset, stride);
         // The old copy is gone either way: the broker lets go of it.
         if was_shared {
             self.display.command(
@@ -90,7 +74,7 @@ impl GpuDevice {
             );
         }
         made?;
-        self.set_scanout(&plain)
+        self.set_scanout(scanout_id, id, &b.r)
     }
 
     /// TRANSFER_TO_HOST_2D on a blob. Linux sends it for every dumb buffer
@@ -101,15 +85,12 @@ impl GpuDevice {
     /// answers the same. A host blob has no guest pages to transfer from.
     pub(super) fn transfer_to_blob(&self, t: &TransferToHost2d) -> Result<(), Refusal> {
         let id = t.resource_id.to_native();
-        let Some((size, guest)) = self.with_blob(id, |b| (b.size, b.guest.is_some())) else {
-            return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}"));
-        };
-        if !guest {
+        let Some(size) = self.guest_blob_size(id)? else {
             return refuse(
                 RESP_ERR_INVALID_PARAMETER,
                 format!("TRANSFER_TO_HOST_2D to host blob {id}, which has no guest pages"),
             );
-        }
+        };
         let offset = t.offset.to_native();
         if offset >= size {
             return refuse(
@@ -120,15 +101,16 @@ impl GpuDevice {
         Ok(())
     }
 
-    /// UPDATE_CURSOR naming a guest-memory blob (Linux's cursor buffers are
-    /// dumb buffers, so blobs once RESOURCE_BLOB is offered): the image is
-    /// the blob's first 64×64 pixels, rows 256 bytes apart, in ARGB8888
-    /// (the only cursor format Linux uses), read from guest memory now.
-    pub(super) fn blob_cursor(
+    /// The cursor image of UPDATE_CURSOR naming a guest-memory blob
+    /// (Linux's cursor buffers are dumb buffers, so blobs once
+    /// RESOURCE_BLOB is offered): the blob's first 64×64 pixels, rows 256
+    /// bytes apart, in ARGB8888 (the only cursor format Linux uses), read
+    /// from guest memory now.
+    pub(super) fn blob_cursor_image(
         &self,
         mem: &GuestMemoryMmap,
         c: &UpdateCursor,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Vec<u8>, Refusal> {
         let (scanout, id) = (c.scanout_id.to_native(), c.resource_id.to_native());
         if scanout as usize >= self.scanouts.len() {
             return refuse(
@@ -137,8 +119,13 @@ impl GpuDevice {
             );
         }
         let mut image = vec![0u8; CURSOR_BYTES];
-        // Read in place: a blob may have many ranges, not worth a copy.
-        let read = self.with_blob(id, |blob| match &blob.guest {
+        // Read in place, under the table's lock: a blob may have many
+        // ranges, not worth a copy.
+        let resources = self.resources();
+        let Some(blob) = resources.blob(id) else {
+            return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}"));
+        };
+        match &blob.guest {
             None => refuse(
                 RESP_ERR_INVALID_PARAMETER,
                 format!("cursor from host blob {id}, which has no guest pages"),
@@ -154,31 +141,16 @@ impl GpuDevice {
                     ),
                 )
             }
-            Some(_) => Ok(()),
-        });
-        read.unwrap_or_else(|| refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}")))?;
-        self.display.command(
-            &ipc::DisplayRequest::CursorUpdate {
-                scanout,
-                x: c.x.to_native(),
-                y: c.y.to_native(),
-                hot_x: c.hot_x.to_native().min(CURSOR_SIZE - 1),
-                hot_y: c.hot_y.to_native().min(CURSOR_SIZE - 1),
-                format: FORMAT_B8G8R8A8_UNORM,
-                image,
-            },
-            &[],
-        );
-        Ok(())
+            Some(_) => Ok(image),
+        }
     }
 
-    /// `f` of blob `id`, under the registry's lock; None if `id` is none.
-    fn with_blob<R>(&self, id: u32, f: impl FnOnce(&Blob) -> R) -> Option<R> {
-        self.blobs
-            .blobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .map(f)
+    /// The size of blob `id` if it has guest pages, None for a host blob;
+    /// refused if `id` is no blob.
+    fn guest_blob_size(&self, id: u32) -> Result<Option<u64>, Refusal> {
+        match self.resources().blob(id) {
+            Some(Blob { size, guest, .. }) => Ok(guest.is_some().then_some(*size)),
+            None => refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}")),
+        }
     }
 }

@@ -4,24 +4,43 @@
 
 use ipc::{DisplayRequest, PixelRect};
 use vm_memory::GuestMemoryMmap;
-use wire::{Refusal, ResourceFlush, SetScanout, UpdateCursor};
+use wire::{Rect, Refusal, ResourceFlush, TransferToHost2d, UpdateCursor};
 
 use super::GpuDevice;
 
 impl GpuDevice {
+    /// RESOURCE_UNREF of a resource of any kind: one removal from the
+    /// table; then the broker lets go of its pixels if it had them, and
+    /// render-worker of a blob's memory.
     pub(super) fn unref(&self, id: u32) -> Result<(), Refusal> {
-        let was_shared = self.resources().unref(id)?;
-        if was_shared {
+        let gone = self.resources().unref(id)?;
+        if gone.shared {
             self.display
                 .command(&DisplayRequest::ReleaseSurface { resource_id: id }, &[]);
+        }
+        if gone.blob {
+            self.render_done(ipc::RenderRequest::Unref { resource_id: id })?;
         }
         Ok(())
     }
 
-    pub(super) fn set_scanout(&self, s: &SetScanout) -> Result<(), Refusal> {
+    /// TRANSFER_TO_HOST_2D, to a 2D resource or a blob.
+    pub(super) fn transfer_to_host_2d(
+        &self,
+        mem: &GuestMemoryMmap,
+        t: &TransferToHost2d,
+    ) -> Result<(), Refusal> {
+        if self.resources().is_blob(t.resource_id.to_native()) {
+            return self.transfer_to_blob(t);
+        }
+        self.resources().transfer_to_host_2d(mem, t)
+    }
+
+    /// Shows `r` of resource `id` (0: nothing) on `scanout`, and tells the
+    /// display.
+    pub(super) fn set_scanout(&self, scanout: u32, id: u32, r: &Rect) -> Result<(), Refusal> {
         let mut resources = self.resources();
-        resources.set_scanout(s)?;
-        let (scanout, id) = (s.scanout_id.to_native(), s.resource_id.to_native());
+        resources.show(scanout, id, r)?;
         if !self.display.is_connected() {
             return Ok(());
         }
@@ -42,10 +61,10 @@ impl GpuDevice {
                 .command(&DisplayRequest::ShareSurface(surface), &fd);
         }
         let rect = PixelRect {
-            x: s.r.x.to_native(),
-            y: s.r.y.to_native(),
-            width: s.r.width.to_native(),
-            height: s.r.height.to_native(),
+            x: r.x.to_native(),
+            y: r.y.to_native(),
+            width: r.width.to_native(),
+            height: r.height.to_native(),
         };
         self.display.command(
             &DisplayRequest::SetScanout {
@@ -59,16 +78,20 @@ impl GpuDevice {
 
     pub(super) fn flush(&self, mem: &GuestMemoryMmap, f: &ResourceFlush) -> Result<(), Refusal> {
         let id = f.resource_id.to_native();
-        if self.blobs.contains(id) {
-            // A blob shown with SET_SCANOUT_BLOB: refresh the host copy
-            // from guest memory first. One never shown has nothing to flush.
+        let parts = {
             let mut resources = self.resources();
-            if !resources.exists(id) {
-                return Ok(());
+            if resources.is_blob(id) {
+                // A blob shown with SET_SCANOUT_BLOB: refresh the host copy
+                // from guest memory first. One never shown has nothing to
+                // flush.
+                if resources.blob_is_shown(id) {
+                    resources.refresh_blob_shadow(mem, id, &f.r)?;
+                } else {
+                    return Ok(());
+                }
             }
-            resources.refresh_blob_shadow(mem, id, &f.r)?;
-        }
-        let parts = self.resources().flush(f)?;
+            resources.flush(f)?
+        };
         for (scanout, rect) in parts {
             self.display
                 .command(&DisplayRequest::Flush { scanout, rect }, &[]);
@@ -76,31 +99,64 @@ impl GpuDevice {
         Ok(())
     }
 
-    pub(super) fn cursor(&self, c: &UpdateCursor, move_only: bool) -> Result<(), Refusal> {
-        let mut resources = self.resources();
-        resources.update_cursor(c, move_only)?;
-        let (scanout, x, y) = (c.scanout_id.to_native(), c.x.to_native(), c.y.to_native());
+    /// UPDATE_CURSOR: the image from a 2D resource or a guest-memory blob.
+    pub(super) fn update_cursor(
+        &self,
+        mem: &GuestMemoryMmap,
+        c: &UpdateCursor,
+    ) -> Result<(), Refusal> {
         let id = c.resource_id.to_native();
+        let mut resources = self.resources();
+        if resources.is_blob(id) {
+            drop(resources);
+            let image = self.blob_cursor_image(mem, c)?;
+            return self.show_cursor(c, wire::FORMAT_B8G8R8A8_UNORM, image);
+        }
+        resources.update_cursor(c, false)?;
+        if id == 0 {
+            drop(resources);
+            self.display.command(
+                &DisplayRequest::CursorHide {
+                    scanout: c.scanout_id.to_native(),
+                },
+                &[],
+            );
+            return Ok(());
+        }
+        let (format, image) = resources.cursor_image(id)?;
+        drop(resources);
+        self.show_cursor(c, format, image)
+    }
+
+    /// MOVE_CURSOR.
+    pub(super) fn move_cursor(&self, c: &UpdateCursor) -> Result<(), Refusal> {
+        self.resources().update_cursor(c, true)?;
+        let (scanout, x, y) = (c.scanout_id.to_native(), c.x.to_native(), c.y.to_native());
         // As QEMU's own back-end does: a move naming no resource hides the
         // cursor (Linux sends that when the cursor plane is off).
-        let msg = if id == 0 {
-            DisplayRequest::CursorHide { scanout }
-        } else if move_only {
-            DisplayRequest::CursorMove { scanout, x, y }
-        } else {
-            let (format, image) = resources.cursor_image(id)?;
-            DisplayRequest::CursorUpdate {
-                scanout,
-                x,
-                y,
+        let msg = match c.resource_id.to_native() {
+            0 => DisplayRequest::CursorHide { scanout },
+            _ => DisplayRequest::CursorMove { scanout, x, y },
+        };
+        self.display.command(&msg, &[]);
+        Ok(())
+    }
+
+    /// The one place a cursor image is sent to the display: its position
+    /// and hot spot from `c`, the hot spot kept inside the image.
+    fn show_cursor(&self, c: &UpdateCursor, format: u32, image: Vec<u8>) -> Result<(), Refusal> {
+        self.display.command(
+            &DisplayRequest::CursorUpdate {
+                scanout: c.scanout_id.to_native(),
+                x: c.x.to_native(),
+                y: c.y.to_native(),
                 hot_x: c.hot_x.to_native().min(wire::CURSOR_SIZE - 1),
                 hot_y: c.hot_y.to_native().min(wire::CURSOR_SIZE - 1),
                 format,
                 image,
-            }
-        };
-        drop(resources);
-        self.display.command(&msg, &[]);
+            },
+            &[],
+        );
         Ok(())
     }
 }

@@ -1,13 +1,16 @@
-//! 2D resources: what the guest creates, backs with its memory, transfers
-//! into, and shows on scanouts.
+//! The device's resources, one table of them: every resource id the guest
+//! made, 2D or blob, with its UUID, what it shows and what it counts
+//! against `--max-resource-memory`, in one entry, so that RESOURCE_UNREF
+//! is one removal and a device reset one clear.
 //!
-//! They live here, in gpu-worker, because guest memory does: a transfer is
-//! one copy from the guest's backing pages into the resource, with no
-//! process hop. (Blob and 3D resources, which need rutabaga, will live in
-//! render-worker.) Every size is computed with checked arithmetic, every
-//! rectangle is checked against its resource, every backing entry against
-//! guest memory, and the memory all resources take together is capped by
-//! `--max-resource-memory`; each refusal carries the spec's error code.
+//! 2D pixels live here, in gpu-worker, because guest memory does: a
+//! transfer is one copy from the guest's backing pages into the resource,
+//! with no process hop. A blob's memory is render-worker's (rutabaga); its
+//! entry here keeps what routing and scanout need of it (its size, its
+//! guest pages, the host copy SET_SCANOUT_BLOB shows). Every size is
+//! computed with checked arithmetic, every rectangle is checked against its
+//! resource, every backing entry against guest memory; each refusal carries
+//! the spec's error code.
 
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
@@ -26,8 +29,41 @@ pub use pixels::read_ranges;
 use pixels::{Backing, Pixels};
 pub use scanouts::{ScanoutState, Scanouts};
 
+/// What gpu-worker keeps of a blob render-worker holds.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub size: u64,
+    /// The guest memory behind a guest-memory blob (for SET_SCANOUT_BLOB,
+    /// a cursor); None for a host blob.
+    pub guest: Option<Vec<(GuestAddress, u32)>>,
+}
+
+/// One resource id's entry.
 #[derive(Debug)]
-struct Resource2d {
+struct Resource {
+    kind: Kind,
+    /// RESOURCE_ASSIGN_UUID's answer, for the resource's life.
+    uuid: Option<[u8; 16]>,
+    /// Host memory it counts against `--max-resource-memory`, besides a
+    /// blob's shadow (counted by the shadow's own size): a 2D resource's
+    /// pixels, a host blob's memory in render-worker.
+    charge: u64,
+}
+
+#[derive(Debug)]
+enum Kind {
+    TwoD(Surface),
+    /// A blob, with the host copy that shows it once SET_SCANOUT_BLOB
+    /// named it.
+    Blob {
+        blob: Blob,
+        shadow: Option<Surface>,
+    },
+}
+
+/// Pixels the device holds and can show: a 2D resource, or a blob's shadow.
+#[derive(Debug)]
+struct Surface {
     width: u32,
     height: u32,
     /// Bytes per row of `data`.
@@ -45,15 +81,24 @@ struct Resource2d {
     backing: Backing,
 }
 
+/// What RESOURCE_UNREF took away, for those who must hear of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreffed {
+    /// The broker had been given its pixels (or its shadow's).
+    pub shared: bool,
+    /// It was a blob: render-worker holds its memory.
+    pub blob: bool,
+}
+
 #[derive(Debug)]
 pub struct Resources {
-    resources: HashMap<u32, Resource2d>,
+    table: HashMap<u32, Resource>,
     /// `--max-resource-memory`, for 2D resources and host blobs together.
     budget: MemoryBudget,
     scanouts: Scanouts,
 }
 
-impl Resource2d {
+impl Surface {
     /// Refuses `r` (the rectangle of a `what` on resource `id`) unless it
     /// lies inside the resource.
     fn check_rect(&self, id: u32, r: &Rect, what: &str) -> Result<(), Refusal> {
@@ -67,6 +112,90 @@ impl Resource2d {
                 self.width, self.height
             ),
         )
+    }
+}
+
+impl Surface {
+    /// A `width`×`height` surface in `format` for resource `id`, its
+    /// pixels counted in `budget`.
+    fn new(
+        budget: &mut MemoryBudget,
+        id: u32,
+        format: u32,
+        width: u32,
+        height: u32,
+    ) -> Result<Surface, Refusal> {
+        if !FORMATS_2D.contains(&format) {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!("format {format} of resource {id} is not a 2D format"),
+            );
+        }
+        if width == 0 || height == 0 {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!("resource {id} of {width}x{height}"),
+            );
+        }
+        let stride = width.checked_mul(BYTES_PER_PIXEL);
+        let size = stride.and_then(|s| u64::from(s).checked_mul(u64::from(height)));
+        let (Some(stride), Some(size)) = (stride, size) else {
+            return refuse(
+                RESP_ERR_OUT_OF_MEMORY,
+                format!("{width}x{height} overflows"),
+            );
+        };
+        budget.check(size)?;
+        let Ok(len) = usize::try_from(size) else {
+            return refuse(
+                RESP_ERR_OUT_OF_MEMORY,
+                "resource larger than the address space",
+            );
+        };
+        let data = match Pixels::new(len) {
+            Ok(d) => d,
+            Err(e) => return refuse(RESP_ERR_OUT_OF_MEMORY, e.to_string()),
+        };
+        budget.reserve(size)?;
+        Ok(Surface {
+            width,
+            height,
+            stride,
+            format,
+            data,
+            shared: false,
+            blob_layout: None,
+            backing: Backing::default(),
+        })
+    }
+}
+
+impl Resource {
+    fn is_blob(&self) -> bool {
+        matches!(self.kind, Kind::Blob { .. })
+    }
+
+    fn surface(&self) -> Option<&Surface> {
+        match &self.kind {
+            Kind::TwoD(s) => Some(s),
+            Kind::Blob { shadow, .. } => shadow.as_ref(),
+        }
+    }
+
+    fn surface_mut(&mut self) -> Option<&mut Surface> {
+        match &mut self.kind {
+            Kind::TwoD(s) => Some(s),
+            Kind::Blob { shadow, .. } => shadow.as_mut(),
+        }
+    }
+}
+
+/// Why resource `id` has no pixels to show.
+fn no_surface(blob: bool, id: u32) -> String {
+    if blob {
+        format!("blob {id} is not shown (SET_SCANOUT_BLOB first)")
+    } else {
+        format!("no resource {id}")
     }
 }
 
@@ -85,7 +214,7 @@ fn rect_within(r: &Rect, width: u32, height: u32) -> bool {
 impl Resources {
     pub fn new(scanouts: &[ScanoutSize], max_bytes: u64) -> Self {
         Resources {
-            resources: HashMap::new(),
+            table: HashMap::new(),
             budget: MemoryBudget::new(max_bytes),
             scanouts: Scanouts::new(scanouts.len()),
         }
@@ -95,61 +224,152 @@ impl Resources {
         self.budget.used()
     }
 
+    /// How many resource ids are in use.
+    pub fn count(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether resource id `id` is in use, by a resource of any kind.
+    pub fn exists(&self, id: u32) -> bool {
+        self.table.contains_key(&id)
+    }
+
+    /// Whether `id` is a blob (render-worker holds its memory).
+    pub fn is_blob(&self, id: u32) -> bool {
+        matches!(
+            self.table.get(&id),
+            Some(Resource {
+                kind: Kind::Blob { .. },
+                ..
+            })
+        )
+    }
+
+    /// Blob `id`, if it is one.
+    pub fn blob(&self, id: u32) -> Option<&Blob> {
+        match self.table.get(&id) {
+            Some(Resource {
+                kind: Kind::Blob { blob, .. },
+                ..
+            }) => Some(blob),
+            _ => None,
+        }
+    }
+
+    /// Whether blob `id` has a copy shown with SET_SCANOUT_BLOB.
+    pub fn blob_is_shown(&self, id: u32) -> bool {
+        matches!(
+            self.table.get(&id),
+            Some(Resource {
+                kind: Kind::Blob {
+                    shadow: Some(_),
+                    ..
+                },
+                ..
+            })
+        )
+    }
+
+    /// Takes resource id `id` for a blob render-worker has created, which
+    /// counts `charge` bytes (reserved already with [`Resources::reserve`]).
+    pub fn add_blob(&mut self, id: u32, blob: Blob, charge: u64) {
+        self.table.insert(
+            id,
+            Resource {
+                kind: Kind::Blob { blob, shadow: None },
+                uuid: None,
+                charge,
+            },
+        );
+    }
+
+    /// Resource `id`'s UUID (RESOURCE_ASSIGN_UUID): the one it was given
+    /// before, or a new one from `fresh`.
+    pub fn assign_uuid(
+        &mut self,
+        id: u32,
+        fresh: impl FnOnce() -> Result<[u8; 16], Refusal>,
+    ) -> Result<[u8; 16], Refusal> {
+        let Some(res) = self.table.get_mut(&id) else {
+            return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no resource {id}"));
+        };
+        if let Some(uuid) = res.uuid {
+            return Ok(uuid);
+        }
+        let uuid = fresh()?;
+        res.uuid = Some(uuid);
+        Ok(uuid)
+    }
+
     /// Makes (or keeps, if its layout is unchanged) the host copy of a
     /// guest-memory blob that SET_SCANOUT_BLOB shows: `width`×`height` in
-    /// `format`, rows `stride` apart from `offset` in the blob's `backing`.
-    /// Returns whether a previous copy, now gone, had been shared (the
-    /// broker must let go of it), even when the new one cannot be made.
-    #[allow(clippy::too_many_arguments)]
+    /// `format`, rows `stride` apart from `offset` in the blob's guest
+    /// pages. Returns whether a previous copy, now gone, had been shared
+    /// (the broker must let go of it), even when the new one cannot be made.
     pub fn blob_shadow(
         &mut self,
         id: u32,
         width: u32,
         height: u32,
         format: u32,
-        backing: &[(GuestAddress, u32)],
         offset: u64,
         stride: u32,
     ) -> (bool, Result<(), Refusal>) {
-        if let Some(r) = self.resources.get(&id) {
-            if (r.width, r.height, r.format, r.blob_layout)
+        let Some(Resource {
+            kind: Kind::Blob { blob, shadow },
+            ..
+        }) = self.table.get_mut(&id)
+        else {
+            return (
+                false,
+                refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no blob {id}")),
+            );
+        };
+        if let Some(s) = shadow {
+            if (s.width, s.height, s.format, s.blob_layout)
                 == (width, height, format, Some((offset, stride)))
             {
                 return (false, Ok(()));
             }
         }
-        let was_shared = match self.resources.contains_key(&id) {
-            true => match self.unref(id) {
-                Ok(shared) => shared,
-                Err(r) => return (false, Err(r)),
-            },
-            false => false,
+        let Some(ranges) = blob.guest.clone() else {
+            return (
+                false,
+                refuse(RESP_ERR_UNSPEC, format!("blob {id} is a host blob")),
+            );
         };
-        let create = ResourceCreate2d {
-            resource_id: id.into(),
-            format: format.into(),
-            width: width.into(),
-            height: height.into(),
-        };
-        if let Err(r) = self.create_2d(&create) {
-            return (was_shared, Err(r));
+        let old = shadow.take();
+        let was_shared = old.as_ref().is_some_and(|s| s.shared);
+        if let Some(old) = old {
+            self.budget.release(old.data.len as u64);
         }
-        if let Some(r) = self.resources.get_mut(&id) {
-            r.backing = Backing::new(backing.to_vec());
-            r.blob_layout = Some((offset, stride));
+        // The old copy showed nothing the new one shows.
+        self.scanouts.forget(id);
+        let mut surface = match Surface::new(&mut self.budget, id, format, width, height) {
+            Ok(s) => s,
+            Err(r) => return (was_shared, Err(r)),
+        };
+        surface.backing = Backing::new(ranges);
+        surface.blob_layout = Some((offset, stride));
+        if let Some(Resource {
+            kind: Kind::Blob { shadow, .. },
+            ..
+        }) = self.table.get_mut(&id)
+        {
+            *shadow = Some(surface);
         }
         (was_shared, Ok(()))
     }
 
-    /// Copies `rect` of a blob shadow from the blob's guest memory; no-op
-    /// for an id that has no shadow (a blob never shown).
+    /// Copies `rect` of a blob's shadow from the blob's guest memory; no-op
+    /// for a blob that has no shadow (never shown).
     pub fn refresh_blob_shadow(
         &mut self,
         mem: &GuestMemoryMmap,
         id: u32,
         rect: &Rect,
     ) -> Result<(), Refusal> {
-        let Some((offset, stride)) = self.resources.get(&id).and_then(|r| r.blob_layout) else {
+        let Some((offset, stride)) = self.surface(id).ok().and_then(|r| r.blob_layout) else {
             return Ok(());
         };
         let (x, y) = (u64::from(rect.x.to_native()), u64::from(rect.y.to_native()));
@@ -161,33 +381,22 @@ impl Resources {
                 code: RESP_ERR_INVALID_PARAMETER,
                 why: format!("flush rectangle {rect:?} overflows"),
             })?;
-        let t = TransferToHost2d {
-            r: *rect,
-            offset: first.into(),
-            resource_id: id.into(),
-            padding: 0.into(),
-        };
-        self.transfer_to_host_2d(mem, &t)
+        self.transfer(mem, id, rect, first)
     }
 
-    /// Drops every resource (a device reset); returns the ids whose memory
+    /// Drops every resource (a device reset); returns the ids whose pixels
     /// the broker had been given.
     pub fn reset(&mut self) -> Vec<u32> {
         let shared = self
-            .resources
+            .table
             .iter()
-            .filter(|(_, r)| r.shared)
+            .filter(|(_, r)| r.surface().is_some_and(|s| s.shared))
             .map(|(id, _)| *id)
             .collect();
-        self.resources.clear();
+        self.table.clear();
         self.scanouts = Scanouts::new(self.scanouts.shown.len());
         self.budget.clear();
         shared
-    }
-
-    /// Whether a 2D resource `id` exists.
-    pub fn exists(&self, id: u32) -> bool {
-        self.resources.contains_key(&id)
     }
 
     /// Counts `bytes` of host memory held elsewhere (a host blob in
@@ -200,16 +409,36 @@ impl Resources {
         self.budget.release(bytes);
     }
 
-    fn get(&self, id: u32) -> Result<&Resource2d, Refusal> {
-        match self.resources.get(&id) {
+    /// The pixels of resource `id`: a 2D resource, or a shown blob's copy.
+    fn surface(&self, id: u32) -> Result<&Surface, Refusal> {
+        match self.table.get(&id).and_then(Resource::surface) {
             Some(r) => Ok(r),
-            None => refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no resource {id}")),
+            None => refuse(
+                RESP_ERR_INVALID_RESOURCE_ID,
+                no_surface(self.is_blob(id), id),
+            ),
         }
     }
 
-    fn get_mut(&mut self, id: u32) -> Result<&mut Resource2d, Refusal> {
-        match self.resources.get_mut(&id) {
+    fn surface_mut(&mut self, id: u32) -> Result<&mut Surface, Refusal> {
+        let blob = self.is_blob(id);
+        match self.table.get_mut(&id).and_then(Resource::surface_mut) {
             Some(r) => Ok(r),
+            None => refuse(RESP_ERR_INVALID_RESOURCE_ID, no_surface(blob, id)),
+        }
+    }
+
+    /// The 2D resource `id` (not a blob's copy).
+    fn two_d_mut(&mut self, id: u32) -> Result<&mut Surface, Refusal> {
+        match self.table.get_mut(&id) {
+            Some(Resource {
+                kind: Kind::TwoD(s),
+                ..
+            }) => Ok(s),
+            Some(_) => refuse(
+                RESP_ERR_INVALID_RESOURCE_ID,
+                format!("resource {id} is a blob, not a 2D resource"),
+            ),
             None => refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no resource {id}")),
         }
     }
@@ -221,69 +450,39 @@ impl Resources {
             c.width.to_native(),
             c.height.to_native(),
         );
-        if id == 0 || self.resources.contains_key(&id) {
+        if id == 0 || self.table.contains_key(&id) {
             return refuse(
                 RESP_ERR_INVALID_RESOURCE_ID,
                 format!("resource id {id} is 0 or already in use"),
             );
         }
-        if !FORMATS_2D.contains(&format) {
-            return refuse(
-                RESP_ERR_INVALID_PARAMETER,
-                format!("format {format} is not a 2D format"),
-            );
-        }
-        if width == 0 || height == 0 {
-            return refuse(
-                RESP_ERR_INVALID_PARAMETER,
-                format!("resource of {width}x{height}"),
-            );
-        }
-        let stride = width.checked_mul(BYTES_PER_PIXEL);
-        let size = stride.and_then(|s| u64::from(s).checked_mul(u64::from(height)));
-        let (Some(stride), Some(size)) = (stride, size) else {
-            return refuse(
-                RESP_ERR_OUT_OF_MEMORY,
-                format!("{width}x{height} overflows"),
-            );
-        };
-        self.budget.check(size)?;
-        let Ok(len) = usize::try_from(size) else {
-            return refuse(
-                RESP_ERR_OUT_OF_MEMORY,
-                "resource larger than the address space",
-            );
-        };
-        let data = match Pixels::new(len) {
-            Ok(d) => d,
-            Err(e) => return refuse(RESP_ERR_OUT_OF_MEMORY, e.to_string()),
-        };
-        self.resources.insert(
+        let surface = Surface::new(&mut self.budget, id, format, width, height)?;
+        self.table.insert(
             id,
-            Resource2d {
-                width,
-                height,
-                stride,
-                format,
-                data,
-                shared: false,
-                blob_layout: None,
-                backing: Backing::default(),
+            Resource {
+                charge: surface.data.len as u64,
+                kind: Kind::TwoD(surface),
+                uuid: None,
             },
         );
-        self.budget.reserve(size)
+        Ok(())
     }
 
-    /// Releases a resource; true if its memory had been shared with the
-    /// broker (which must then be told).
-    pub fn unref(&mut self, id: u32) -> Result<bool, Refusal> {
-        let Some(res) = self.resources.remove(&id) else {
+    /// Releases resource `id`, of whatever kind, with all it holds here:
+    /// its memory's charge, its UUID, what it showed.
+    pub fn unref(&mut self, id: u32) -> Result<Unreffed, Refusal> {
+        let Some(res) = self.table.remove(&id) else {
             return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no resource {id}"));
         };
-        self.budget.release(res.data.len as u64);
+        let shown = res.surface().map_or(0, |s| s.data.len as u64);
+        let shadow = if res.is_blob() { shown } else { 0 };
+        self.budget.release(res.charge + shadow);
         // A scanout or cursor showing it shows nothing now.
         self.scanouts.forget(id);
-        Ok(res.shared)
+        Ok(Unreffed {
+            shared: res.surface().is_some_and(|s| s.shared),
+            blob: res.is_blob(),
+        })
     }
 
     pub fn attach_backing(
@@ -306,7 +505,7 @@ impl Resources {
             }
             backing.push((addr, len));
         }
-        let res = self.get_mut(id)?;
+        let res = self.two_d_mut(id)?;
         if !res.backing.is_empty() {
             return refuse(
                 RESP_ERR_UNSPEC,
@@ -318,7 +517,7 @@ impl Resources {
     }
 
     pub fn detach_backing(&mut self, id: u32) -> Result<(), Refusal> {
-        let res = self.get_mut(id)?;
+        let res = self.two_d_mut(id)?;
         if res.backing.is_empty() {
             return refuse(RESP_ERR_UNSPEC, format!("resource {id} has no backing"));
         }
@@ -326,22 +525,34 @@ impl Resources {
         Ok(())
     }
 
+    /// TRANSFER_TO_HOST_2D on a 2D resource.
     pub fn transfer_to_host_2d(
         &mut self,
         mem: &GuestMemoryMmap,
         t: &TransferToHost2d,
     ) -> Result<(), Refusal> {
-        let id = t.resource_id.to_native();
-        let res = self.get_mut(id)?;
+        self.transfer(mem, t.resource_id.to_native(), &t.r, t.offset.to_native())
+    }
+
+    /// Copies `rect` of resource `id` (a 2D resource, or a shown blob's
+    /// copy) from its backing, the guest's rows starting `offset` bytes in.
+    fn transfer(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        id: u32,
+        rect: &Rect,
+        offset: u64,
+    ) -> Result<(), Refusal> {
+        let res = self.surface_mut(id)?;
         if res.backing.is_empty() {
             return refuse(RESP_ERR_UNSPEC, format!("resource {id} has no backing"));
         }
-        res.check_rect(id, &t.r, "transfer")?;
+        res.check_rect(id, rect, "transfer")?;
         let (x, y, w, h) = (
-            t.r.x.to_native(),
-            t.r.y.to_native(),
-            t.r.width.to_native(),
-            t.r.height.to_native(),
+            rect.x.to_native(),
+            rect.y.to_native(),
+            rect.width.to_native(),
+            rect.height.to_native(),
         );
         // Inside the resource (checked above), so none of these overflow.
         let row_bytes = (w * BYTES_PER_PIXEL) as usize;
@@ -351,7 +562,7 @@ impl Resources {
             // The guest's layout: rows `guest_stride` apart from `offset`.
             let src = (row as u64)
                 .checked_mul(u64::from(guest_stride))
-                .and_then(|o| o.checked_add(t.offset.to_native()));
+                .and_then(|o| o.checked_add(offset));
             let dst = (y as usize + row) * stride + x as usize * BYTES_PER_PIXEL as usize;
             let ok = src.is_some_and(|src| {
                 res.backing
@@ -361,8 +572,7 @@ impl Resources {
                 return refuse(
                     RESP_ERR_INVALID_PARAMETER,
                     format!(
-                        "transfer row {row} reads past resource {id}'s backing (offset {})",
-                        t.offset.to_native()
+                        "transfer row {row} reads past resource {id}'s backing (offset {offset})"
                     ),
                 );
             }
@@ -373,7 +583,7 @@ impl Resources {
     /// The broker's view of resource `id`, the first time it is asked for
     /// (and then never again until the resource is recreated).
     pub fn share(&mut self, id: u32) -> Result<Option<SharedSurface>, Refusal> {
-        let res = self.get_mut(id)?;
+        let res = self.surface_mut(id)?;
         if res.shared {
             return Ok(None);
         }
@@ -389,12 +599,12 @@ impl Resources {
 
     /// The memfd holding resource `id`'s pixels.
     pub fn memfd(&self, id: u32) -> Option<BorrowedFd<'_>> {
-        self.resources.get(&id).map(|r| r.data.fd())
+        self.surface(id).ok().map(|r| r.data.fd())
     }
 
     /// The pixels of resource `id`, for tests and (soon) the display path.
     pub fn pixels(&self, id: u32) -> Option<&[u8]> {
-        self.resources.get(&id).map(|r| r.data.as_slice())
+        self.surface(id).ok().map(|r| r.data.as_slice())
     }
 }
 

@@ -47,8 +47,14 @@ impl Scanouts {
 }
 
 impl Resources {
+    /// SET_SCANOUT.
     pub fn set_scanout(&mut self, s: &SetScanout) -> Result<(), Refusal> {
-        let (scanout_id, id) = (s.scanout_id.to_native(), s.resource_id.to_native());
+        self.show(s.scanout_id.to_native(), s.resource_id.to_native(), &s.r)
+    }
+
+    /// Shows `rect` of resource `id` (a 2D resource or a shown blob's copy;
+    /// 0: nothing) on scanout `scanout_id`.
+    pub fn show(&mut self, scanout_id: u32, id: u32, r: &Rect) -> Result<(), Refusal> {
         let Some(slot) = usize::try_from(scanout_id)
             .ok()
             .filter(|i| *i < self.scanouts.shown.len())
@@ -65,20 +71,20 @@ impl Resources {
             self.scanouts.shown[slot] = None;
             return Ok(());
         }
-        let res = self.get(id)?;
-        if s.r.width.to_native() == 0 || s.r.height.to_native() == 0 {
+        let res = self.surface(id)?;
+        if r.width.to_native() == 0 || r.height.to_native() == 0 {
             return refuse(
                 RESP_ERR_INVALID_PARAMETER,
-                format!("scanout rectangle {:?} is empty", s.r),
+                format!("scanout rectangle {r:?} is empty"),
             );
         }
-        res.check_rect(id, &s.r, "scanout")?;
+        res.check_rect(id, r, "scanout")?;
         self.scanouts.shown[slot] = Some(ScanoutState {
             resource_id: id,
-            x: s.r.x.to_native(),
-            y: s.r.y.to_native(),
-            width: s.r.width.to_native(),
-            height: s.r.height.to_native(),
+            x: r.x.to_native(),
+            y: r.y.to_native(),
+            width: r.width.to_native(),
+            height: r.height.to_native(),
         });
         Ok(())
     }
@@ -87,7 +93,7 @@ impl Resources {
     /// flushed rectangle, that part in the scanout's coordinates.
     pub fn flush(&self, f: &ResourceFlush) -> Result<Vec<(u32, PixelRect)>, Refusal> {
         let id = f.resource_id.to_native();
-        let res = self.get(id)?;
+        let res = self.surface(id)?;
         res.check_rect(id, &f.r, "flush")?;
         // Inside the resource (checked above): no sum overflows.
         let (fx, fy) = (f.r.x.to_native(), f.r.y.to_native());
@@ -117,7 +123,7 @@ impl Resources {
     /// The 64×64 cursor image of resource `id` (its top-left corner,
     /// transparent where the resource is smaller) and its format.
     pub fn cursor_image(&self, id: u32) -> Result<(u32, Vec<u8>), Refusal> {
-        let res = self.get(id)?;
+        let res = self.surface(id)?;
         let mut image = vec![0u8; CURSOR_BYTES];
         let row_bytes = (res.width.min(CURSOR_SIZE) * BYTES_PER_PIXEL) as usize;
         let dst_stride = (CURSOR_SIZE * BYTES_PER_PIXEL) as usize;
@@ -146,7 +152,7 @@ impl Resources {
             self.scanouts.cursor = None;
             return Ok(());
         }
-        self.get(id)?;
+        self.surface(id)?;
         self.scanouts.cursor = Some((id, scanout_id));
         Ok(())
     }

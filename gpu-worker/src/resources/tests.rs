@@ -339,9 +339,9 @@ fn sharing_happens_once_and_unref_reports_it() {
     assert_eq!((shared.width, shared.height, shared.stride), (16, 8, 64));
     assert_eq!(r.share(4).unwrap(), None, "shared once");
     assert!(r.memfd(4).is_some());
-    assert!(r.unref(4).unwrap(), "unref says it was shared");
+    assert!(r.unref(4).unwrap().shared, "unref says it was shared");
     r.create_2d(&create(5, 1, 16, 8)).unwrap();
-    assert!(!r.unref(5).unwrap());
+    assert!(!r.unref(5).unwrap().shared);
     assert_eq!(code(r.share(5)), RESP_ERR_INVALID_RESOURCE_ID);
 }
 
@@ -392,4 +392,103 @@ fn cursor_checks() {
     r.update_cursor(&c(0, 3), false).unwrap();
     r.update_cursor(&c(0, 0), false).unwrap();
     r.update_cursor(&c(0, 99), true).unwrap();
+}
+
+fn uuid_source(seed: u8) -> impl FnOnce() -> Result<[u8; 16], Refusal> {
+    move || Ok([seed; 16])
+}
+
+/// RESOURCE_UNREF is one removal: the UUID goes with the resource, so a
+/// resource re-created with a freed id gets a new one, and a guest that
+/// cycles CREATE_2D, ASSIGN_UUID and UNREF leaves nothing behind.
+#[test]
+fn a_uuid_lives_and_dies_with_its_resource() {
+    let mut r = res(1, 64 * MIB);
+    for cycle in 0..20_000u32 {
+        r.create_2d(&create(5, 1, 4, 4)).unwrap();
+        let seed = (cycle % 250) as u8;
+        assert_eq!(r.assign_uuid(5, uuid_source(seed)).unwrap(), [seed; 16]);
+        // Asked again, the same one.
+        assert_eq!(
+            r.assign_uuid(5, uuid_source(seed.wrapping_add(1))).unwrap(),
+            [seed; 16]
+        );
+        r.unref(5).unwrap();
+        assert_eq!(r.count(), 0, "cycle {cycle} left an entry");
+    }
+    assert_eq!(r.used_bytes(), 0);
+    assert_eq!(
+        code(r.assign_uuid(5, uuid_source(1))),
+        RESP_ERR_INVALID_RESOURCE_ID
+    );
+}
+
+fn guest_blob(size: u64) -> Blob {
+    Blob {
+        size,
+        guest: Some(vec![(GuestAddress(0x1000), size as u32)]),
+    }
+}
+
+/// A blob is one entry like a 2D resource: its id is taken for both kinds,
+/// its UUID and its charge go with one unref, and its shadow's pixels too.
+#[test]
+fn a_blob_is_one_entry_with_its_uuid_charge_and_shadow() {
+    let m = mem();
+    let mut r = res(1, 64 * MIB);
+    r.reserve(4096).unwrap();
+    r.add_blob(9, guest_blob(64 * 64 * 4), 4096);
+    assert!(r.is_blob(9) && r.exists(9));
+    assert_eq!(
+        code(r.create_2d(&create(9, 1, 4, 4))),
+        RESP_ERR_INVALID_RESOURCE_ID,
+        "a blob's id is in use for 2D resources too"
+    );
+    assert_eq!(
+        code(r.attach_backing(&m, 9, &[entry(0x1000, 4096)])),
+        RESP_ERR_INVALID_RESOURCE_ID,
+        "a blob has no 2D backing"
+    );
+    r.assign_uuid(9, uuid_source(7)).unwrap();
+    let (was_shared, made) = r.blob_shadow(9, 64, 64, 1, 0, 256);
+    assert!(!was_shared);
+    made.unwrap();
+    assert!(r.blob_is_shown(9));
+    assert_eq!(r.used_bytes(), 4096 + 64 * 64 * 4);
+    r.show(0, 9, &rect(0, 0, 64, 64)).unwrap();
+    assert!(r.share(9).unwrap().is_some());
+    let gone = r.unref(9).unwrap();
+    assert!(gone.blob && gone.shared);
+    assert_eq!(r.used_bytes(), 0, "the blob's charge and its shadow's");
+    assert_eq!(r.count(), 0);
+    assert!(r.scanout(0).is_none());
+    // The id is free for a new resource, with a UUID of its own.
+    r.create_2d(&create(9, 1, 4, 4)).unwrap();
+    assert_eq!(r.assign_uuid(9, uuid_source(8)).unwrap(), [8; 16]);
+}
+
+/// A new layout replaces a blob's shadow: the old one's pixels are
+/// released, and its having been shared is reported.
+#[test]
+fn a_new_shadow_layout_replaces_the_old_copy() {
+    let mut r = res(1, 64 * MIB);
+    r.add_blob(3, guest_blob(64 * 64 * 4), 0);
+    r.blob_shadow(3, 64, 64, 1, 0, 256).1.unwrap();
+    r.share(3).unwrap();
+    let (unchanged, made) = r.blob_shadow(3, 64, 64, 1, 0, 256);
+    assert!(!unchanged && made.is_ok(), "the same layout keeps the copy");
+    let (was_shared, made) = r.blob_shadow(3, 32, 32, 1, 0, 256);
+    assert!(was_shared);
+    made.unwrap();
+    assert_eq!(r.used_bytes(), 32 * 32 * 4);
+    // A host blob has no pages to copy from.
+    r.add_blob(
+        4,
+        Blob {
+            size: 4096,
+            guest: None,
+        },
+        0,
+    );
+    assert_eq!(code(r.blob_shadow(4, 32, 32, 1, 0, 128).1), RESP_ERR_UNSPEC);
 }

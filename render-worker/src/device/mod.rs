@@ -9,6 +9,7 @@
 use gpu_airlock_render_worker::framing::{check_cross_domain_framing, Walk};
 
 mod mapping;
+use ipc::LockExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -113,7 +114,7 @@ pub fn build_rutabaga(
 ) -> Result<Rutabaga, RutabagaFailed> {
     let handler = RutabagaFenceHandler::new(move |fence| {
         let k = key(&fence);
-        let mut f = fences.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = fences.lock_or_recover();
         if let Some(i) = f.pending.iter().position(|p| *p == k) {
             f.pending.remove(i);
             let (ctx_id, ring, fence_id) = k;
@@ -511,7 +512,7 @@ impl RenderDevice {
         self.channels.clear();
         self.requirements.clear();
         {
-            let mut f = self.fences.lock().unwrap_or_else(|e| e.into_inner());
+            let mut f = self.fences.lock_or_recover();
             f.signalled.clear();
             f.pending.clear();
         }
@@ -579,7 +580,7 @@ impl RenderDevice {
             return Err(refused(code_of(&e), format!("fence {fence_id}: {e}")));
         }
         let k = (ctx_id, ring, fence_id);
-        let mut f = self.fences.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = self.fences.lock_or_recover();
         match f.signalled.iter().position(|s| *s == k) {
             Some(i) => {
                 f.signalled.remove(i);
