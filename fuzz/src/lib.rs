@@ -176,7 +176,8 @@ pub fn ipc_frame(data: &[u8]) {
 /// walk by each header's size ends exactly at the end of the stream,
 /// advancing at least a header each time (so rutabaga's walk ends too).
 pub fn cross_domain(data: &[u8]) {
-    use gpu_airlock_render_worker::framing::{check_cross_domain_framing, CROSS_DOMAIN_HEADER};
+    use gpu_airlock_render_worker::framing::check_cross_domain_framing;
+    use wire::cross_domain::HEADER_SIZE as CROSS_DOMAIN_HEADER;
     let Ok(walk) = check_cross_domain_framing(data) else {
         return;
     };

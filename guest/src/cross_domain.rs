@@ -1,83 +1,54 @@
-//! Cross-domain's commands (capset 5), as a guest writes them into
-//! EXECBUFFER and reads answers from its query ring: the layouts of
-//! rutabaga_gfx's `cross_domain_protocol.rs` (upstream numbering; libkrun's
-//! fork numbers differently), little-endian.
+//! Cross-domain's commands (capset 5) as the guest proxy writes them into
+//! EXECBUFFER and reads answers from its rings: built from and parsed into
+//! the structures of `wire::cross_domain` (rutabaga_gfx's layouts).
 
-/// The capset id of cross-domain contexts.
-pub const CAPSET_CROSS_DOMAIN: u32 = 5;
-
-pub const CMD_INIT: u8 = 1;
-pub const CMD_GET_IMAGE_REQUIREMENTS: u8 = 2;
-pub const CMD_POLL: u8 = 3;
-pub const CMD_SEND: u8 = 4;
-pub const CMD_RECEIVE: u8 = 5;
-pub const CMD_READ: u8 = 6;
-pub const CMD_WRITE: u8 = 7;
-
-pub const CHANNEL_TYPE_WAYLAND: u32 = 1;
-pub const QUERY_RING: u32 = 0;
-pub const CHANNEL_RING: u32 = 1;
-pub const MAX_IDENTIFIERS: usize = 28;
-
-pub const ID_TYPE_VIRTGPU_BLOB: u32 = 1;
-pub const ID_TYPE_VIRTGPU_SYNC: u32 = 2;
-pub const ID_TYPE_READ_PIPE: u32 = 3;
-pub const ID_TYPE_WRITE_PIPE: u32 = 4;
-
-/// DRM_FORMAT_XRGB8888.
-pub const DRM_FORMAT_XRGB8888: u32 = u32::from_le_bytes(*b"XR24");
-
-/// `struct CrossDomainHeader`: 8 bytes before every command.
-pub const HEADER_SIZE: usize = 8;
-/// `struct CrossDomainInit`, its 16-byte socket UUID included.
-pub const INIT_SIZE: usize = HEADER_SIZE + 12 + 16;
-/// `struct CrossDomainGetImageRequirements`.
-pub const GET_IMAGE_REQUIREMENTS_SIZE: usize = HEADER_SIZE + 16;
-/// `struct CrossDomainImageRequirements`, as the host writes it to the
-/// query ring.
-pub const IMAGE_REQUIREMENTS_SIZE: usize = 64;
-/// `struct CrossDomainCapabilities`, the capset's bytes.
-pub const CAPABILITIES_SIZE: usize = 16;
+use vm_memory::{ByteValued, Le32};
+use wire::cross_domain::{self as cd, header, read};
+pub use wire::cross_domain::{
+    CAPABILITIES_SIZE, CAPSET_CROSS_DOMAIN, CHANNEL_RING, CHANNEL_TYPE_WAYLAND,
+    CMD_GET_IMAGE_REQUIREMENTS, CMD_INIT, CMD_POLL, CMD_READ, CMD_RECEIVE, CMD_SEND, CMD_WRITE,
+    DRM_FORMAT_XRGB8888, GET_IMAGE_REQUIREMENTS_SIZE, HEADER_SIZE, ID_TYPE_READ_PIPE,
+    ID_TYPE_VIRTGPU_BLOB, ID_TYPE_VIRTGPU_SYNC, ID_TYPE_WRITE_PIPE, IMAGE_REQUIREMENTS_SIZE,
+    INIT_SIZE, MAX_IDENTIFIERS, QUERY_RING, READ_WRITE_SIZE, SEND_RECEIVE_SIZE,
+};
 
 /// A command: its header (`cmd`, ring index 0, `cmd_size` = the whole
-/// command) followed by `body`.
+/// command) followed by `body`. The commands built here are far below the
+/// 16-bit size; those with caller-sized data check it first.
 pub fn command(cmd: u8, body: &[u8]) -> Vec<u8> {
     let size = HEADER_SIZE + body.len();
+    let hdr = header(cmd, size).unwrap_or_default();
     let mut v = Vec::with_capacity(size);
-    v.push(cmd);
-    v.push(0);
-    v.extend_from_slice(&(size as u16).to_le_bytes());
-    v.extend_from_slice(&0u32.to_le_bytes());
+    v.extend_from_slice(hdr.as_slice());
     v.extend_from_slice(body);
     v
-}
-
-fn words(w: &[u32]) -> Vec<u8> {
-    w.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
 /// CROSS_DOMAIN_CMD_INIT: the query ring's resource id, the channel
 /// ring's (0 for none), and the channel type (0 for none).
 pub fn init(query_ring: u32, channel_ring: u32, channel_type: u32) -> Vec<u8> {
-    let mut body = words(&[query_ring, channel_ring, channel_type]);
-    body.extend_from_slice(&[0; 16]);
-    command(CMD_INIT, &body)
+    let init = cd::Init {
+        hdr: header(CMD_INIT, INIT_SIZE).unwrap_or_default(),
+        query_ring_id: query_ring.into(),
+        channel_ring_id: channel_ring.into(),
+        channel_type: channel_type.into(),
+        internal_socket_uuid: [0; 16],
+    };
+    init.as_slice().to_vec()
 }
 
 /// CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS for a `width`×`height` image.
 pub fn get_image_requirements(width: u32, height: u32, drm_format: u32, flags: u32) -> Vec<u8> {
-    command(
-        CMD_GET_IMAGE_REQUIREMENTS,
-        &words(&[width, height, drm_format, flags]),
-    )
+    let get = cd::GetImageRequirements {
+        hdr: header(CMD_GET_IMAGE_REQUIREMENTS, GET_IMAGE_REQUIREMENTS_SIZE).unwrap_or_default(),
+        width: width.into(),
+        height: height.into(),
+        drm_format: drm_format.into(),
+        flags: flags.into(),
+    };
+    get.as_slice().to_vec()
 }
 
-/// `struct CrossDomainSendReceive` without its data: the header, the
-/// identifier count, the data size, and three arrays of
-/// [`MAX_IDENTIFIERS`] words (identifiers, their types, their sizes).
-pub const SEND_RECEIVE_SIZE: usize = HEADER_SIZE + 8 + 3 * 4 * MAX_IDENTIFIERS;
-/// `struct CrossDomainReadWrite` without its data.
-pub const READ_WRITE_SIZE: usize = HEADER_SIZE + 16;
 /// The most data the host puts into one RECEIVE or READ (rutabaga's
 /// 4 KiB receive buffer less the header), and so the size a channel
 /// ring must have beyond the header.
@@ -96,22 +67,23 @@ pub struct Identifier {
 /// [`MAX_IDENTIFIERS`] descriptors. None if there are more, or if the
 /// command would not fit its 16-bit size.
 pub fn send(data: &[u8], identifiers: &[Identifier]) -> Option<Vec<u8>> {
-    if identifiers.len() > MAX_IDENTIFIERS || SEND_RECEIVE_SIZE + data.len() > usize::from(u16::MAX)
-    {
+    if identifiers.len() > MAX_IDENTIFIERS {
         return None;
     }
-    let mut ids = [0u32; MAX_IDENTIFIERS];
-    let mut kinds = [0u32; MAX_IDENTIFIERS];
-    let mut sizes = [0u32; MAX_IDENTIFIERS];
+    let mut send = cd::SendReceive {
+        hdr: header(CMD_SEND, SEND_RECEIVE_SIZE + data.len())?,
+        num_identifiers: (identifiers.len() as u32).into(),
+        opaque_data_size: (data.len() as u32).into(),
+        ..Default::default()
+    };
     for (i, ident) in identifiers.iter().enumerate() {
-        (ids[i], kinds[i], sizes[i]) = (ident.id, ident.kind, ident.size);
+        send.identifiers[i] = ident.id.into();
+        send.identifier_types[i] = ident.kind.into();
+        send.identifier_sizes[i] = ident.size.into();
     }
-    let mut body = words(&[identifiers.len() as u32, data.len() as u32]);
-    body.extend(words(&ids));
-    body.extend(words(&kinds));
-    body.extend(words(&sizes));
-    body.extend_from_slice(data);
-    Some(command(CMD_SEND, &body))
+    let mut v = send.as_slice().to_vec();
+    v.extend_from_slice(data);
+    Some(v)
 }
 
 /// CROSS_DOMAIN_CMD_POLL: on the channel ring, fenced, it asks the host
@@ -123,12 +95,16 @@ pub fn poll() -> Vec<u8> {
 /// CROSS_DOMAIN_CMD_WRITE: bytes for the host's end of a write pipe
 /// (`hang_up` closes it). None if they do not fit the 16-bit size.
 pub fn write(identifier: u32, data: &[u8], hang_up: bool) -> Option<Vec<u8>> {
-    if READ_WRITE_SIZE + data.len() > usize::from(u16::MAX) {
-        return None;
-    }
-    let mut body = words(&[identifier, u32::from(hang_up), data.len() as u32, 0]);
-    body.extend_from_slice(data);
-    Some(command(CMD_WRITE, &body))
+    let write = cd::ReadWrite {
+        hdr: header(CMD_WRITE, READ_WRITE_SIZE + data.len())?,
+        identifier: identifier.into(),
+        hang_up: u32::from(hang_up).into(),
+        opaque_data_size: (data.len() as u32).into(),
+        pad: 0.into(),
+    };
+    let mut v = write.as_slice().to_vec();
+    v.extend_from_slice(data);
+    Some(v)
 }
 
 /// What the host wrote into the channel ring before signalling a poll.
@@ -153,37 +129,33 @@ impl RingMessage {
         let cmd = *ring.first().ok_or("an empty channel ring")?;
         match cmd {
             CMD_RECEIVE => {
-                if ring.len() < SEND_RECEIVE_SIZE {
-                    return Err(format!("a channel ring of {} bytes", ring.len()));
-                }
-                let count = u32_at(ring, 8) as usize;
-                let size = u32_at(ring, 12) as usize;
+                let msg: cd::SendReceive =
+                    read(ring).ok_or_else(|| format!("a channel ring of {} bytes", ring.len()))?;
+                let count = msg.num_identifiers.to_native() as usize;
+                let size = msg.opaque_data_size.to_native() as usize;
                 if count > MAX_IDENTIFIERS || SEND_RECEIVE_SIZE + size > ring.len() {
                     return Err(format!("a RECEIVE of {count} identifiers and {size} bytes"));
                 }
-                let array =
-                    |which: usize, i: usize| u32_at(ring, 16 + 4 * (which * MAX_IDENTIFIERS + i));
                 let identifiers = (0..count)
                     .map(|i| Identifier {
-                        id: array(0, i),
-                        kind: array(1, i),
-                        size: array(2, i),
+                        id: msg.identifiers[i].to_native(),
+                        kind: msg.identifier_types[i].to_native(),
+                        size: msg.identifier_sizes[i].to_native(),
                     })
                     .collect();
                 let data = ring[SEND_RECEIVE_SIZE..SEND_RECEIVE_SIZE + size].to_vec();
                 Ok(RingMessage::Receive { identifiers, data })
             }
             CMD_READ => {
-                if ring.len() < READ_WRITE_SIZE {
-                    return Err(format!("a channel ring of {} bytes", ring.len()));
-                }
-                let size = u32_at(ring, 16) as usize;
+                let msg: cd::ReadWrite =
+                    read(ring).ok_or_else(|| format!("a channel ring of {} bytes", ring.len()))?;
+                let size = msg.opaque_data_size.to_native() as usize;
                 if READ_WRITE_SIZE + size > ring.len() {
                     return Err(format!("a READ of {size} bytes"));
                 }
                 Ok(RingMessage::Read {
-                    identifier: u32_at(ring, 8),
-                    hang_up: u32_at(ring, 12) != 0,
+                    identifier: msg.identifier.to_native(),
+                    hang_up: msg.hang_up.to_native() != 0,
                     data: ring[READ_WRITE_SIZE..READ_WRITE_SIZE + size].to_vec(),
                 })
             }
@@ -192,15 +164,7 @@ impl RingMessage {
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from(u32_at(b, at)) | u64::from(u32_at(b, at + 4)) << 32
-}
-
-/// `struct CrossDomainImageRequirements`.
+/// `struct CrossDomainImageRequirements`, the fields the proxy uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageRequirements {
     pub strides: [u32; 4],
@@ -214,17 +178,14 @@ pub struct ImageRequirements {
 impl ImageRequirements {
     /// From the query ring's first bytes; None if too short.
     pub fn parse(b: &[u8]) -> Option<ImageRequirements> {
-        if b.len() < IMAGE_REQUIREMENTS_SIZE {
-            return None;
-        }
-        let four = |at: usize| [0, 1, 2, 3].map(|i| u32_at(b, at + 4 * i));
+        let r: cd::ImageRequirements = read(b)?;
         Some(ImageRequirements {
-            strides: four(0),
-            offsets: four(16),
-            modifier: u64_at(b, 32),
-            size: u64_at(b, 40),
-            blob_id: u32_at(b, 48),
-            map_info: u32_at(b, 52),
+            strides: r.strides.map(Le32::to_native),
+            offsets: r.offsets.map(Le32::to_native),
+            modifier: r.modifier.to_native(),
+            size: r.size.to_native(),
+            blob_id: r.blob_id.to_native(),
+            map_info: r.map_info.to_native(),
         })
     }
 }
@@ -241,14 +202,12 @@ pub struct Capabilities {
 
 impl Capabilities {
     pub fn parse(b: &[u8]) -> Option<Capabilities> {
-        if b.len() < CAPABILITIES_SIZE {
-            return None;
-        }
+        let c: cd::Capabilities = read(b)?;
         Some(Capabilities {
-            version: u32_at(b, 0),
-            supported_channels: u32_at(b, 4),
-            supports_dmabuf: u32_at(b, 8),
-            supports_external_gpu_memory: u32_at(b, 12),
+            version: c.version.to_native(),
+            supported_channels: c.supported_channels.to_native(),
+            supports_dmabuf: c.supports_dmabuf.to_native(),
+            supports_external_gpu_memory: c.supports_external_gpu_memory.to_native(),
         })
     }
 }
@@ -256,6 +215,10 @@ impl Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
 
     #[test]
     fn commands_have_rutabagas_sizes_and_headers() {

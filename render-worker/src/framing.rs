@@ -1,9 +1,8 @@
 //! The cross-domain framing check, apart from the process so that the
-//! fuzz targets (fuzz/) and render-worker run the same code.
+//! fuzz targets (fuzz/) and render-worker run the same code. The layouts
+//! are `wire::cross_domain`'s.
 
-/// `CROSS_DOMAIN_CMD_INIT`.
-pub const CROSS_DOMAIN_CMD_INIT: u8 = 1;
-pub const CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS: u8 = 2;
+use wire::cross_domain::{read, Header, Init, CMD_GET_IMAGE_REQUIREMENTS, CMD_INIT, HEADER_SIZE};
 
 /// What one walk of a cross-domain stream found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -23,9 +22,6 @@ pub enum FramingError {
     BadSize { size: usize, at: usize, len: usize },
 }
 
-/// The size of a cross-domain command header (`CrossDomainHeader`).
-pub const CROSS_DOMAIN_HEADER: usize = 8;
-
 /// Checks the framing of a cross-domain command stream before rutabaga
 /// walks it: rutabaga advances by each header's `cmd_size` until the
 /// stream is empty, so a `cmd_size` of 0 would spin its thread forever, and
@@ -37,24 +33,25 @@ pub fn check_cross_domain_framing(commands: &[u8]) -> Result<Walk, FramingError>
     let mut at = 0;
     let mut walk = Walk::default();
     while at < commands.len() {
-        let hdr = commands
-            .get(at..at + CROSS_DOMAIN_HEADER)
-            .ok_or(FramingError::HeaderCutShort { at })?;
-        let size = usize::from(u16::from_le_bytes([hdr[2], hdr[3]]));
-        if size < CROSS_DOMAIN_HEADER || at + size > commands.len() {
+        let hdr: Header = read(&commands[at..]).ok_or(FramingError::HeaderCutShort { at })?;
+        let size = usize::from(hdr.cmd_size.to_native());
+        if size < HEADER_SIZE || at + size > commands.len() {
             return Err(FramingError::BadSize {
                 size,
                 at,
                 len: commands.len(),
             });
         }
-        if hdr[0] == CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS {
-            walk.requirements += 1;
-        }
-        if hdr[0] == CROSS_DOMAIN_CMD_INIT {
-            if let Some(t) = commands[at..at + size].get(16..20) {
-                walk.opens_channel |= u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 0;
+        let command = &commands[at..at + size];
+        match hdr.cmd {
+            CMD_GET_IMAGE_REQUIREMENTS => walk.requirements += 1,
+            // An INIT too short for its channel type opens none (rutabaga
+            // refuses it).
+            CMD_INIT => {
+                walk.opens_channel |=
+                    read::<Init>(command).is_some_and(|i| i.channel_type.to_native() != 0)
             }
+            _ => {}
         }
         at += size;
     }

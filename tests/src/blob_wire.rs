@@ -8,7 +8,7 @@ use crate::gpu_wire::*;
 use crate::Device;
 
 pub const CTX: u32 = 1;
-pub use airlock_guest::cross_domain::CAPSET_CROSS_DOMAIN;
+pub use wire::cross_domain::CAPSET_CROSS_DOMAIN;
 pub const BLOB_MEM_GUEST: u32 = 1;
 pub const BLOB_MEM_HOST3D: u32 = 2;
 pub const BLOB_FLAG_MAPPABLE: u32 = 1;
@@ -17,7 +17,7 @@ pub const BLOB_FLAG_MAPPABLE: u32 = 1;
 pub const BLOB_FLAG_SHAREABLE: u32 = 2;
 /// Guest pages for the query ring.
 pub const RING_AT: u64 = 0x40_0000;
-pub use airlock_guest::cross_domain::DRM_FORMAT_XRGB8888 as XRGB8888;
+pub use wire::cross_domain::DRM_FORMAT_XRGB8888 as XRGB8888;
 
 /// A header naming context `ctx` (with a fence on `ring` if given).
 pub fn hdr(type_: u32, ctx: u32, fence: Option<(u64, Option<u8>)>) -> Vec<u8> {

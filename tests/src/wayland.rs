@@ -28,12 +28,12 @@ pub const POLL_HEAD: u16 = 2;
 pub const CHANNEL_AT: u64 = RING_AT + 0x1_0000;
 const QUERY_RING: u32 = 10;
 const CHANNEL_RING: u32 = 11;
-/// `struct CrossDomainSendReceive` without its data.
-pub const SEND_RECEIVE_HEADER: usize = 8 + 8 + 3 * 4 * 28;
-pub const CROSS_DOMAIN_CMD_SEND: u8 = 4;
-pub const CROSS_DOMAIN_CMD_RECEIVE: u8 = 5;
-pub const CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND: u32 = 1;
-pub const CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB: u32 = 1;
+pub use wire::cross_domain::{
+    CHANNEL_TYPE_WAYLAND as CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND,
+    CMD_RECEIVE as CROSS_DOMAIN_CMD_RECEIVE, CMD_SEND as CROSS_DOMAIN_CMD_SEND,
+    ID_TYPE_VIRTGPU_BLOB as CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB,
+    SEND_RECEIVE_SIZE as SEND_RECEIVE_HEADER,
+};
 
 /// weston with its headless backend, on a private socket in a private
 /// runtime directory.
@@ -212,16 +212,24 @@ pub fn wl_parse(mut bytes: &[u8]) -> Vec<WlEvent> {
     out
 }
 
-/// A cross-domain SEND of `data` with `identifiers` (id, type).
+/// A cross-domain SEND of `data` with `identifiers` (id, type), saying
+/// it carries `count` of them (a test may say more than it carries).
 pub fn cross_domain_send(data: &[u8], identifiers: &[(u32, u32)], count: u32) -> Vec<u8> {
-    let mut ids = [0u32; 28 * 3];
+    use vm_memory::ByteValued;
+    let mut send = wire::cross_domain::SendReceive {
+        hdr: wire::cross_domain::header(CROSS_DOMAIN_CMD_SEND, SEND_RECEIVE_HEADER + data.len())
+            .expect("a SEND that fits its 16-bit size"),
+        num_identifiers: count.into(),
+        opaque_data_size: (data.len() as u32).into(),
+        ..Default::default()
+    };
     for (i, (id, ty)) in identifiers.iter().enumerate().take(28) {
-        ids[i] = *id;
-        ids[28 + i] = *ty;
+        send.identifiers[i] = (*id).into();
+        send.identifier_types[i] = (*ty).into();
     }
-    let mut body = vec![count, data.len() as u32];
-    body.extend_from_slice(&ids);
-    cross_domain(CROSS_DOMAIN_CMD_SEND, &body, data)
+    let mut v = send.as_slice().to_vec();
+    v.extend_from_slice(data);
+    v
 }
 
 /// The guest's end of one cross-domain Wayland channel on context [`CTX`].
@@ -331,11 +339,13 @@ impl WaylandChannel {
         dev.mem
             .read_slice(&mut ring, GuestAddress(CHANNEL_AT))
             .unwrap();
+        let receive: wire::cross_domain::SendReceive =
+            wire::cross_domain::read(&ring).expect("a ring of 4 KiB");
         assert_eq!(
-            ring[0], CROSS_DOMAIN_CMD_RECEIVE,
+            receive.hdr.cmd, CROSS_DOMAIN_CMD_RECEIVE,
             "the channel ring holds a RECEIVE"
         );
-        let size = u32::from_le_bytes(ring[12..16].try_into().unwrap()) as usize;
+        let size = receive.opaque_data_size.to_native() as usize;
         ring[SEND_RECEIVE_HEADER..SEND_RECEIVE_HEADER + size].to_vec()
     }
 

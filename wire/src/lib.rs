@@ -19,6 +19,7 @@
 use virtio_bindings::virtio_gpu as b;
 
 pub mod command;
+pub mod cross_domain;
 pub mod layout;
 pub mod response;
 

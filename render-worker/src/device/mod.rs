@@ -10,11 +10,13 @@ use gpu_airlock_render_worker::framing::{check_cross_domain_framing, Walk};
 
 mod mapping;
 use ipc::LockExt;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use wire::cross_domain;
 
 use ipc::{
     Channel, MapRequest, MemoryRegion, Nothing, RenderCall, RenderEvent, RenderReply,
@@ -74,16 +76,13 @@ fn runs_as(context_init: u32, wayland: bool) -> u32 {
     }
 }
 
-/// `CROSS_DOMAIN_CHANNEL_RING`.
-const CROSS_DOMAIN_CHANNEL_RING: u8 = 1;
+/// The channel ring's index, as a fence names it.
+const CROSS_DOMAIN_CHANNEL_RING: u8 = cross_domain::CHANNEL_RING as u8;
 /// Most GET_IMAGE_REQUIREMENTS one context may send: rutabaga keeps every
 /// answer in the context's table for the context's life, so without a cap
 /// a guest grows render-worker's memory without bound. A guest proxy asks
 /// once per buffer size.
 const MAX_REQUIREMENTS_PER_CONTEXT: usize = 4096;
-
-/// `CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND` (rutabaga's cross_domain_protocol).
-const CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND: u32 = 1;
 
 /// Where rutabaga's fence signals go. A fence gpu-worker was told is
 /// pending becomes an event on the event channel; any other (one that
@@ -135,7 +134,7 @@ pub fn build_rutabaga(
     let paths = wayland.map(|path| {
         vec![RutabagaPath {
             path,
-            path_type: CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND,
+            path_type: cross_domain::CHANNEL_TYPE_WAYLAND,
         }]
     });
     let mut builder = RutabagaBuilder::new(capset_mask(paths.is_some()), handler);
@@ -181,6 +180,25 @@ struct Blob {
     generation: Option<u64>,
 }
 
+/// What render-worker keeps of one context beside rutabaga's own state.
+#[derive(Debug, Clone, Copy)]
+struct Context {
+    /// Its capset id as rutabaga runs it (see `runs_as`).
+    capset: u32,
+    /// A cross-domain context whose INIT opened a channel (and so a worker
+    /// that signals channel-ring fences).
+    channel: bool,
+    /// GET_IMAGE_REQUIREMENTS it has sent (rutabaga keeps each answer for
+    /// the context's life).
+    requirements: usize,
+}
+
+impl Context {
+    fn is_cross_domain(&self) -> bool {
+        self.capset == RUTABAGA_CAPSET_CROSS_DOMAIN
+    }
+}
+
 /// Why a guest-memory blob's ranges cannot be reached here.
 #[derive(Debug, thiserror::Error)]
 enum GuestRange {
@@ -213,13 +231,8 @@ pub struct RenderDevice {
     /// next request's, so the channel is not used again.
     map_lost: std::cell::Cell<bool>,
     blobs: BTreeMap<u32, Blob>,
-    /// Each context's capset id as rutabaga runs it (see `runs_as`).
-    contexts: BTreeMap<u32, u32>,
-    /// Cross-domain contexts whose INIT opened a channel (and so a worker
-    /// that signals channel-ring fences).
-    channels: BTreeSet<u32>,
-    /// GET_IMAGE_REQUIREMENTS each cross-domain context has sent.
-    requirements: BTreeMap<u32, usize>,
+    /// Every context rutabaga holds, with what this process knows of it.
+    contexts: BTreeMap<u32, Context>,
     /// The compositor, for a rutabaga built anew after a reset.
     wayland: Option<PathBuf>,
     /// `--max-contexts`: most contexts at once.
@@ -246,8 +259,6 @@ impl RenderDevice {
             map_lost: std::cell::Cell::new(false),
             blobs: BTreeMap::new(),
             contexts: BTreeMap::new(),
-            channels: BTreeSet::new(),
-            requirements: BTreeMap::new(),
             wayland,
             max_contexts,
         })
@@ -309,15 +320,17 @@ impl RenderDevice {
                 let name = Some(&name).filter(|n| !n.is_empty()).map(String::as_str);
                 let created = self.rutabaga.create_context(ctx_id, context_init, name);
                 if created.is_ok() {
-                    let capset = runs_as(context_init, self.wayland.is_some());
-                    self.contexts.insert(ctx_id, capset);
+                    let context = Context {
+                        capset: runs_as(context_init, self.wayland.is_some()),
+                        channel: false,
+                        requirements: 0,
+                    };
+                    self.contexts.insert(ctx_id, context);
                 }
                 created
             }
             RenderRequest::CtxDestroy { ctx_id } => {
                 self.contexts.remove(&ctx_id);
-                self.channels.remove(&ctx_id);
-                self.requirements.remove(&ctx_id);
                 self.rutabaga.destroy_context(ctx_id)
             }
             RenderRequest::CtxAttach {
@@ -332,14 +345,15 @@ impl RenderDevice {
                 ctx_id,
                 mut commands,
             } => {
+                let context = self.contexts.get(&ctx_id).copied();
                 let mut walk = Walk::default();
-                if self.contexts.get(&ctx_id) == Some(&RUTABAGA_CAPSET_CROSS_DOMAIN) {
+                if context.is_some_and(|c| c.is_cross_domain()) {
                     match check_cross_domain_framing(&commands) {
                         Ok(w) => walk = w,
                         Err(why) => return refused(ERR_INVALID_PARAMETER, why.to_string()),
                     }
                 }
-                let asked = self.requirements.get(&ctx_id).copied().unwrap_or(0);
+                let asked = context.map_or(0, |c| c.requirements);
                 if asked + walk.requirements > MAX_REQUIREMENTS_PER_CONTEXT {
                     return refused(
                         ERR_OUT_OF_MEMORY,
@@ -350,12 +364,10 @@ impl RenderDevice {
                     );
                 }
                 let done = self.rutabaga.submit_command(ctx_id, &mut commands, &[]);
-                if walk.requirements > 0 {
+                if let Some(c) = self.contexts.get_mut(&ctx_id) {
                     // Counted whether or not rutabaga answered them all.
-                    self.requirements.insert(ctx_id, asked + walk.requirements);
-                }
-                if done.is_ok() && walk.opens_channel {
-                    self.channels.insert(ctx_id);
+                    c.requirements = asked + walk.requirements;
+                    c.channel |= done.is_ok() && walk.opens_channel;
                 }
                 done
             }
@@ -509,8 +521,6 @@ impl RenderDevice {
         }
         self.blobs.clear();
         self.contexts.clear();
-        self.channels.clear();
-        self.requirements.clear();
         {
             let mut f = self.fences.lock_or_recover();
             f.signalled.clear();
@@ -554,8 +564,10 @@ impl RenderDevice {
         // worker a channel INIT starts; on any other context it keeps the
         // fence, or drops it, and the guest's command would wait for ever.
         if ring == Some(CROSS_DOMAIN_CHANNEL_RING)
-            && self.contexts.get(&ctx_id) == Some(&RUTABAGA_CAPSET_CROSS_DOMAIN)
-            && !self.channels.contains(&ctx_id)
+            && self
+                .contexts
+                .get(&ctx_id)
+                .is_some_and(|c| c.is_cross_domain() && !c.channel)
         {
             return Err(refused(
                 ERR_INVALID_PARAMETER,
@@ -597,9 +609,7 @@ impl RenderDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gpu_airlock_render_worker::framing::{
-        CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS, CROSS_DOMAIN_CMD_INIT,
-    };
+    use wire::cross_domain::{CMD_GET_IMAGE_REQUIREMENTS, CMD_INIT};
 
     fn cmd(size: u16, total: usize) -> Vec<u8> {
         let mut v = vec![0u8; total];
@@ -617,13 +627,17 @@ mod tests {
         // An INIT (command 1, 36 bytes) opens a channel when its channel
         // type, 16 bytes in, is not 0.
         let mut init = cmd(36, 36);
-        init[0] = CROSS_DOMAIN_CMD_INIT;
+        init[0] = CMD_INIT;
         assert!(!check_cross_domain_framing(&init).unwrap().opens_channel);
         init[16] = 1;
         assert!(check_cross_domain_framing(&init).unwrap().opens_channel);
+        // One cut short of its 36 bytes opens nothing (rutabaga refuses it).
+        let mut short = init[..20].to_vec();
+        short[2] = 20;
+        assert!(!check_cross_domain_framing(&short).unwrap().opens_channel);
         // Image requirements are counted.
         let mut reqs = cmd(24, 24);
-        reqs[0] = CROSS_DOMAIN_CMD_GET_IMAGE_REQUIREMENTS;
+        reqs[0] = CMD_GET_IMAGE_REQUIREMENTS;
         let mut three = reqs.clone();
         three.extend(&reqs);
         three.extend(&init);
