@@ -44,6 +44,7 @@ fn units_in(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+#[ignore = "needs systemd's tools (systemd-analyze, systemd-socket-activate) and man-db: tests/guest/prepare.sh"]
 fn the_systemd_units_verify() {
     let dir = TempDir::new("units");
     let units = units_in(&dir.0);
@@ -75,6 +76,7 @@ fn next_notification(socket: &UnixDatagram) -> String {
 }
 
 #[test]
+#[ignore = "needs systemd's tools (systemd-analyze, systemd-socket-activate) and man-db: tests/guest/prepare.sh"]
 fn socket_activation_serves_and_notifies_the_service_manager() {
     let dir = TempDir::new("activate");
     let socket = dir.0.join("gpu.sock");
@@ -127,6 +129,7 @@ fn socket_activation_serves_and_notifies_the_service_manager() {
 }
 
 #[test]
+#[ignore = "needs systemd's tools (systemd-analyze, systemd-socket-activate) and man-db: tests/guest/prepare.sh"]
 fn socket_activation_and_socket_path_at_once_is_bad_input() {
     let dir = TempDir::new("activate-twice");
     let socket = dir.0.join("gpu.sock");
@@ -219,6 +222,7 @@ fn with_stderr_as_the_journal_lines_carry_syslog_priorities() {
 }
 
 #[test]
+#[ignore = "needs systemd's tools (systemd-analyze, systemd-socket-activate) and man-db: tests/guest/prepare.sh"]
 fn the_man_page_renders() {
     let page = repo().join("packaging/gpu-airlock.1");
     let out = Command::new(tool("man"))

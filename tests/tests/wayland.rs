@@ -26,10 +26,9 @@ fn registry_and_sync() -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs weston: tests/guest/prepare.sh (apt-get install weston)"]
 fn the_guest_lists_westons_globals_through_the_jailed_render_worker() {
-    let Some(weston) = Weston::start() else {
-        return;
-    };
+    let weston = harness::guest::needed(Weston::start());
     let backend = Backend::start(&["--wayland-socket", &weston.arg()]);
     let mut dev = Device::connect(&backend.socket);
     // render-worker opens the compositor connection at INIT, no earlier.
@@ -76,10 +75,9 @@ fn no_compositor_at_init_is_an_error_not_a_hang() {
 }
 
 #[test]
+#[ignore = "needs weston: tests/guest/prepare.sh (apt-get install weston)"]
 fn the_compositor_going_away_is_an_end_of_channel_not_a_hang() {
-    let Some(mut weston) = Weston::start() else {
-        return;
-    };
+    let mut weston = harness::guest::needed(Weston::start());
     let (_backend, mut dev, mut channel) = open_to(&weston);
     channel.send(&mut dev, &registry_and_sync(), &[]);
     channel.receive_until(&mut dev, |e| e.object == 3 && e.opcode == 0);
@@ -106,10 +104,9 @@ fn the_compositor_going_away_is_an_end_of_channel_not_a_hang() {
 }
 
 #[test]
+#[ignore = "needs weston: tests/guest/prepare.sh (apt-get install weston)"]
 fn bad_sends_get_error_responses() {
-    let Some(weston) = Weston::start() else {
-        return;
-    };
+    let weston = harness::guest::needed(Weston::start());
     let (_backend, mut dev, mut channel) = open_to(&weston);
     let code = |dev: &mut Device, r: &[u8]| {
         let (_, resp) = dev.control(r, 64);
@@ -183,10 +180,9 @@ fn args(words: &[u32]) -> Vec<u8> {
 /// memfd (sent as a descriptor with SEND), a buffer, an xdg toplevel
 /// surface, attach, commit — and weston's frame callback comes back.
 #[test]
+#[ignore = "needs weston: tests/guest/prepare.sh (apt-get install weston)"]
 fn a_blob_becomes_a_shm_buffer_on_a_surface_and_the_frame_callback_arrives() {
-    let Some(weston) = Weston::start() else {
-        return;
-    };
+    let weston = harness::guest::needed(Weston::start());
     let (_backend, mut dev, mut channel) = open_to(&weston);
     channel.send(&mut dev, &registry_and_sync(), &[]);
     let events = channel.receive_until(&mut dev, |e| e.object == 3 && e.opcode == 0);
@@ -249,10 +245,9 @@ fn a_blob_becomes_a_shm_buffer_on_a_surface_and_the_frame_callback_arrives() {
 /// Without the namespace layer (`--sandbox none`) render-worker reaches the
 /// compositor by its host path, with the same seccomp filter.
 #[test]
+#[ignore = "needs weston: tests/guest/prepare.sh (apt-get install weston)"]
 fn without_namespaces_the_host_path_is_used() {
-    let Some(weston) = Weston::start() else {
-        return;
-    };
+    let weston = harness::guest::needed(Weston::start());
     let backend = Backend::start(&["--wayland-socket", &weston.arg(), "--sandbox", "none"]);
     let mut dev = Device::connect(&backend.socket);
     let (mut channel, init) = WaylandChannel::open(&mut dev);
