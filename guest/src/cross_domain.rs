@@ -123,18 +123,31 @@ pub enum RingMessage {
     },
 }
 
+/// A channel ring that holds no message the proxy knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    #[error("a channel ring of {0} bytes")]
+    Short(usize),
+    #[error("a RECEIVE of {count} identifiers and {size} bytes")]
+    Receive { count: usize, size: usize },
+    #[error("a READ of {0} bytes")]
+    Read(usize),
+    #[error("channel ring command {0}")]
+    Unknown(u8),
+}
+
 impl RingMessage {
     /// From the channel ring's bytes; an error names what does not fit.
-    pub fn parse(ring: &[u8]) -> Result<RingMessage, String> {
-        let cmd = *ring.first().ok_or("an empty channel ring")?;
+    pub fn parse(ring: &[u8]) -> Result<RingMessage, RingError> {
+        let cmd = *ring.first().ok_or(RingError::Short(0))?;
         match cmd {
             CMD_RECEIVE => {
                 let msg: cd::SendReceive =
-                    read(ring).ok_or_else(|| format!("a channel ring of {} bytes", ring.len()))?;
+                    read(ring).ok_or(RingError::Short(ring.len()))?;
                 let count = msg.num_identifiers.to_native() as usize;
                 let size = msg.opaque_data_size.to_native() as usize;
                 if count > MAX_IDENTIFIERS || SEND_RECEIVE_SIZE + size > ring.len() {
-                    return Err(format!("a RECEIVE of {count} identifiers and {size} bytes"));
+                    return Err(RingError::Receive { count, size });
                 }
                 let identifiers = (0..count)
                     .map(|i| Identifier {
@@ -148,10 +161,10 @@ impl RingMessage {
             }
             CMD_READ => {
                 let msg: cd::ReadWrite =
-                    read(ring).ok_or_else(|| format!("a channel ring of {} bytes", ring.len()))?;
+                    read(ring).ok_or(RingError::Short(ring.len()))?;
                 let size = msg.opaque_data_size.to_native() as usize;
                 if READ_WRITE_SIZE + size > ring.len() {
-                    return Err(format!("a READ of {size} bytes"));
+                    return Err(RingError::Read(size));
                 }
                 Ok(RingMessage::Read {
                     identifier: msg.identifier.to_native(),
@@ -159,7 +172,7 @@ impl RingMessage {
                     data: ring[READ_WRITE_SIZE..READ_WRITE_SIZE + size].to_vec(),
                 })
             }
-            other => Err(format!("channel ring command {other}")),
+            other => Err(RingError::Unknown(other)),
         }
     }
 }

@@ -11,6 +11,21 @@ use wayland_backend::protocol::ArgumentType;
 pub const MAX_MESSAGE: usize = 4096;
 pub const HEADER: usize = 8;
 
+/// Bytes that are not a Wayland message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("a message of {size} bytes to object {object}")]
+    BadSize { object: u32, size: usize },
+    #[error("arguments cut short at byte {0}")]
+    CutShort(usize),
+    #[error("a {0}-byte argument past the message")]
+    PastTheMessage(usize),
+    #[error("a string without its NUL")]
+    NoNul,
+    #[error("{0} bytes past the arguments")]
+    Trailing(usize),
+}
+
 /// A message's header: the object, the opcode, the whole size in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -22,15 +37,13 @@ pub struct Header {
 impl Header {
     /// The header at the start of `bytes`, if there are 8 bytes; an error
     /// if its size cannot be a message's.
-    pub fn peek(bytes: &[u8]) -> Result<Option<Header>, String> {
-        if bytes.len() < HEADER {
+    pub fn peek(bytes: &[u8]) -> Result<Option<Header>, WireError> {
+        let (Some(object), Some(word)) = (ne_word(bytes, 0), ne_word(bytes, 4)) else {
             return Ok(None);
-        }
-        let object = u32::from_ne_bytes(bytes[0..4].try_into().unwrap());
-        let word = u32::from_ne_bytes(bytes[4..8].try_into().unwrap());
+        };
         let size = (word >> 16) as usize;
         if size < HEADER || !size.is_multiple_of(4) || size > MAX_MESSAGE {
-            return Err(format!("a message of {size} bytes to object {object}"));
+            return Err(WireError::BadSize { object, size });
         }
         Ok(Some(Header {
             object,
@@ -38,6 +51,12 @@ impl Header {
             size,
         }))
     }
+}
+
+/// The native-endian word at `at`, if there are four bytes there.
+fn ne_word(bytes: &[u8], at: usize) -> Option<u32> {
+    let w: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_ne_bytes(w))
 }
 
 /// One argument as it was on the wire (strings without their NUL).
@@ -70,14 +89,12 @@ impl Arg {
 
 /// The arguments of a message body by `signature`; an error names what is
 /// cut short or malformed.
-pub fn parse(body: &[u8], signature: &[ArgumentType]) -> Result<Vec<Arg>, String> {
+pub fn parse(body: &[u8], signature: &[ArgumentType]) -> Result<Vec<Arg>, WireError> {
     let mut at = 0;
-    let word = |at: &mut usize| -> Result<u32, String> {
-        let w = body
-            .get(*at..*at + 4)
-            .ok_or_else(|| format!("arguments cut short at byte {}", *at))?;
+    let word = |at: &mut usize| -> Result<u32, WireError> {
+        let w = ne_word(body, *at).ok_or(WireError::CutShort(*at))?;
         *at += 4;
-        Ok(u32::from_ne_bytes(w.try_into().unwrap()))
+        Ok(w)
     };
     let mut args = Vec::with_capacity(signature.len());
     for kind in signature {
@@ -91,16 +108,17 @@ pub fn parse(body: &[u8], signature: &[ArgumentType]) -> Result<Vec<Arg>, String
             ArgumentType::Str(_) | ArgumentType::Array => {
                 let len = word(&mut at)? as usize;
                 let padded = len.div_ceil(4) * 4;
-                let bytes = body
-                    .get(at..at + padded)
-                    .ok_or_else(|| format!("a {len}-byte argument past the message"))?;
+                let bytes = at
+                    .checked_add(padded)
+                    .and_then(|end| body.get(at..end))
+                    .ok_or(WireError::PastTheMessage(len))?;
                 at += padded;
                 if matches!(kind, ArgumentType::Array) {
                     Arg::Array(bytes[..len].to_vec())
                 } else if len == 0 {
                     Arg::Str(None)
                 } else if bytes[len - 1] != 0 {
-                    return Err("a string without its NUL".into());
+                    return Err(WireError::NoNul);
                 } else {
                     Arg::Str(Some(bytes[..len - 1].to_vec()))
                 }
@@ -109,7 +127,7 @@ pub fn parse(body: &[u8], signature: &[ArgumentType]) -> Result<Vec<Arg>, String
         args.push(arg);
     }
     if at != body.len() {
-        return Err(format!("{} bytes past the arguments", body.len() - at));
+        return Err(WireError::Trailing(body.len() - at));
     }
     Ok(args)
 }
