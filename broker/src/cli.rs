@@ -91,6 +91,14 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub wayland_socket: Option<PathBuf>,
 
+    /// The context types the guest is offered, colon-separated, with
+    /// crosvm's names: virgl, virgl2, venus (3D: a render-worker built with
+    /// the `virgl` feature), cross-domain (Wayland windows: needs a
+    /// compositor socket). The device offers exactly their capsets.
+    /// Default: cross-domain when there is a compositor socket, else none.
+    #[arg(long, value_name = "TYPES", value_parser = wire::ContextTypes::parse)]
+    pub context_types: Option<wire::ContextTypes>,
+
     /// Directory holding gpu-airlock-gpu-worker and
     /// gpu-airlock-render-worker; default: the directory of this binary,
     /// else ../libexec/gpu-airlock/ beside it (where the package installs

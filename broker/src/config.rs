@@ -27,8 +27,10 @@ pub struct DeviceConfig {
     pub shm_size: u64,
     /// Capsets render-worker's rutabaga offers (it says so once jailed).
     pub num_capsets: u32,
-    /// `--wayland-socket`.
+    /// `--wayland-socket`, where cross-domain is offered.
     pub wayland_socket: Option<String>,
+    /// `--context-types`, or its default.
+    pub context_types: wire::ContextTypes,
     pub jail: JailConfig,
 }
 
@@ -201,6 +203,7 @@ mod tests {
             shm_size: 1 << 33,
             num_capsets: 1,
             wayland_socket: None,
+            context_types: wire::ContextTypes::NONE,
             jail: JailConfig {
                 sandbox: ipc::SandboxMode::Namespace,
                 seccomp: ipc::SeccompMode::Kill,

@@ -36,6 +36,11 @@ pub enum Error {
     ListenFdsMany(usize),
     #[error("--wayland-socket {}: not a socket", .0.display())]
     WaylandNotASocket(PathBuf),
+    #[error(
+        "--context-types cross-domain needs a compositor: give --wayland-socket, or set \
+         XDG_RUNTIME_DIR and WAYLAND_DISPLAY"
+    )]
+    CrossDomainWithoutCompositor,
 
     /// A command-line value (after clap's own checks).
     #[error(transparent)]

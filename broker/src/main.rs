@@ -78,6 +78,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// The context types offered (`--context-types`, by default cross-domain
+/// where there is a compositor), and the compositor socket where
+/// cross-domain is one of them.
+fn context_types(
+    given: Option<wire::ContextTypes>,
+    wayland_socket: Option<String>,
+) -> Result<(wire::ContextTypes, Option<String>), Error> {
+    let cross_domain = wire::ContextTypes::of(&[wire::ContextType::CrossDomain]);
+    let Some(types) = given else {
+        let types = match wayland_socket {
+            Some(_) => cross_domain,
+            None => wire::ContextTypes::NONE,
+        };
+        return Ok((types, wayland_socket));
+    };
+    if !types.contains(wire::ContextType::CrossDomain) {
+        if let Some(socket) = &wayland_socket {
+            info!("not offering cross-domain to {socket}: --context-types {types}");
+        }
+        return Ok((types, None));
+    }
+    if wayland_socket.is_none() {
+        return Err(Error::CrossDomainWithoutCompositor);
+    }
+    Ok((types, wayland_socket))
+}
+
 fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<(), Error> {
     let scanouts = scanouts_or_default(args.displays).map_err(Error::Config)?;
     let jail = JailConfig {
@@ -88,6 +115,7 @@ fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<
         seccomp: args.seccomp.into(),
     };
     let wayland_socket = wayland_socket(args.wayland_socket.as_deref())?;
+    let (context_types, wayland_socket) = context_types(args.context_types, wayland_socket)?;
     let mut config = DeviceConfig {
         scanouts,
         max_resource_memory: args.max_resource_memory << 20,
@@ -95,10 +123,16 @@ fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<
         shm_size: args.shm_size,
         num_capsets: 0,
         wayland_socket,
+        context_types,
         jail,
     };
     // Before the workers, which inherit the limits raised here.
-    let allowed = limits::apply(config.max_contexts, config.wayland_socket.is_some());
+    let allowed = limits::apply(
+        config.max_contexts,
+        config
+            .context_types
+            .contains(wire::ContextType::CrossDomain),
+    );
     config.max_contexts = allowed.max_contexts;
 
     let listener = match frontend {
@@ -238,15 +272,17 @@ fn run(args: Args, frontend: Chosen, notifier: &supervisor::Notifier) -> Result<
     policies::apply_seccomp(policies::Profile::Broker, &jail).context("cannot enter the jail")?;
     match &args.socket_path {
         Some(p) => info!(
-            "gpu-airlock ready on {} ({} scanout(s))",
+            "gpu-airlock ready on {} ({} scanout(s), context types {})",
             p.display(),
-            config.scanouts.len()
+            config.scanouts.len(),
+            config.context_types
         ),
         None => info!(
-            "gpu-airlock ready on the socket it was given ({}; {} scanout(s))",
+            "gpu-airlock ready on the socket it was given ({}; {} scanout(s), context types {})",
             args.fd
                 .map_or_else(|| "systemd's".to_string(), |fd| format!("--fd {fd}")),
-            config.scanouts.len()
+            config.scanouts.len(),
+            config.context_types
         ),
     }
     notifier.ready();

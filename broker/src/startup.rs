@@ -56,6 +56,7 @@ pub fn start_workers(
                 jail: config.jail,
                 wayland_socket: config.wayland_socket.clone(),
                 max_contexts: config.max_contexts,
+                context_types: config.context_types,
             }),
             &[],
         )

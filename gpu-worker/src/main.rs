@@ -20,8 +20,6 @@ use vmm_sys_util::epoll::EventSet;
 /// Why gpu-worker stops.
 #[derive(Debug, thiserror::Error)]
 enum Error {
-    #[error(transparent)]
-    Bootstrap(#[from] policies::BootstrapError),
     #[error("message from the broker: {0}")]
     Broker(ipc::Error),
     #[error("configuration refused: {0}")]
@@ -46,23 +44,31 @@ enum Error {
 
 fn main() -> ExitCode {
     ipc::logging::init();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
+    let channels = match policies::bootstrap::<WorkerReport, GpuWorkerRequest>(Role::GpuWorker) {
+        Ok(c) => c,
         Err(e) => {
             error!("gpu-worker: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    // The start-up link to the other worker (`channels.peer`) is kept open
+    // (its handshake said both workers are of this build); each connection
+    // brings its own channels. The error is logged while the channels are
+    // still open: the broker
+    // ends the worker as soon as they close, and a line logged after that
+    // would be lost.
+    let result = run(&channels.broker);
+    if let Err(e) = &result {
+        error!("gpu-worker: {e}");
+    }
+    drop(channels);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
-fn run() -> Result<(), Error> {
-    // The start-up link to render-worker is kept open (its handshake said
-    // both workers are of this build); each connection brings its own
-    // channels.
-    let policies::WorkerChannels {
-        broker,
-        peer: _peer,
-    } = policies::bootstrap::<WorkerReport, GpuWorkerRequest>(Role::GpuWorker)?;
+fn run(broker: &Channel<WorkerReport, GpuWorkerRequest>) -> Result<(), Error> {
 
     let mut config: Option<GpuConfig> = None;
     // Each connection's channels go to the vhost-user thread in the order

@@ -142,8 +142,7 @@ impl RingMessage {
         let cmd = *ring.first().ok_or(RingError::Short(0))?;
         match cmd {
             CMD_RECEIVE => {
-                let msg: cd::SendReceive =
-                    read(ring).ok_or(RingError::Short(ring.len()))?;
+                let msg: cd::SendReceive = read(ring).ok_or(RingError::Short(ring.len()))?;
                 let count = msg.num_identifiers.to_native() as usize;
                 let size = msg.opaque_data_size.to_native() as usize;
                 if count > MAX_IDENTIFIERS || SEND_RECEIVE_SIZE + size > ring.len() {
@@ -160,8 +159,7 @@ impl RingMessage {
                 Ok(RingMessage::Receive { identifiers, data })
             }
             CMD_READ => {
-                let msg: cd::ReadWrite =
-                    read(ring).ok_or(RingError::Short(ring.len()))?;
+                let msg: cd::ReadWrite = read(ring).ok_or(RingError::Short(ring.len()))?;
                 let size = msg.opaque_data_size.to_native() as usize;
                 if READ_WRITE_SIZE + size > ring.len() {
                     return Err(RingError::Read(size));

@@ -140,6 +140,10 @@ pub enum ConfigError {
     ScanoutCount(usize),
     #[error("scanout size {}x{} is outside 1..={MAX_SCANOUT_DIMENSION}", .0.width, .0.height)]
     ScanoutSize(ScanoutSize),
+    #[error("context types {0:?} name capsets that are no context type")]
+    ContextTypes(wire::ContextTypes),
+    #[error("the cross-domain context type needs a compositor socket")]
+    CrossDomainWithoutCompositor,
 }
 
 /// broker → gpu-worker.
@@ -190,6 +194,10 @@ pub struct RenderConfig {
     /// and a cross-domain one a thread and a compositor connection):
     /// render-worker, which holds them, counts them.
     pub max_contexts: u32,
+    /// The context types offered (`--context-types`): render-worker offers
+    /// exactly their capsets, and refuses to start without one it was not
+    /// built with.
+    pub context_types: wire::ContextTypes,
 }
 
 impl RenderConfig {
@@ -197,6 +205,14 @@ impl RenderConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_contexts == 0 || self.max_contexts > MAX_CONTEXTS {
             return Err(ConfigError::MaxContexts(self.max_contexts));
+        }
+        if !self.context_types.is_valid() {
+            return Err(ConfigError::ContextTypes(self.context_types));
+        }
+        if self.context_types.contains(wire::ContextType::CrossDomain)
+            && self.wayland_socket.is_none()
+        {
+            return Err(ConfigError::CrossDomainWithoutCompositor);
         }
         Ok(())
     }

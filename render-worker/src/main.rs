@@ -21,8 +21,6 @@ use log::{error, info, warn};
 /// Why render-worker stops.
 #[derive(Debug, thiserror::Error)]
 enum Error {
-    #[error(transparent)]
-    Bootstrap(#[from] policies::BootstrapError),
     #[error("the broker's channel: {0}")]
     Broker(ipc::Error),
     #[error("the broker sent {0}")]
@@ -31,6 +29,12 @@ enum Error {
     Jail(policies::Error),
     #[error("configuration refused: {0}")]
     ConfigRefused(ipc::ConfigError),
+    #[error(
+        "this render-worker was built without the {0} context type(s) asked for \
+         (--context-types): build it with `--features virgl`, which needs virglrenderer 1.3 \
+         or later, or leave them out"
+    )]
+    NotBuilt(wire::ContextTypes),
     #[error(transparent)]
     Rutabaga(#[from] device::RutabagaFailed),
     #[error("cannot start the connection thread: {0}")]
@@ -41,20 +45,31 @@ enum Error {
 
 fn main() -> ExitCode {
     ipc::logging::init();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
+    let channels = match policies::bootstrap::<WorkerReport, RenderWorkerRequest>(Role::RenderWorker) {
+        Ok(c) => c,
         Err(e) => {
             error!("render-worker: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    // The start-up link to the other worker (`channels.peer`) is kept open
+    // (its handshake said both workers are of this build); each connection
+    // brings its own channels. The error is logged while the channels are
+    // still open: the broker
+    // ends the worker as soon as they close, and a line logged after that
+    // would be lost.
+    let result = run(&channels.broker);
+    if let Err(e) = &result {
+        error!("render-worker: {e}");
+    }
+    drop(channels);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
-fn run() -> Result<(), Error> {
-    let policies::WorkerChannels {
-        broker,
-        peer: _peer,
-    } = policies::bootstrap::<WorkerReport, RenderWorkerRequest>(Role::RenderWorker)?;
+fn run(broker: &Channel<WorkerReport, RenderWorkerRequest>) -> Result<(), Error> {
 
     let mut connections: Option<Sender<RenderConnection<OwnedFd>>> = None;
     loop {
@@ -64,6 +79,10 @@ fn run() -> Result<(), Error> {
                     return Err(Error::OutOfTurn("a second configuration"));
                 }
                 config.validate().map_err(Error::ConfigRefused)?;
+                let missing = config.context_types.without(device::built_context_types());
+                if !missing.is_empty() {
+                    return Err(Error::NotBuilt(missing));
+                }
                 let max_contexts = config.max_contexts;
                 let host_socket = config.wayland_socket.as_deref().map(Path::new);
                 policies::enter_with_socket(
@@ -79,7 +98,11 @@ fn run() -> Result<(), Error> {
                 });
                 // A first rutabaga inside the jail: it must work there, and
                 // it says how many capsets the device has.
-                let probe = device::build_rutabaga(Default::default(), wayland.clone())?;
+                let renderer = device::RendererConfig {
+                    wayland,
+                    types: config.context_types,
+                };
+                let probe = device::build_rutabaga(Default::default(), &renderer)?;
                 broker
                     .send(
                         &WorkerReport::Ready {
@@ -92,7 +115,7 @@ fn run() -> Result<(), Error> {
                 let (tx, rx) = channel();
                 thread::Builder::new()
                     .name("connection".into())
-                    .spawn(move || serve(rx, wayland, max_contexts))
+                    .spawn(move || serve(rx, renderer, max_contexts))
                     .map_err(Error::Thread)?;
                 connections = Some(tx);
             }
@@ -121,7 +144,7 @@ fn run() -> Result<(), Error> {
 /// before gpu-worker can use them.
 fn serve(
     connections: Receiver<RenderConnection<OwnedFd>>,
-    wayland: Option<PathBuf>,
+    renderer: device::RendererConfig,
     max_contexts: u32,
 ) {
     for channels in connections {
@@ -143,14 +166,14 @@ fn serve(
             warn!("render-worker: a connection's handshake failed ({e}); not serving it");
             continue;
         }
-        let mut device = match device::RenderDevice::new(map, events, wayland.clone(), max_contexts)
-        {
-            Ok(d) => d,
-            Err(e) => {
-                error!("render-worker: {e}; exiting");
-                std::process::exit(1);
-            }
-        };
+        let mut device =
+            match device::RenderDevice::new(map, events, renderer.clone(), max_contexts) {
+                Ok(d) => d,
+                Err(e) => {
+                    error!("render-worker: {e}; exiting");
+                    std::process::exit(1);
+                }
+            };
         loop {
             let (call, fds) = match gpu.recv() {
                 Ok(c) => c,

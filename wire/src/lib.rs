@@ -19,11 +19,13 @@
 use virtio_bindings::virtio_gpu as b;
 
 pub mod command;
+pub mod context_types;
 pub mod cross_domain;
 pub mod layout;
 pub mod response;
 
 pub use command::{GpuCommand, Queue};
+pub use context_types::{ContextType, ContextTypes};
 pub use layout::*;
 pub use response::GpuResponse;
 

@@ -17,6 +17,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use wire::cross_domain;
+use wire::{ContextType, ContextTypes};
 
 use ipc::{
     Channel, MapRequest, MemoryRegion, Nothing, RenderCall, RenderEvent, RenderReply,
@@ -38,38 +39,35 @@ use wire::{
     RESP_ERR_OUT_OF_MEMORY as ERR_OUT_OF_MEMORY, RESP_ERR_UNSPEC as ERR_UNSPEC,
 };
 
-/// The capsets this build serves: cross-domain with a compositor to reach;
-/// virgl and gfxstream only where their cargo features (and libraries) are.
-/// None at all leaves rutabaga's 2D component, which still serves
-/// guest-memory blobs.
-pub fn capset_mask(wayland: bool) -> u64 {
+/// The context types this build can serve: cross-domain always (it needs
+/// only a compositor to reach); virgl, virgl2 and venus with the `virgl`
+/// cargo feature (virglrenderer 1.3 or later).
+pub fn built_context_types() -> ContextTypes {
     #[allow(unused_mut)]
-    let mut mask = if wayland {
-        1 << RUTABAGA_CAPSET_CROSS_DOMAIN
-    } else {
-        0
-    };
+    let mut types = vec![ContextType::CrossDomain];
     #[cfg(feature = "virgl")]
-    {
-        mask |=
-            1 << rutabaga_gfx::RUTABAGA_CAPSET_VIRGL2 | 1 << rutabaga_gfx::RUTABAGA_CAPSET_VENUS;
-    }
-    #[cfg(feature = "gfxstream")]
-    {
-        mask |= 1 << rutabaga_gfx::RUTABAGA_CAPSET_GFXSTREAM_VULKAN
-            | 1 << rutabaga_gfx::RUTABAGA_CAPSET_GFXSTREAM_GLES;
-    }
-    mask
+    types.extend([ContextType::Virgl, ContextType::Virgl2, ContextType::Venus]);
+    ContextTypes::of(&types)
+}
+
+/// What rutabaga is built with, for the first time and after each reset.
+#[derive(Debug, Clone, Default)]
+pub struct RendererConfig {
+    /// The compositor cross-domain contexts reach, as render-worker sees
+    /// it (inside its jail).
+    pub wayland: Option<PathBuf>,
+    /// The context types offered (`--context-types`): exactly their
+    /// capsets.
+    pub types: ContextTypes,
 }
 
 /// The capset a context of `context_init` runs as: its capset id, or for 0
 /// rutabaga's default component, which is cross-domain when that is the
-/// only context type built (a guest's `context_init` 0 context, which
+/// only context type offered (a guest's `context_init` 0 context, which
 /// Linux makes for every client, then takes cross-domain streams too).
-fn runs_as(context_init: u32, wayland: bool) -> u32 {
+fn runs_as(context_init: u32, types: ContextTypes) -> u32 {
     let id = context_init & 0xff;
-    let only_cross_domain = !cfg!(feature = "virgl") && !cfg!(feature = "gfxstream");
-    if id == 0 && wayland && only_cross_domain {
+    if id == 0 && types == ContextTypes::of(&[ContextType::CrossDomain]) {
         RUTABAGA_CAPSET_CROSS_DOMAIN
     } else {
         id
@@ -105,11 +103,11 @@ fn key(f: &RutabagaFence) -> (u32, Option<u8>, u64) {
 #[error("rutabaga: {0}")]
 pub struct RutabagaFailed(RutabagaError);
 
-/// Builds rutabaga; the fences it signals go through `fences`; a
-/// cross-domain context reaches the compositor at `wayland`.
+/// Builds rutabaga with `config`'s context types; the fences it signals go
+/// through `fences`.
 pub fn build_rutabaga(
     fences: Arc<Mutex<Fences>>,
-    wayland: Option<PathBuf>,
+    config: &RendererConfig,
 ) -> Result<Rutabaga, RutabagaFailed> {
     let handler = RutabagaFenceHandler::new(move |fence| {
         let k = key(&fence);
@@ -131,14 +129,18 @@ pub fn build_rutabaga(
             f.signalled.push(k);
         }
     });
-    let paths = wayland.map(|path| {
-        vec![RutabagaPath {
-            path,
-            path_type: cross_domain::CHANNEL_TYPE_WAYLAND,
-        }]
-    });
-    let mut builder = RutabagaBuilder::new(capset_mask(paths.is_some()), handler);
-    if paths.is_none() && capset_mask(false) == 0 {
+    let paths = config
+        .wayland
+        .clone()
+        .filter(|_| config.types.contains(ContextType::CrossDomain))
+        .map(|path| {
+            vec![RutabagaPath {
+                path,
+                path_type: cross_domain::CHANNEL_TYPE_WAYLAND,
+            }]
+        });
+    let mut builder = RutabagaBuilder::new(config.types.capset_mask(), handler);
+    if config.types.is_empty() {
         // With no capset asked for, rutabaga would offer every one it
         // knows: ask for its 2D component alone.
         builder = builder.set_default_component(RutabagaComponentType::Rutabaga2D);
@@ -233,8 +235,8 @@ pub struct RenderDevice {
     blobs: BTreeMap<u32, Blob>,
     /// Every context rutabaga holds, with what this process knows of it.
     contexts: BTreeMap<u32, Context>,
-    /// The compositor, for a rutabaga built anew after a reset.
-    wayland: Option<PathBuf>,
+    /// What rutabaga is built with, again after a reset.
+    renderer: RendererConfig,
     /// `--max-contexts`: most contexts at once.
     max_contexts: u32,
 }
@@ -243,7 +245,7 @@ impl RenderDevice {
     pub fn new(
         map: Channel<MapRequest, Reply<Nothing>>,
         events: Channel<RenderEvent, Nothing>,
-        wayland: Option<PathBuf>,
+        renderer: RendererConfig,
         max_contexts: u32,
     ) -> Result<Self, RutabagaFailed> {
         let fences = Arc::new(Mutex::new(Fences {
@@ -251,7 +253,7 @@ impl RenderDevice {
             ..Fences::default()
         }));
         Ok(RenderDevice {
-            rutabaga: build_rutabaga(fences.clone(), wayland.clone())?,
+            rutabaga: build_rutabaga(fences.clone(), &renderer)?,
             fences,
             memory: Vec::new(),
             next_generation: 0,
@@ -259,7 +261,7 @@ impl RenderDevice {
             map_lost: std::cell::Cell::new(false),
             blobs: BTreeMap::new(),
             contexts: BTreeMap::new(),
-            wayland,
+            renderer,
             max_contexts,
         })
     }
@@ -321,7 +323,7 @@ impl RenderDevice {
                 let created = self.rutabaga.create_context(ctx_id, context_init, name);
                 if created.is_ok() {
                     let context = Context {
-                        capset: runs_as(context_init, self.wayland.is_some()),
+                        capset: runs_as(context_init, self.renderer.types),
                         channel: false,
                         requirements: 0,
                     };
@@ -526,7 +528,7 @@ impl RenderDevice {
             f.signalled.clear();
             f.pending.clear();
         }
-        match build_rutabaga(self.fences.clone(), self.wayland.clone()) {
+        match build_rutabaga(self.fences.clone(), &self.renderer) {
             Ok(r) => {
                 self.rutabaga = r;
                 self.prune_memory();
