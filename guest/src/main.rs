@@ -30,13 +30,17 @@ struct Args {
 }
 
 fn serve(stream: UnixStream, node: &Path, client: u64) {
-    let mut proxy = match Proxy::new(stream, node) {
-        Ok(p) => p,
+    // The channel first, so that a client turned away is told (its socket
+    // closed) only after the line saying why.
+    let channel = match airlock_guest::channel::Channel::open(node) {
+        Ok(c) => c,
         Err(e) => {
             log::error!("client {client}: no channel to the host's compositor: {e}");
+            drop(stream);
             return;
         }
     };
+    let mut proxy = Proxy::with_host(stream, Box::new(channel));
     log::info!("client {client}: connected");
     let end = proxy.run();
     let stats = proxy.stats;

@@ -160,7 +160,8 @@ impl Proxy {
                     Arg::Str(Some(message.as_bytes().to_vec())),
                 ],
             );
-            self.client.queue(&error, Vec::new());
+            // A client that stopped reading may not take even this.
+            let _ = self.client.queue(&error, Vec::new());
             let _ = self.client.flush();
         }
         end
@@ -168,9 +169,13 @@ impl Proxy {
 
     /// Waits for the client, the channel or a pipe, and relays what came.
     fn step(&mut self) -> Result<(), End> {
+        let client_events = match self.client.has_pending() {
+            true => PollFlags::POLLIN | PollFlags::POLLOUT,
+            false => PollFlags::POLLIN,
+        };
         let (client_ready, channel_ready, pipes_ready) = {
             let mut fds = vec![
-                PollFd::new(self.client.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.client.as_fd(), client_events),
                 PollFd::new(self.host.poll_fd(), PollFlags::POLLIN),
             ];
             fds.extend(
@@ -202,6 +207,12 @@ impl Proxy {
         }
         if pipes_ready.iter().any(|r| *r) {
             self.pipes.pump(&pipes_ready, &*self.host).map_err(host)?;
+        }
+        if client_ready && self.client.has_pending() {
+            self.client.flush().map_err(|e| {
+                log::debug!("writing to the client: {e}");
+                End::Gone
+            })?;
         }
         if client_ready {
             self.client.read()?;
@@ -397,7 +408,7 @@ impl Proxy {
         self.shm.destroy_pool(id);
         self.ids.forget(id);
         let delete = wire::message(1, wl_display::EVT_DELETE_ID_OPCODE, &[Arg::Uint(id)]);
-        self.client.queue(&delete, Vec::new());
+        self.client.queue(&delete, Vec::new())?;
         self.client.flush().map_err(|_| End::Gone)
     }
 
@@ -625,7 +636,12 @@ impl Proxy {
                     return Err(host("wl_registry.global without an interface"));
                 };
                 let Some(ours) = globals::find(interface) else {
-                    log::debug!("not announcing {}", String::from_utf8_lossy(interface));
+                    // What real applications would have had: the list of
+                    // protocols worth carrying next.
+                    log::info!(
+                        "not announced to the client: {} version {version} (not carried)",
+                        String::from_utf8_lossy(interface)
+                    );
                     return Ok(());
                 };
                 let version = version.min(ours.version);
@@ -635,8 +651,7 @@ impl Proxy {
                     header.opcode,
                     &[Arg::Uint(global), args[1].clone(), Arg::Uint(version)],
                 );
-                self.client.queue(&announce, fds);
-                return Ok(());
+                return self.client.queue(&announce, fds);
             }
             (Kind::Shm, wl_shm::EVT_FORMAT_OPCODE) => {
                 self.shm.formats.insert(uint(&args, 0));
@@ -663,8 +678,7 @@ impl Proxy {
             }
         }
         let message = wire::message(id, header.opcode, &args);
-        self.client.queue(&message, fds);
-        Ok(())
+        self.client.queue(&message, fds)
     }
 }
 

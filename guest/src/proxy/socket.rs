@@ -17,6 +17,11 @@ use crate::wire::{Header, WireError};
 pub const MAX_FDS: usize = 28;
 /// Descriptors a client may send ahead of the messages that carry them.
 pub const MAX_QUEUED_FDS: usize = 2 * MAX_FDS;
+/// Bytes of events a client may leave unread before it loses its
+/// connection: a client that never reads would otherwise grow the proxy
+/// without bound (libwayland's server ends such a client too, when its
+/// buffer is full). Far above a keymap or a burst of input events.
+pub const MAX_UNREAD: usize = 1 << 20;
 
 pub struct ClientSocket {
     stream: UnixStream,
@@ -34,7 +39,12 @@ impl AsFd for ClientSocket {
 }
 
 impl ClientSocket {
+    /// The client's end; neither reads nor writes block on it, so that one
+    /// client that stops reading never stalls the proxy's relay.
     pub fn new(stream: UnixStream) -> ClientSocket {
+        if let Err(e) = stream.set_nonblocking(true) {
+            log::warn!("the client's socket stays blocking: {e}");
+        }
         ClientSocket {
             stream,
             bytes_in: Vec::new(),
@@ -99,41 +109,68 @@ impl ClientSocket {
         (self.fds_in.len() >= n).then(|| self.fds_in.drain(..n).collect())
     }
 
-    /// Queues a message (and its descriptors) for the client.
-    pub fn queue(&mut self, message: &[u8], fds: Vec<OwnedFd>) {
+    /// Queues a message (and its descriptors) for the client; a client
+    /// that has left more than [`MAX_UNREAD`] bytes unread loses its
+    /// connection.
+    pub fn queue(&mut self, message: &[u8], fds: Vec<OwnedFd>) -> Result<(), End> {
         self.bytes_out.extend_from_slice(message);
         self.fds_out.extend(fds);
+        if self.bytes_out.len() > MAX_UNREAD {
+            return Err(client_error(
+                1,
+                wl_display::Error::Implementation,
+                format!(
+                    "{} bytes of events left unread (at most {MAX_UNREAD})",
+                    self.bytes_out.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
-    /// Sends what is queued, at most [`MAX_FDS`] descriptors with each
-    /// part, each batch with at least one byte.
+    /// Whether events wait for the client to read them.
+    pub fn has_pending(&self) -> bool {
+        !self.bytes_out.is_empty()
+    }
+
+    /// Sends what is queued, as much as the client takes now: at most
+    /// [`MAX_FDS`] descriptors with each part, each batch with at least one
+    /// byte; what the client does not take yet stays queued.
     pub fn flush(&mut self) -> io::Result<()> {
-        let mut fds: Vec<OwnedFd> = std::mem::take(&mut self.fds_out);
-        let bytes = std::mem::take(&mut self.bytes_out);
         let mut at = 0;
-        while at < bytes.len() || !fds.is_empty() {
-            let batch: Vec<OwnedFd> = fds.drain(..fds.len().min(MAX_FDS)).collect();
-            let raw: Vec<RawFd> = batch.iter().map(|f| f.as_raw_fd()).collect();
+        let result = loop {
+            if at >= self.bytes_out.len() {
+                break Ok(());
+            }
+            let n = self.fds_out.len().min(MAX_FDS);
+            let raw: Vec<RawFd> = self.fds_out[..n].iter().map(|f| f.as_raw_fd()).collect();
             let cmsg = [ControlMessage::ScmRights(&raw)];
-            let end = if fds.is_empty() {
-                bytes.len()
+            // Descriptors beyond this batch go with later bytes.
+            let end = if self.fds_out.len() > n {
+                (at + 1).min(self.bytes_out.len())
             } else {
-                (at + 1).min(bytes.len())
+                self.bytes_out.len()
             };
-            let iov = [IoSlice::new(&bytes[at..end])];
-            let sent = sendmsg::<()>(
+            let iov = [IoSlice::new(&self.bytes_out[at..end])];
+            match sendmsg::<()>(
                 self.stream.as_raw_fd(),
                 &iov,
                 if raw.is_empty() { &[] } else { &cmsg },
-                MsgFlags::MSG_NOSIGNAL,
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
                 None,
-            )?;
-            at += sent;
-            if sent == 0 && raw.is_empty() {
-                break;
+            ) {
+                Ok(sent) => {
+                    // The descriptors went with the first byte sent.
+                    self.fds_out.drain(..n);
+                    at += sent;
+                }
+                Err(nix::errno::Errno::EAGAIN) => break Ok(()),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => break Err(e.into()),
             }
-        }
-        Ok(())
+        };
+        self.bytes_out.drain(..at);
+        result
     }
 }
 
@@ -212,12 +249,37 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let mut socket = ClientSocket::new(ours);
         let (r, _w) = pipe().unwrap();
-        socket.queue(&message(1, 1, &[Arg::Uint(7)]), vec![r]);
+        socket.queue(&message(1, 1, &[Arg::Uint(7)]), vec![r]).unwrap();
         socket.flush().unwrap();
         let mut back = ClientSocket::new(theirs);
         back.read().unwrap();
         assert_eq!(back.bytes_in, message(1, 1, &[Arg::Uint(7)]));
         assert_eq!(back.take_fds(1).map(|f| f.len()), Some(1));
+    }
+
+    /// A client that never reads: what it does not take stays queued, the
+    /// proxy never blocks on it, and past the bound it loses its connection.
+    #[test]
+    fn a_client_that_never_reads_is_ended_not_waited_for() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let mut socket = ClientSocket::new(ours);
+        let event = message(1, 1, &[Arg::Array(vec![7; 4000])]);
+        let mut queued = 0;
+        let end = loop {
+            if let Err(end) = socket.queue(&event, Vec::new()) {
+                break end;
+            }
+            queued += event.len();
+            socket.flush().unwrap();
+            assert!(queued <= 2 * MAX_UNREAD + (1 << 20), "never ended");
+        };
+        assert!(socket.has_pending(), "the socket's buffer is full");
+        match end {
+            End::Client { object: 1, code, .. } => {
+                assert_eq!(code, u32::from(wl_display::Error::Implementation))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
