@@ -69,7 +69,6 @@ fn main() -> ExitCode {
 }
 
 fn run(broker: &Channel<WorkerReport, GpuWorkerRequest>) -> Result<(), Error> {
-
     let mut config: Option<GpuConfig> = None;
     // Each connection's channels go to the vhost-user thread in the order
     // they came.

@@ -45,13 +45,14 @@ enum Error {
 
 fn main() -> ExitCode {
     ipc::logging::init();
-    let channels = match policies::bootstrap::<WorkerReport, RenderWorkerRequest>(Role::RenderWorker) {
-        Ok(c) => c,
-        Err(e) => {
-            error!("render-worker: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let channels =
+        match policies::bootstrap::<WorkerReport, RenderWorkerRequest>(Role::RenderWorker) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("render-worker: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     // The start-up link to the other worker (`channels.peer`) is kept open
     // (its handshake said both workers are of this build); each connection
     // brings its own channels. The error is logged while the channels are
@@ -70,7 +71,6 @@ fn main() -> ExitCode {
 }
 
 fn run(broker: &Channel<WorkerReport, RenderWorkerRequest>) -> Result<(), Error> {
-
     let mut connections: Option<Sender<RenderConnection<OwnedFd>>> = None;
     loop {
         match broker.recv() {

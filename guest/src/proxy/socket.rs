@@ -249,7 +249,9 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let mut socket = ClientSocket::new(ours);
         let (r, _w) = pipe().unwrap();
-        socket.queue(&message(1, 1, &[Arg::Uint(7)]), vec![r]).unwrap();
+        socket
+            .queue(&message(1, 1, &[Arg::Uint(7)]), vec![r])
+            .unwrap();
         socket.flush().unwrap();
         let mut back = ClientSocket::new(theirs);
         back.read().unwrap();
@@ -275,7 +277,9 @@ mod tests {
         };
         assert!(socket.has_pending(), "the socket's buffer is full");
         match end {
-            End::Client { object: 1, code, .. } => {
+            End::Client {
+                object: 1, code, ..
+            } => {
                 assert_eq!(code, u32::from(wl_display::Error::Implementation))
             }
             other => panic!("{other:?}"),
