@@ -44,28 +44,7 @@ enum Error {
 
 fn main() -> ExitCode {
     ipc::logging::init();
-    let channels = match policies::bootstrap::<WorkerReport, GpuWorkerRequest>(Role::GpuWorker) {
-        Ok(c) => c,
-        Err(e) => {
-            error!("gpu-worker: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // The start-up link to the other worker (`channels.peer`) is kept open
-    // (its handshake said both workers are of this build); each connection
-    // brings its own channels. The error is logged while the channels are
-    // still open: the broker
-    // ends the worker as soon as they close, and a line logged after that
-    // would be lost.
-    let result = run(&channels.broker);
-    if let Err(e) = &result {
-        error!("gpu-worker: {e}");
-    }
-    drop(channels);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::FAILURE,
-    }
+    policies::run_worker::<WorkerReport, GpuWorkerRequest, Error>(Role::GpuWorker, run)
 }
 
 fn run(broker: &Channel<WorkerReport, GpuWorkerRequest>) -> Result<(), Error> {

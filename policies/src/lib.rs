@@ -287,6 +287,34 @@ pub fn bootstrap<Tx: ipc::Message, Rx: ipc::Message>(
     Ok(channels)
 }
 
+/// A worker process's whole life: [`bootstrap`], then `run` on its channel
+/// from the broker, the error of either logged as `{me}: {error}`. The
+/// start-up link to the other worker is kept open until `run` returns (its
+/// handshake said both workers are of this build). The error is logged
+/// while the channels are still open: the broker ends a worker as soon as
+/// they close, and a line logged after that would be lost.
+pub fn run_worker<Tx: ipc::Message, Rx: ipc::Message, E: std::fmt::Display>(
+    me: ipc::Role,
+    run: impl FnOnce(&ipc::Channel<Tx, Rx>) -> Result<(), E>,
+) -> std::process::ExitCode {
+    let channels = match bootstrap::<Tx, Rx>(me) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("{me}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = run(&channels.broker);
+    if let Err(e) = &result {
+        log::error!("{me}: {e}");
+    }
+    drop(channels);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(_) => std::process::ExitCode::FAILURE,
+    }
+}
+
 /// Closes every descriptor above stderr that is not in `keep`.
 ///
 /// The broker creates everything close-on-exec; this is the second line, for

@@ -227,15 +227,20 @@ impl Backend {
     /// it is ready.
     pub fn start(extra: &[&str]) -> Backend {
         let backend = Backend::try_start(extra);
+        backend.wait_ready();
+        backend
+    }
+
+    /// Waits until the broker says it is ready (20 s at most), or fails
+    /// the test with its log.
+    pub fn wait_ready(&self) {
         assert!(
-            backend
-                .log
+            self.log
                 .wait_for(&["ready on"], Duration::from_secs(20))
                 .is_some(),
             "gpu-airlock did not become ready; log: {:#?}",
-            backend.log.lines()
+            self.log.lines()
         );
-        backend
     }
 
     /// Starts `gpu-airlock --socket-path … <extra>` without waiting for it

@@ -225,6 +225,44 @@ pub fn cross_domain_send(data: &[u8], identifiers: &[(u32, u32)], count: u32) ->
     v
 }
 
+/// Creates cross-domain context `ctx` with its query ring (resource
+/// `query`, at [`RING_AT`]) and channel ring (`channel`, at [`CHANNEL_AT`])
+/// and sends INIT with the Wayland channel, which connects render-worker
+/// to the compositor. The first answer that is not RESP_OK_NODATA
+/// (CTX_CREATE's, say, past `--max-contexts`), else INIT's.
+pub fn open_channel(dev: &mut Device, ctx: u32, query: u32, channel: u32) -> u32 {
+    let answer = |dev: &mut Device, r: &[u8]| {
+        let (_, resp) = dev.control(r, 64);
+        parse_hdr(&resp).0
+    };
+    let create = answer(dev, &ctx_create(ctx, CAPSET_CROSS_DOMAIN, "wayland"));
+    if create != RESP_OK_NODATA {
+        return create;
+    }
+    for (id, at) in [(query, RING_AT), (channel, CHANNEL_AT)] {
+        assert_eq!(
+            answer(
+                dev,
+                &create_blob(0, id, BLOB_MEM_GUEST, 0, 0, 4096, &[(at, 4096)])
+            ),
+            RESP_OK_NODATA
+        );
+        assert_eq!(
+            answer(
+                dev,
+                &words(hdr(CMD_CTX_ATTACH_RESOURCE, ctx, None), &[id, 0])
+            ),
+            RESP_OK_NODATA
+        );
+    }
+    let init = cross_domain(
+        1,
+        &[query, channel, CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND],
+        &[0; 16],
+    );
+    answer(dev, &submit(ctx, &init, None))
+}
+
 /// The guest's end of one cross-domain Wayland channel on context [`CTX`].
 pub struct WaylandChannel {
     next_fence: u64,
@@ -234,33 +272,7 @@ impl WaylandChannel {
     /// Creates the context and its two rings and sends INIT; the answer's
     /// response type (RESP_OK_NODATA when the compositor was reached).
     pub fn open(dev: &mut Device) -> (WaylandChannel, u32) {
-        let answer = |dev: &mut Device, r: &[u8]| {
-            let (_, resp) = dev.control(r, 64);
-            parse_hdr(&resp).0
-        };
-        assert_eq!(answer(dev, &ctx_create(CTX, 5, "wayland")), RESP_OK_NODATA);
-        for (id, at) in [(QUERY_RING, RING_AT), (CHANNEL_RING, CHANNEL_AT)] {
-            assert_eq!(
-                answer(
-                    dev,
-                    &create_blob(0, id, BLOB_MEM_GUEST, 0, 0, 4096, &[(at, 4096)])
-                ),
-                RESP_OK_NODATA
-            );
-            assert_eq!(
-                answer(
-                    dev,
-                    &words(hdr(CMD_CTX_ATTACH_RESOURCE, CTX, None), &[id, 0])
-                ),
-                RESP_OK_NODATA
-            );
-        }
-        let init = cross_domain(
-            1,
-            &[QUERY_RING, CHANNEL_RING, CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND],
-            &[0; 16],
-        );
-        let code = answer(dev, &submit(CTX, &init, None));
+        let code = open_channel(dev, CTX, QUERY_RING, CHANNEL_RING);
         (WaylandChannel { next_fence: 100 }, code)
     }
 

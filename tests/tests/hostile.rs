@@ -45,10 +45,7 @@ fn a_render_worker_that_never_greets_leaves_a_device_without_contexts() {
         .arg(&dir.0)
         .env("HOSTILE_SILENT", "1");
     let backend = Backend::spawn(command, backend_dir, socket);
-    assert!(backend
-        .log
-        .wait_for(&["ready on"], Duration::from_secs(20))
-        .is_some());
+    backend.wait_ready();
     let mut dev = Device::connect(&backend.socket);
     let (_, resp) = dev.control(&cmd(CMD_GET_DISPLAY_INFO, &[]), 512);
     assert_eq!(parse_hdr(&resp).0, RESP_OK_DISPLAY_INFO);

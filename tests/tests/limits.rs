@@ -8,9 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use harness::blob_wire::*;
 use harness::compositor::TestCompositor;
-use harness::wayland::{CHANNEL_AT, CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND};
 use harness::*;
 
 /// Starts the broker under `prlimit --nofile=SOFT:HARD`.
@@ -24,48 +22,13 @@ fn start_limited(nofile: &str, compositor: &TestCompositor) -> Backend {
         .arg(&socket)
         .args(["--wayland-socket", &compositor.arg()]);
     let backend = Backend::spawn(cmd, dir, socket);
-    assert!(
-        backend
-            .log
-            .wait_for(&["ready on"], Duration::from_secs(20))
-            .is_some(),
-        "gpu-airlock under prlimit --nofile={nofile}: {:#?}",
-        backend.log.lines()
-    );
+    backend.wait_ready();
     backend
 }
 
-/// Creates cross-domain context `ctx` with its two rings and sends INIT
-/// with the Wayland channel, which connects render-worker to the
-/// compositor; the answer to INIT.
+/// Context `ctx`'s channel, its rings resources of its own.
 fn open_channel(dev: &mut Device, ctx: u32) -> u32 {
-    let create = code(dev, &ctx_create(ctx, CAPSET_CROSS_DOMAIN, "limit"));
-    if create != RESP_OK_NODATA {
-        return create;
-    }
-    let (query, channel) = (10_000 + 2 * ctx, 10_001 + 2 * ctx);
-    for (id, at) in [(query, RING_AT), (channel, CHANNEL_AT)] {
-        assert_eq!(
-            code(
-                dev,
-                &create_blob(0, id, BLOB_MEM_GUEST, 0, 0, 4096, &[(at, 4096)])
-            ),
-            RESP_OK_NODATA
-        );
-        assert_eq!(
-            code(
-                dev,
-                &words(hdr(CMD_CTX_ATTACH_RESOURCE, ctx, None), &[id, 0])
-            ),
-            RESP_OK_NODATA
-        );
-    }
-    let init = cross_domain(
-        1,
-        &[query, channel, CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND],
-        &[0; 16],
-    );
-    code(dev, &submit(ctx, &init, None))
+    harness::wayland::open_channel(dev, ctx, 10_000 + 2 * ctx, 10_001 + 2 * ctx)
 }
 
 /// Opens `n` channels, each of which must reach the compositor.

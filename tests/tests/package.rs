@@ -89,14 +89,7 @@ fn the_installed_broker_finds_its_workers_and_serves() {
     let mut cmd = Command::new(BROKER);
     cmd.arg("--socket-path").arg(&socket);
     let backend = Backend::spawn(cmd, dir, socket.clone());
-    assert!(
-        backend
-            .log
-            .wait_for(&["ready on"], Duration::from_secs(20))
-            .is_some(),
-        "{:#?}",
-        backend.log.lines()
-    );
+    backend.wait_ready();
     let mut dev = Device::connect(&socket);
     let (_, resp) = dev.control(&ctrl_hdr(CMD_GET_DISPLAY_INFO, 0, 0), 1024);
     assert_eq!(parse_hdr(&resp).0, RESP_OK_DISPLAY_INFO);
@@ -176,14 +169,7 @@ fn the_package_built_on_debian_12_serves_on_debian_13() {
         .arg("--socket-path")
         .arg(&socket);
     let backend = Backend::spawn(launcher, dir, socket.clone());
-    assert!(
-        backend
-            .log
-            .wait_for(&["ready on"], Duration::from_secs(20))
-            .is_some(),
-        "{:#?}",
-        backend.log.lines()
-    );
+    backend.wait_ready();
     for process in ["broker", "gpu-worker", "render-worker"] {
         assert!(
             backend
