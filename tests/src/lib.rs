@@ -593,6 +593,16 @@ pub struct Device {
 }
 
 impl Device {
+    /// `virtio_gpu_config.num_capsets`, read with GET_CONFIG as QEMU does.
+    pub fn num_capsets(&mut self) -> u32 {
+        use vhost::vhost_user::message::VhostUserConfigFlags;
+        let (_, config) = self
+            .frontend
+            .get_config(0, 16, VhostUserConfigFlags::WRITABLE, &[0u8; 16])
+            .expect("GET_CONFIG");
+        u32::from_le_bytes(config[12..16].try_into().expect("4 bytes"))
+    }
+
     /// Connects and sets the device up the way QEMU does: owner, features,
     /// protocol features, memory table, then each vring.
     pub fn connect(socket: &Path) -> Device {

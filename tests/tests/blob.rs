@@ -440,27 +440,18 @@ fn a_fence_that_has_not_signalled_holds_its_command_back_and_only_it() {
 /// (rutabaga's 2D component).
 #[test]
 fn the_cross_domain_capset_needs_a_compositor_socket() {
-    use vhost::vhost_user::message::VhostUserConfigFlags;
-    use vhost::vhost_user::VhostUserFrontend;
     use vhost::VhostBackend;
-    let num_capsets = |dev: &mut Device| {
-        let (_, config) = dev
-            .frontend
-            .get_config(0, 16, VhostUserConfigFlags::WRITABLE, &[0u8; 16])
-            .unwrap();
-        u32::from_le_bytes(config[12..16].try_into().unwrap())
-    };
     let socket = UnservedSocket::new();
     let with = Backend::start(&["--wayland-socket", &socket.arg()]);
     let mut dev = Device::connect(&with.socket);
-    assert_eq!(num_capsets(&mut dev), 1);
+    assert_eq!(dev.num_capsets(), 1);
     let features = dev.frontend.get_features().unwrap();
     assert_eq!(features, device_features(true));
     assert_ne!(features & F_VIRGL, 0, "VIRGL offered with a context type");
 
     let without = Backend::start(&[]);
     let mut dev = Device::connect(&without.socket);
-    assert_eq!(num_capsets(&mut dev), 0);
+    assert_eq!(dev.num_capsets(), 0);
     assert_eq!(dev.frontend.get_features().unwrap() & F_VIRGL, 0);
     assert_eq!(
         code(&mut dev, &words(hdr(CMD_GET_CAPSET_INFO, 0, None), &[0, 0])),

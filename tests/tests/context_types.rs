@@ -7,16 +7,6 @@ use std::time::Duration;
 
 use harness::blob_wire::*;
 use harness::*;
-use vhost::vhost_user::message::VhostUserConfigFlags;
-use vhost::vhost_user::VhostUserFrontend;
-
-fn num_capsets(dev: &mut Device) -> u32 {
-    let (_, config) = dev
-        .frontend
-        .get_config(0, 16, VhostUserConfigFlags::WRITABLE, &[0u8; 16])
-        .unwrap();
-    u32::from_le_bytes(config[12..16].try_into().unwrap())
-}
 
 #[test]
 fn cross_domain_named_is_the_one_capset_offered() {
@@ -35,7 +25,7 @@ fn cross_domain_named_is_the_one_capset_offered() {
         )
         .is_some());
     let mut dev = Device::connect(&backend.socket);
-    assert_eq!(num_capsets(&mut dev), 1);
+    assert_eq!(dev.num_capsets(), 1);
     let (_, info) = dev.control(&words(hdr(CMD_GET_CAPSET_INFO, 0, None), &[0, 0]), 64);
     assert_eq!(parse_hdr(&info).0, RESP_OK_CAPSET_INFO);
     let capset_id = u32::from_le_bytes(info[24..28].try_into().unwrap());
