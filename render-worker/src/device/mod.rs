@@ -145,6 +145,13 @@ pub fn build_rutabaga(
         // knows: ask for its 2D component alone.
         builder = builder.set_default_component(RutabagaComponentType::Rutabaga2D);
     }
+    if config.types.iter().any(ContextType::is_3d) {
+        // virglrenderer on EGL, surfaceless: no display, and no render node
+        // (llvmpipe where the host has no GPU). Without EGL it takes GBM
+        // on a render node, and with none it crashed (a call through a null
+        // pointer) rather than fail.
+        builder = builder.set_use_egl(true).set_use_surfaceless(true);
+    }
     builder
         .set_rutabaga_paths(paths)
         .build()

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# A root for the 3D build (virgl, venus), as root: Debian 13 (trixie) with
+# Mesa (llvmpipe for GL through EGL surfaceless, lavapipe for Vulkan) and
+# virglrenderer 1.3 from sid (rutabaga_gfx's `virgl_renderer` feature needs
+# 1.3; Debian 13 has 1.1). Sid moves: the virglrenderer .debs used are kept
+# in $GPU_AIRLOCK_GUEST_CACHE/debs and installed from there when present.
+# Idempotent. tests/gpu3d/build builds the workspace with `--features
+# virgl` inside it; tests/libc/in-root runs what it built there.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${GPU_AIRLOCK_GUEST_CACHE:-$here/../guest-cache}
+root=$cache/gpu3d
+debs=$cache/debs
+export DEBIAN_FRONTEND=noninteractive
+mirror=$(awk 'BEGIN { RS = ""; FS = "\n" }
+     /Suites:[^\n]*bookworm( |$|\n)/ {
+         for (i = 1; i <= NF; i++) if ($i ~ /^URIs:/) { split($i, u, " "); print u[2]; exit }
+     }' /etc/apt/sources.list.d/debian.sources)
+if chroot "$root" pkg-config --atleast-version=1.3.0 virglrenderer 2>/dev/null; then
+    echo "gpu3d root ready in $root"
+    exit 0
+fi
+command -v debootstrap >/dev/null || { apt-get update -qq; apt-get install -y -qq debootstrap >/dev/null; }
+rm -rf "$root"
+debootstrap --variant=minbase trixie "$root" "$mirror" >/dev/null
+chroot "$root" apt-get update -qq
+chroot "$root" apt-get install -y -qq --no-install-recommends gcc libc6-dev pkg-config \
+    libepoxy-dev libdrm-dev libgbm-dev libegl-dev libgl1-mesa-dri libegl-mesa0 libegl1 \
+    mesa-vulkan-drivers libvulkan1 >/dev/null
+mkdir -p "$debs"
+if ! ls "$debs"/libvirglrenderer-dev_1.3*.deb >/dev/null 2>&1; then
+    # Sid's Release file may be older than its Valid-Until on a mirror
+    # snapshot: the packages are still the ones wanted.
+    printf 'Types: deb\nURIs: %s\nSuites: sid\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$mirror" > "$root/etc/apt/sources.list.d/sid.sources"
+    chroot "$root" apt-get -o Acquire::Check-Valid-Until=false update -qq
+    (cd "$debs" && chroot "$root" sh -c 'cd /tmp && apt-get -o Acquire::Check-Valid-Until=false download -t sid libvirglrenderer1 libvirglrenderer-dev virgl-server' &&
+        mv "$root"/tmp/*.deb "$debs"/)
+    rm "$root/etc/apt/sources.list.d/sid.sources"
+    chroot "$root" apt-get update -qq
+fi
+cp "$debs"/*.deb "$root/tmp/"
+chroot "$root" sh -c 'apt-get install -y -qq --no-install-recommends /tmp/*.deb >/dev/null && rm /tmp/*.deb'
+chroot "$root" apt-get clean
+chroot "$root" pkg-config --modversion virglrenderer
+echo "gpu3d root ready in $root"
