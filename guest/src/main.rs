@@ -2,7 +2,12 @@
 //! connects gets a cross-domain channel of its own to the host's
 //! compositor, through gpu-airlock's virtio-gpu device, and its messages
 //! relayed both ways (see `airlock_guest::proxy`).
+//!
+//! Started by hand it binds its socket; started by a systemd user socket
+//! unit (`gpu-airlock-guest.socket`, `LISTEN_FDS`) it serves the listening
+//! socket it is given, which systemd keeps.
 
+use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -88,7 +93,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // SAFETY: main, before any thread exists: nothing reads the
+    // environment concurrently.
+    let activated = match unsafe { sd_notify::listen_fds_and_unset_env() } {
+        Ok(fds) => fds.collect::<Vec<RawFd>>(),
+        Err(e) => {
+            eprintln!("gpu-airlock-guest: LISTEN_FDS: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let path = Path::new(&runtime).join(&args.socket);
+    match activated.as_slice() {
+        [] => {}
+        [fd] => return serve_activated(*fd, node),
+        many => {
+            eprintln!(
+                "gpu-airlock-guest: LISTEN_FDS passes {} sockets; it serves one (its socket unit's)",
+                many.len()
+            );
+            return ExitCode::from(2);
+        }
+    }
     if path.exists() {
         if UnixStream::connect(&path).is_ok() {
             eprintln!(
@@ -124,12 +149,39 @@ fn main() -> ExitCode {
         std::process::exit(0);
     });
     log::info!("serving {} through {}", path.display(), node.display());
+    accept(&listener, &node)
+}
+
+/// Serves the listening socket a systemd socket unit passed: systemd owns
+/// the socket file, so a stop leaves it (and the next client starts the
+/// service again).
+fn serve_activated(fd: RawFd, node: PathBuf) -> ExitCode {
+    // SAFETY: LISTEN_FDS passed this descriptor to this process (checked
+    // by LISTEN_PID), and nothing else owns it.
+    let listener = unsafe { UnixListener::from_raw_fd(fd) };
+    if let Err(e) = listener.local_addr() {
+        eprintln!("gpu-airlock-guest: the socket systemd passed is not a Unix socket: {e}");
+        return ExitCode::from(2);
+    }
+    log::info!(
+        "serving the socket systemd passed ({:?}) through {}",
+        listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf)),
+        node.display()
+    );
+    accept(&listener, &node)
+}
+
+/// Each client on a thread of its own.
+fn accept(listener: &UnixListener, node: &Path) -> ExitCode {
     let clients = AtomicU64::new(0);
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
                 let client = clients.fetch_add(1, Ordering::Relaxed) + 1;
-                let node = node.clone();
+                let node = node.to_path_buf();
                 std::thread::spawn(move || serve(stream, &node, client));
             }
             Err(e) => log::warn!("accept: {e}"),
