@@ -249,6 +249,21 @@ fn malformed_guest_clients_get_protocol_errors_and_others_keep_their_windows() {
             .find_map(|l| l.strip_prefix(&format!("BAD {name} ")).map(str::to_string))
             .unwrap_or_else(|| panic!("no `BAD {name}` line: {console:#?}"))
     };
+    // The client that never read its events lost its connection, and only
+    // it: the proxy ends such a client past 1 MiB unread, but weston got
+    // there first here (libwayland-server drops a client whose events
+    // overflow its buffer: the channel drains them one 4 KiB RECEIVE per
+    // guest POLL), and the proxy said so. Either end is the right one.
+    let never = bad("never-reads");
+    assert!(never.starts_with("closed after "), "never-reads: {never}");
+    let said = console
+        .iter()
+        .take_while(|l| !l.contains("BAD never-reads"))
+        .any(|l| {
+            l.contains("bytes of events left unread")
+                || l.contains("ended: the compositor closed the connection")
+        });
+    assert!(said, "the proxy says why that client ended: {console:#?}");
     for (name, object, code, says) in [
         ("malformed", Some(1), 1, "a message of 6 bytes"),
         ("unknown-object", Some(1), 0, "no object 99"),

@@ -709,5 +709,33 @@ fn bad() {
     );
     report("pool-past-budget", raw.error());
 
+    // A client that never reads its events: 60,000 wl_display.sync, each
+    // answered with a done and a delete_id (24 bytes), 1.4 MiB it leaves
+    // unread. The proxy must end it, not buffer without bound (nor stall).
+    let raw = Raw::connect();
+    let syncs: Vec<u8> = (0..60_000u32)
+        .flat_map(|i| message(1, 0, &[Arg::NewId(2 + i)]))
+        .collect();
+    for chunk in syncs.chunks(4092) {
+        raw.send(chunk, &[]);
+    }
+    // Only now read: what the proxy had let through, then the end.
+    let mut read = 0usize;
+    let mut chunk = [0u8; 65536];
+    let ended = loop {
+        match std::io::Read::read(&mut &raw.stream, &mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => read += n,
+            Err(_) => break false,
+        }
+    };
+    report(
+        "never-reads",
+        match ended {
+            true => format!("closed after {read} bytes"),
+            false => format!("still open after {read} bytes"),
+        },
+    );
+
     println!("BAD done");
 }
