@@ -19,6 +19,17 @@ use wayland_protocols::wp::presentation_time::client::wp_presentation::WpPresent
 use wayland_protocols::wp::primary_selection::zv1::client::zwp_primary_selection_device_manager_v1::ZwpPrimarySelectionDeviceManagerV1;
 use wayland_protocols::wp::viewporter::client::wp_viewporter::WpViewporter;
 use wayland_protocols::xdg::decoration::zv1::client::zxdg_decoration_manager_v1::ZxdgDecorationManagerV1;
+use wayland_protocols::wp::cursor_shape::v1::client::wp_cursor_shape_manager_v1::WpCursorShapeManagerV1;
+use wayland_protocols::wp::fractional_scale::v1::client::wp_fractional_scale_manager_v1::WpFractionalScaleManagerV1;
+use wayland_protocols::wp::idle_inhibit::zv1::client::zwp_idle_inhibit_manager_v1::ZwpIdleInhibitManagerV1;
+use wayland_protocols::wp::pointer_constraints::zv1::client::zwp_pointer_constraints_v1::ZwpPointerConstraintsV1;
+use wayland_protocols::wp::relative_pointer::zv1::client::zwp_relative_pointer_manager_v1::ZwpRelativePointerManagerV1;
+use wayland_protocols::wp::tablet::zv2::client::zwp_tablet_manager_v2::ZwpTabletManagerV2;
+use wayland_protocols::wp::text_input::zv3::client::zwp_text_input_manager_v3::ZwpTextInputManagerV3;
+use wayland_protocols::xdg::activation::v1::client::xdg_activation_v1::XdgActivationV1;
+use wayland_protocols::xdg::foreign::zv2::client::{
+    zxdg_exporter_v2::ZxdgExporterV2, zxdg_importer_v2::ZxdgImporterV2,
+};
 use wayland_protocols::xdg::shell::client::xdg_wm_base::XdgWmBase;
 use wayland_protocols::xdg::xdg_output::zv1::client::zxdg_output_manager_v1::ZxdgOutputManagerV1;
 
@@ -27,8 +38,13 @@ pub fn display() -> &'static Interface {
     WlDisplay::interface()
 }
 
-/// The interfaces of the globals clients may bind.
-pub fn relayed() -> [&'static Interface; 12] {
+/// The interfaces of the globals clients may bind: the core and the shell,
+/// and what real desktop applications (GTK, Qt, terminals, games) look for
+/// beside them: input (relative pointer, pointer constraints, text input
+/// v3, tablets, cursor shapes), activation and window parenting
+/// (xdg-activation, xdg-foreign v2), fractional scaling, idle inhibition.
+/// None of these carries a descriptor (the test below walks them).
+pub fn relayed() -> [&'static Interface; 22] {
     [
         WlCompositor::interface(),
         WlSubcompositor::interface(),
@@ -42,6 +58,16 @@ pub fn relayed() -> [&'static Interface; 12] {
         WpViewporter::interface(),
         WpPresentation::interface(),
         ZwpPrimarySelectionDeviceManagerV1::interface(),
+        ZwpRelativePointerManagerV1::interface(),
+        ZwpPointerConstraintsV1::interface(),
+        ZwpTextInputManagerV3::interface(),
+        ZwpTabletManagerV2::interface(),
+        WpCursorShapeManagerV1::interface(),
+        XdgActivationV1::interface(),
+        ZxdgExporterV2::interface(),
+        ZxdgImporterV2::interface(),
+        WpFractionalScaleManagerV1::interface(),
+        ZwpIdleInhibitManagerV1::interface(),
     ]
 }
 

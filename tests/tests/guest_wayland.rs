@@ -167,6 +167,25 @@ fn guest_wayland_clients_draw_on_the_host_compositor_through_the_proxy() {
         "no protocol errors or warnings in the guest: {console:#?}"
     );
     assert!(error_responses(&console).is_empty(), "{console:#?}");
+    // weston offers these and the proxy carries them now; the proxy logs
+    // each global it does not announce.
+    assert!(
+        console
+            .iter()
+            .any(|l| l.contains("not announced to the client")),
+        "the proxy logs what it does not carry: {console:#?}"
+    );
+    for carried in [
+        "zwp_relative_pointer_manager_v1",
+        "zwp_pointer_constraints_v1",
+    ] {
+        assert!(
+            !console
+                .iter()
+                .any(|l| l.contains("not announced") && l.contains(carried)),
+            "{carried} is carried: {console:#?}"
+        );
+    }
     assert_backend_quiet(&backend);
 }
 
