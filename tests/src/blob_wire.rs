@@ -155,16 +155,13 @@ pub fn more_image_requirements(dev: &mut Device, w: u32, h: u32) -> (u32, u64, u
         parse_hdr(&resp),
         (RESP_OK_NODATA, FLAG_FENCE | FLAG_INFO_RING_IDX, 7)
     );
-    // struct CrossDomainImageRequirements: strides[4], offsets[4],
-    // modifier, size, blob_id, map_info, ...
-    let mut ring = [0u8; 64];
-    dev.mem
-        .read_slice(&mut ring, GuestAddress(RING_AT))
-        .unwrap();
-    let u32_at = |o: usize| u32::from_le_bytes(ring[o..o + 4].try_into().unwrap());
-    let size = u64::from_le_bytes(ring[40..48].try_into().unwrap());
-    assert_eq!(u32_at(0), w * 4, "the stride rutabaga chose");
-    (u32_at(48), size, u32_at(52))
+    let r: wire::cross_domain::ImageRequirements = dev.mem.read_obj(GuestAddress(RING_AT)).unwrap();
+    assert_eq!(r.strides[0].to_native(), w * 4, "the stride rutabaga chose");
+    (
+        r.blob_id.to_native(),
+        r.size.to_native(),
+        r.map_info.to_native(),
+    )
 }
 
 /// RESOURCE_CREATE_BLOB of a mappable, shareable host blob `id` on [`CTX`]

@@ -422,13 +422,6 @@ impl Proxy {
             uint(args, 5),
         )?;
         let (width, height) = (new.width, new.height);
-        let image = self.host.image(new.row_bytes(), height).map_err(|e| {
-            client_error(
-                pool_id,
-                wl_display::Error::NoMemory,
-                format!("no host memory for a {width}x{height} buffer: {e}"),
-            )
-        })?;
         // The pool's wl_shm may have been released, and its id even reused
         // for another object, since the pool was made.
         let shm_is_live = self
@@ -446,6 +439,13 @@ impl Proxy {
                     "the pool's wl_shm is gone",
                 )
             })?;
+        let image = self.host.image(new.row_bytes(), height).map_err(|e| {
+            client_error(
+                pool_id,
+                wl_display::Error::NoMemory,
+                format!("no host memory for a {width}x{height} buffer: {e}"),
+            )
+        })?;
         let size = i32::try_from(image.size()).map_err(|_| {
             client_error(
                 pool_id,
