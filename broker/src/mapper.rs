@@ -87,23 +87,45 @@ impl HostVisible {
 }
 
 /// The front-end's answer to a back-end request. A refusal (a nonzero
-/// reply) leaves the channel in step; anything else (the VMM silent past
-/// [`ipc::deadline::VMM_REPLY`], so that crate::deadline cut the channel
-/// off; a malformed reply; a closed socket) does not, so the channel is
-/// marked failed and the connection maps no more.
+/// reply) leaves the channel in step. A front-end that closed the channel
+/// is ending the connection, and its mappings end with it (QEMU closes it
+/// in its vhost-user teardown, while a guest's last unmaps may still be
+/// queued): the region is marked dropped and the channel failed, quietly.
+/// Anything else (the VMM silent past [`ipc::deadline::VMM_REPLY`], so that
+/// crate::watchdog cut the channel off; a malformed reply) does not leave
+/// it in step, so the channel is marked failed, loudly, and the connection
+/// maps no more.
 fn answered(
+    region: &HostVisible,
     backend: &Backend,
     what: &'static str,
-    result: std::io::Result<u64>,
+    (result, cut_off): (std::io::Result<u64>, bool),
 ) -> Result<(), MapRefusal> {
     let Err(e) = result else {
         return Ok(());
     };
     use vhost::vhost_user::Error as E;
-    match e.get_ref().and_then(|i| i.downcast_ref::<E>()) {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<E>());
+    match inner {
         Some(E::FrontendInternalError) => return Err(MapRefusal::FrontendRefused(what)),
-        // Failed before, and said so then.
-        Some(E::SocketBroken(_)) => return Err(MapRefusal::FailedEarlier(what)),
+        Some(E::SocketBroken(io))
+            if !matches!(
+                io.raw_os_error(),
+                Some(nix::libc::EPIPE | nix::libc::ECONNRESET)
+            ) =>
+        {
+            // Marked failed before (below), and said so then.
+            return Err(MapRefusal::FailedEarlier(what));
+        }
+        Some(E::SocketBroken(_) | E::Disconnected) if !cut_off => {
+            backend.set_failed(nix::libc::ESHUTDOWN);
+            region.frontend_dropped_all();
+            info!(
+                "the front-end closed its back-end request channel ({what}): it is ending the \
+                 connection, and its mappings with it; no more maps for this connection"
+            );
+            return Err(MapRefusal::Closed(what));
+        }
         _ => {}
     }
     backend.set_failed(nix::libc::ETIMEDOUT);
@@ -184,6 +206,8 @@ pub enum MapRefusal {
     FrontendRefused(&'static str),
     #[error("{0}: the channel failed earlier")]
     FailedEarlier(&'static str),
+    #[error("{0}: the front-end closed its back-end request channel")]
+    Closed(&'static str),
     #[error("the front-end did not answer {what}: {error}")]
     Unanswered { what: &'static str, error: String },
 }
@@ -380,13 +404,13 @@ impl Mapper {
                     flags: flags.bits(),
                     ..Default::default()
                 };
-                let result = crate::watchdog::within(
+                let result = crate::watchdog::within_told(
                     cutoff.as_ref(),
                     "the back-end request channel (SHMEM_MAP)",
                     ipc::deadline::VMM_REPLY,
                     || backend.shmem_map(&msg, &fd),
                 );
-                answered(&backend, "SHMEM_MAP", result)?;
+                answered(region, &backend, "SHMEM_MAP", result)?;
                 info!("mapped resource {resource_id} at {shm_offset:#x} ({size} bytes)");
                 self.record(resource_id, shm_offset, size);
                 Ok(())
@@ -409,14 +433,17 @@ impl Mapper {
                     len,
                     ..Default::default()
                 };
-                let result = crate::watchdog::within(
+                let result = crate::watchdog::within_told(
                     cutoff.as_ref(),
                     "the back-end request channel (SHMEM_UNMAP)",
                     ipc::deadline::VMM_REPLY,
                     || backend.shmem_unmap(&msg),
                 );
-                answered(&backend, "SHMEM_UNMAP", result)?;
-                Ok(())
+                match answered(region, &backend, "SHMEM_UNMAP", result) {
+                    // The mapping went with the front-end's end of it.
+                    Err(MapRefusal::Closed(_)) => Ok(()),
+                    other => other,
+                }
             }
         }
     }
@@ -488,5 +515,77 @@ mod tests {
         assert_eq!(m.forget(1), Some((MIB, MIB)));
         assert_eq!(m.forget(1), None);
         m.check(2, MIB, MIB, MIB).unwrap();
+    }
+
+    /// A sealed memfd of `len` bytes, as render-worker sends.
+    fn blob_memory(len: u64) -> OwnedFd {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let fd = memfd_create(c"blob", MFdFlags::MFD_ALLOW_SEALING).unwrap();
+        nix::unistd::ftruncate(&fd, len as i64).unwrap();
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK)).unwrap();
+        fd
+    }
+
+    /// A front-end that acks `n` back-end requests, then closes its end.
+    fn frontend_acking(vmm: std::os::unix::net::UnixStream, n: usize) {
+        use std::io::{Read, Write};
+        let mut vmm = vmm;
+        for _ in 0..n {
+            let mut header = [0u8; 12];
+            vmm.read_exact(&mut header).unwrap();
+            let size = u32::from_le_bytes(header[8..12].try_into().unwrap());
+            vmm.read_exact(&mut vec![0u8; size as usize]).unwrap();
+            let mut reply = header[..4].to_vec();
+            reply.extend_from_slice(&(0x1u32 | 0x4).to_le_bytes());
+            reply.extend_from_slice(&8u32.to_le_bytes());
+            reply.extend_from_slice(&0u64.to_le_bytes());
+            vmm.write_all(&reply).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_frontend_that_closes_its_channel_takes_its_mappings_with_it() {
+        let (ours, vmm) = std::os::unix::net::UnixStream::pair().unwrap();
+        let backend = Backend::from_stream(ours);
+        backend.set_reply_ack_flag(true);
+        backend.set_shmem_flag(true);
+        let region = HostVisible::new(16 * MIB);
+        region.set_channel(backend, true);
+        let vmm = std::thread::spawn(move || frontend_acking(vmm, 2));
+        let mut m = Mapper::new(16 * MIB);
+        let map = |resource_id, shm_offset| MapRequest::Map {
+            resource_id,
+            shm_offset,
+            size: 2 * PAGE,
+            writable: true,
+        };
+        m.handle(&region, map(1, 0), Some(blob_memory(2 * PAGE)))
+            .unwrap();
+        m.handle(&region, map(2, MIB), Some(blob_memory(2 * PAGE)))
+            .unwrap();
+        vmm.join().unwrap();
+        // The front-end is gone (QEMU's teardown) with both mapped: the
+        // guest's last unmaps are answered, the first by learning of the
+        // close, the next without asking.
+        m.handle(&region, MapRequest::Unmap { resource_id: 1 }, None)
+            .unwrap();
+        m.handle(&region, MapRequest::Unmap { resource_id: 2 }, None)
+            .unwrap();
+        assert!(m.by_resource.is_empty() && m.gone.is_empty());
+        assert_eq!(region.dropped.load(Ordering::SeqCst), 1);
+        // Nothing maps on that connection again.
+        let refused = m
+            .handle(&region, map(3, 0), Some(blob_memory(2 * PAGE)))
+            .unwrap_err();
+        assert!(
+            matches!(refused, MapRefusal::FailedEarlier("SHMEM_MAP")),
+            "{refused}"
+        );
+        // And an unmap of what was never mapped is still refused.
+        assert!(matches!(
+            m.handle(&region, MapRequest::Unmap { resource_id: 9 }, None),
+            Err(MapRefusal::NotMapped { resource_id: 9 })
+        ));
     }
 }

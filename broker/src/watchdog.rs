@@ -145,13 +145,24 @@ pub fn within<T>(
     limit: Duration,
     wait: impl FnOnce() -> T,
 ) -> T {
+    within_told(socket, what, limit, wait).0
+}
+
+/// [`within`], and whether the socket was cut off: a peer that closed its
+/// end and one that the watchdog silenced read the same to `wait`.
+pub fn within_told<T>(
+    socket: Option<&Arc<OwnedFd>>,
+    what: &'static str,
+    limit: Duration,
+    wait: impl FnOnce() -> T,
+) -> (T, bool) {
     let (Some(socket), Some(watchdog)) = (socket, WATCHDOG.get()) else {
-        return wait();
+        return (wait(), false);
     };
     let id = watchdog.arm(socket.clone(), what, limit);
     let result = wait();
-    watchdog.disarm(id);
-    result
+    let cut_off = !watchdog.disarm(id);
+    (result, cut_off)
 }
 
 impl Watchdog {
@@ -175,9 +186,10 @@ impl Watchdog {
         id
     }
 
-    fn disarm(&self, id: u64) {
+    /// Whether `id` was still armed (the watchdog had not fired on it).
+    fn disarm(&self, id: u64) -> bool {
         let mut waits = self.waits.lock_or_recover();
-        waits.armed.remove(&id);
+        waits.armed.remove(&id).is_some()
     }
 
     fn run(&self) -> ! {
@@ -283,13 +295,18 @@ mod tests {
         let (ours, _peer) = UnixStream::pair().unwrap();
         let dup = Arc::new(OwnedFd::from(ours.try_clone().unwrap()));
         // A wait that ends in time leaves the socket alone.
-        within(Some(&dup), "prompt", Duration::from_secs(5), || ());
+        let ((), cut_off) = within_told(Some(&dup), "prompt", Duration::from_secs(5), || ());
+        assert!(!cut_off);
         // A blocked receive ends when its deadline cuts the socket off.
         let began = Instant::now();
-        let n = within(Some(&dup), "stalled", Duration::from_millis(200), || {
+        let (n, cut_off) = within_told(Some(&dup), "stalled", Duration::from_millis(200), || {
             (&ours).read(&mut [0u8; 4])
         });
         assert_eq!(n.unwrap(), 0, "the receive ends as on a closed socket");
+        assert!(
+            cut_off,
+            "the caller learns it was the deadline, not the peer"
+        );
         let took = began.elapsed();
         assert!(
             took >= Duration::from_millis(200) && took < Duration::from_secs(5),

@@ -8,7 +8,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -584,6 +584,8 @@ pub struct Device {
     /// The same connection, for the one request `Frontend` lacks
     /// (VHOST_USER_GPU_SET_SOCKET).
     raw: UnixStream,
+    /// The front-end's end of the back-end request channel.
+    backend_channel: Option<OwnedFd>,
     pub mem: GuestMemoryMmap,
     pub controlq: DriverQueue,
     pub cursorq: DriverQueue,
@@ -593,6 +595,18 @@ pub struct Device {
 }
 
 impl Device {
+    /// Closes the front-end's end of the back-end request channel while
+    /// the connection and its queues go on, as QEMU's vhost-user teardown
+    /// does before the back-end has answered the guest's last commands.
+    pub fn close_backend_channel(&mut self) {
+        let fd = self
+            .backend_channel
+            .take()
+            .expect("a back-end request channel");
+        nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both)
+            .expect("shut the channel down");
+    }
+
     /// `virtio_gpu_config.num_capsets`, read with GET_CONFIG as QEMU does.
     pub fn num_capsets(&mut self) -> u32 {
         use vhost::vhost_user::message::VhostUserConfigFlags;
@@ -666,6 +680,7 @@ impl Device {
             assert!(config.nregions >= 2 && size > 0, "shmid 1 has a size");
             shmem::HostVisibleRegion::reserve(size)
         });
+        let mut backend_channel = None;
         if proto.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
             let (mut handler, fd) = shmem::serve(shmem.clone());
             // SAFETY: `fd` is the handler's own socket, open while it lives.
@@ -673,6 +688,10 @@ impl Device {
             frontend
                 .set_backend_request_fd(&borrowed)
                 .expect("SET_BACKEND_REQ_FD");
+            // SAFETY: the handler's receiving socket, open while it lives;
+            // duplicated, so the copy outlives it.
+            let ours = unsafe { BorrowedFd::borrow_raw(handler.as_raw_fd()) };
+            backend_channel = Some(ours.try_clone_to_owned().expect("dup the channel"));
             thread::spawn(move || while handler.handle_request().is_ok() {});
         }
 
@@ -695,6 +714,7 @@ impl Device {
         Device {
             frontend,
             raw,
+            backend_channel,
             mem,
             controlq,
             cursorq,

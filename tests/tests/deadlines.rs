@@ -172,3 +172,71 @@ fn a_map_answered_too_late_is_an_error_and_never_answers_the_next_map() {
         }]
     );
 }
+
+#[test]
+fn a_frontend_that_closes_its_channel_takes_its_mappings_and_the_last_unmaps_are_answered() {
+    let socket = UnservedSocket::new();
+    let backend = Backend::start(&["--wayland-socket", &socket.arg()]);
+    let mut dev = Device::connect(&backend.socket);
+    let (blob_id, size, _) = image_requirements(&mut dev, 64, 64);
+    for (id, offset) in [(11, 0), (12, 0x10_0000)] {
+        assert_eq!(
+            code(&mut dev, &host_blob(id, blob_id, size)),
+            RESP_OK_NODATA
+        );
+        assert_eq!(code(&mut dev, &map_blob(id, offset)), RESP_OK_MAP_INFO);
+    }
+
+    // QEMU's vhost-user teardown closes the channel while the guest's
+    // last unmaps may still be queued (seen with QEMU 11.1 at quit, the
+    // guest's driver freeing its blobs).
+    dev.close_backend_channel();
+    for id in [11, 12] {
+        assert_eq!(
+            code(
+                &mut dev,
+                &words(hdr(CMD_RESOURCE_UNMAP_BLOB, 0, None), &[id, 0])
+            ),
+            RESP_OK_NODATA,
+            "unmap of {id}; log: {:#?}",
+            backend.log.lines()
+        );
+        assert_eq!(
+            code(&mut dev, &cmd(CMD_RESOURCE_UNREF, &[id, 0])),
+            RESP_OK_NODATA
+        );
+    }
+    assert!(backend
+        .log
+        .wait_for(
+            &["the front-end closed its back-end request channel (SHMEM_UNMAP)"],
+            Duration::from_secs(5)
+        )
+        .is_some());
+    let log = backend.log.lines();
+    assert!(
+        !log.iter().any(|l| l.contains("WARN")),
+        "the close is the front-end's teardown, not a failure: {log:#?}"
+    );
+
+    // Nothing maps on that connection again, and the rest goes on.
+    assert_eq!(
+        code(&mut dev, &host_blob(13, blob_id, size)),
+        RESP_OK_NODATA
+    );
+    assert_eq!(code(&mut dev, &map_blob(13, 0)), RESP_ERR_INVALID_PARAMETER);
+    assert_eq!(
+        code(&mut dev, &cmd(CMD_RESOURCE_CREATE_2D, &[20, 1, 16, 16])),
+        RESP_OK_NODATA
+    );
+    drop(dev);
+
+    // The next connection maps again.
+    let mut dev = Device::connect(&backend.socket);
+    let (blob_id, size, _) = image_requirements(&mut dev, 64, 64);
+    assert_eq!(
+        code(&mut dev, &host_blob(11, blob_id, size)),
+        RESP_OK_NODATA
+    );
+    assert_eq!(code(&mut dev, &map_blob(11, 0)), RESP_OK_MAP_INFO);
+}
