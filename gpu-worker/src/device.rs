@@ -26,6 +26,7 @@ use wire::{RESP_ERR_INVALID_PARAMETER, RESP_ERR_UNSPEC};
 mod blob;
 mod render;
 mod shown_blob;
+mod three_d;
 mod twod;
 
 use crate::chain::{self, ChainError};
@@ -247,14 +248,22 @@ impl GpuDevice {
             AttachBacking {
                 resource_id,
                 entries,
-            } => self
-                .resources()
-                .attach_backing(mem, resource_id, &entries)
-                .map(|()| done)?,
-            DetachBacking { resource_id } => self
-                .resources()
-                .detach_backing(resource_id)
-                .map(|()| done)?,
+            } => {
+                let three_d = self.resources().three_d(resource_id);
+                match three_d {
+                    Some(shape) => self.attach_backing_3d(mem, resource_id, shape, &entries),
+                    None => self.resources().attach_backing(mem, resource_id, &entries),
+                }
+                .map(|()| done)?
+            }
+            DetachBacking { resource_id } => {
+                let three_d = self.resources().three_d(resource_id);
+                match three_d {
+                    Some(shape) => self.detach_backing_3d(resource_id, shape),
+                    None => self.resources().detach_backing(resource_id),
+                }
+                .map(|()| done)?
+            }
             TransferToHost2d(t) => self.transfer_to_host_2d(mem, &t).map(|()| done)?,
             SetScanout(s) => self
                 .set_scanout(s.scanout_id.to_native(), s.resource_id.to_native(), &s.r)
@@ -280,6 +289,10 @@ impl GpuDevice {
                 .ctx_resource(ctx_id, resource_id, false, &fence)
                 .map(|()| done)?,
             Submit3d { commands } => self.submit(ctx_id, commands, &fence).map(|()| done)?,
+            ResourceCreate3d(c) => self.create_3d(&c, &fence).map(|()| done)?,
+            Transfer3d { transfer, to_host } => self
+                .transfer_3d(ctx_id, &transfer, to_host, &fence)
+                .map(|()| done)?,
             CreateBlob { blob, entries } => self
                 .create_blob(mem, ctx_id, &blob, &entries, &fence)
                 .map(|()| done)?,

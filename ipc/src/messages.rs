@@ -373,6 +373,23 @@ pub enum RenderRequest {
         /// Guest ranges (address, length) backing a guest-memory blob.
         entries: Vec<(u64, u32)>,
     },
+    /// A resource of virgl's kind (RESOURCE_CREATE_3D).
+    Create3d {
+        resource_id: u32,
+        create: Create3d,
+    },
+    /// Guest ranges (address, length) backing a 3D resource; each checked
+    /// against guest memory by gpu-worker.
+    AttachBacking {
+        resource_id: u32,
+        entries: Vec<(u64, u32)>,
+    },
+    DetachBacking {
+        resource_id: u32,
+    },
+    /// TRANSFER_TO_HOST_3D or TRANSFER_FROM_HOST_3D between a 3D
+    /// resource and its backing.
+    Transfer3d(Transfer3d),
     Unref {
         resource_id: u32,
     },
@@ -404,12 +421,47 @@ impl RenderRequest {
             RenderRequest::Submit { .. } => "Submit",
             RenderRequest::FenceAlone => "FenceAlone",
             RenderRequest::CreateBlob { .. } => "CreateBlob",
+            RenderRequest::Create3d { .. } => "Create3d",
+            RenderRequest::AttachBacking { .. } => "AttachBacking",
+            RenderRequest::DetachBacking { .. } => "DetachBacking",
+            RenderRequest::Transfer3d(_) => "Transfer3d",
             RenderRequest::Unref { .. } => "Unref",
             RenderRequest::Reset => "Reset",
             RenderRequest::MapBlob { .. } => "MapBlob",
             RenderRequest::UnmapBlob { .. } => "UnmapBlob",
         }
     }
+}
+
+/// RESOURCE_CREATE_3D's fields, as gallium names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Create3d {
+    pub target: u32,
+    pub format: u32,
+    pub bind: u32,
+    pub width: u32,
+    pub height: u32,
+    pub depth: u32,
+    pub array_size: u32,
+    pub last_level: u32,
+    pub nr_samples: u32,
+    pub flags: u32,
+}
+
+/// One 3D transfer: a box of `level`, and where it lies in the backing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer3d {
+    pub ctx_id: u32,
+    pub resource_id: u32,
+    /// To the host resource from its backing (TRANSFER_TO_HOST_3D), or
+    /// back.
+    pub to_host: bool,
+    /// x, y, z, width, height, depth.
+    pub boxed: [u32; 6],
+    pub level: u32,
+    pub stride: u32,
+    pub layer_stride: u32,
+    pub offset: u64,
 }
 
 /// A context fence (`ring` with VIRTIO_GPU_FLAG_INFO_RING_IDX), created

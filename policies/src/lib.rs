@@ -17,7 +17,7 @@ use caps::CapSet;
 use ipc::{JailConfig, SandboxMode, SeccompMode};
 use nix::sys::signal::Signal;
 
-pub use sandbox::{enter_namespaces, enter_namespaces_with};
+pub use sandbox::{enter_namespaces, enter_namespaces_with, GPU_STACK};
 pub use seccomp::{Profile, ThreadKind, TRAP_EXIT_STATUS};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,10 +95,27 @@ pub fn enter_with_socket(
     config: &JailConfig,
     socket: Option<(&std::path::Path, &str)>,
 ) -> Result<(), Error> {
+    enter_with_reach(profile, config, socket, &[])
+}
+
+/// As [`enter_with_socket`], with `read_only` paths (that exist) bound
+/// read-only at their own paths and readable beneath (render-worker's GPU
+/// stack, [`GPU_STACK`]).
+pub fn enter_with_reach(
+    profile: Profile,
+    config: &JailConfig,
+    socket: Option<(&std::path::Path, &str)>,
+    read_only: &[&std::path::Path],
+) -> Result<(), Error> {
     ensure_single_threaded()?;
     one_malloc_arena();
+    let present: Vec<&std::path::Path> = read_only
+        .iter()
+        .copied()
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect();
     if config.sandbox == SandboxMode::Namespace {
-        sandbox::enter_namespaces_with(profile, None, socket)?;
+        sandbox::enter_namespaces_with(profile, None, socket, &present)?;
     } else {
         log::warn!(
             "{}: running without namespaces, an empty root or landlock (--sandbox none)",

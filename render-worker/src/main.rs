@@ -16,7 +16,7 @@ use ipc::{
     Channel, Nothing, RenderCall, RenderConnection, RenderReply, RenderRequest,
     RenderWorkerRequest, Reply, Role, WorkerReport,
 };
-use log::{error, info, warn};
+use log::{info, warn};
 
 /// Why render-worker stops.
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +63,17 @@ fn run(broker: &Channel<WorkerReport, RenderWorkerRequest>) -> Result<(), Error>
                 }
                 let max_contexts = config.max_contexts;
                 let host_socket = config.wayland_socket.as_deref().map(Path::new);
-                policies::enter_with_socket(
+                // A 3D context type loads the host's GPU stack (Mesa and
+                // what it needs) once rutabaga starts, inside the jail.
+                let gpu_stack: Vec<&Path> = match config.context_types.iter().any(|t| t.is_3d()) {
+                    true => policies::GPU_STACK.iter().map(Path::new).collect(),
+                    false => Vec::new(),
+                };
+                policies::enter_with_reach(
                     policies::Profile::RenderWorker,
                     &config.jail,
                     host_socket.map(|p| (p, ipc::WAYLAND_SOCKET_IN_JAIL)),
+                    &gpu_stack,
                 )
                 .map_err(Error::Jail)?;
                 // Where the compositor is from inside the jail.
@@ -74,27 +81,25 @@ fn run(broker: &Channel<WorkerReport, RenderWorkerRequest>) -> Result<(), Error>
                     ipc::SandboxMode::Namespace => PathBuf::from(ipc::WAYLAND_SOCKET_IN_JAIL),
                     ipc::SandboxMode::None => p.to_path_buf(),
                 });
-                // A first rutabaga inside the jail: it must work there, and
-                // it says how many capsets the device has.
+                // The one rutabaga of this process, built inside the jail
+                // on the thread that serves every connection: virglrenderer
+                // initialises once per process, and its GL contexts belong
+                // to the thread that made them. It says how many capsets
+                // the device has.
                 let renderer = device::RendererConfig {
                     wayland,
                     types: config.context_types,
                 };
-                let probe = device::build_rutabaga(Default::default(), &renderer)?;
-                broker
-                    .send(
-                        &WorkerReport::Ready {
-                            num_capsets: probe.get_num_capsets(),
-                        },
-                        &[],
-                    )
-                    .map_err(Error::Broker)?;
-                drop(probe);
                 let (tx, rx) = channel();
+                let (built_tx, built) = channel();
                 thread::Builder::new()
                     .name("connection".into())
-                    .spawn(move || serve(rx, renderer, max_contexts))
+                    .spawn(move || serve(rx, renderer, max_contexts, built_tx))
                     .map_err(Error::Thread)?;
+                let num_capsets = built.recv().map_err(|_| Error::ThreadGone)??;
+                broker
+                    .send(&WorkerReport::Ready { num_capsets }, &[])
+                    .map_err(Error::Broker)?;
                 connections = Some(tx);
             }
             Ok((RenderWorkerRequest::Connection, fds)) => {
@@ -124,7 +129,18 @@ fn serve(
     connections: Receiver<RenderConnection<OwnedFd>>,
     renderer: device::RendererConfig,
     max_contexts: u32,
+    built: Sender<Result<u32, device::RutabagaFailed>>,
 ) {
+    let mut renderer = match device::Renderer::build(renderer) {
+        Ok(r) => {
+            let _ = built.send(Ok(r.num_capsets()));
+            r
+        }
+        Err(e) => {
+            let _ = built.send(Err(e));
+            return;
+        }
+    };
     for channels in connections {
         let gpu: Channel<RenderReply, RenderCall> = Channel::new(channels.gpu);
         let map = Channel::new(channels.map);
@@ -144,15 +160,25 @@ fn serve(
             warn!("render-worker: a connection's handshake failed ({e}); not serving it");
             continue;
         }
-        let mut device =
-            match device::RenderDevice::new(map, events, renderer.clone(), max_contexts) {
-                Ok(d) => d,
-                Err(e) => {
-                    error!("render-worker: {e}; exiting");
-                    std::process::exit(1);
-                }
-            };
+        let mut device = device::RenderDevice::new(map, events, renderer, max_contexts);
+        let fences = device.fence_descriptor();
         loop {
+            if let Some(fences) = &fences {
+                match wait_for_either(&gpu, fences) {
+                    Ok((call, fence)) => {
+                        if fence {
+                            device.retire_fences();
+                        }
+                        if !call {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        warn!("render-worker: poll: {e}; dropping the connection");
+                        break;
+                    }
+                }
+            }
             let (call, fds) = match gpu.recv() {
                 Ok(c) => c,
                 Err(ipc::Error::Closed) => break,
@@ -165,6 +191,9 @@ fn serve(
             // answer (see gpu-worker's Link::notify).
             let notice = matches!(call.request, RenderRequest::Memory(_));
             let answer = device.handle(call, fds);
+            if fences.is_some() {
+                device.retire_fences();
+            }
             if notice {
                 if let Reply::Refused(r) = answer.reply {
                     warn!("render-worker: guest memory map refused: {r}");
@@ -176,7 +205,31 @@ fn serve(
                 break;
             }
         }
-        drop(device);
+        renderer = device.finish();
         info!("render-worker: connection ended; its state is dropped");
+    }
+}
+
+/// Waits until gpu-worker's link has a call (or closed) or rutabaga's
+/// fence descriptor is readable; says which.
+fn wait_for_either(
+    gpu: &Channel<RenderReply, RenderCall>,
+    fences: &OwnedFd,
+) -> nix::Result<(bool, bool)> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [
+            PollFd::new(gpu.as_fd(), PollFlags::POLLIN),
+            PollFd::new(fences.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {
+                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                return Ok((ready(&fds[0]), ready(&fds[1])));
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
     }
 }

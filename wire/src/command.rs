@@ -76,6 +76,12 @@ pub enum GpuCommand {
     Submit3d {
         commands: Vec<u8>,
     },
+    ResourceCreate3d(ResourceCreate3d),
+    /// TRANSFER_TO_HOST_3D (`to_host`) or TRANSFER_FROM_HOST_3D.
+    Transfer3d {
+        transfer: TransferHost3d,
+        to_host: bool,
+    },
     CreateBlob {
         blob: ResourceCreateBlob,
         entries: Vec<MemEntry>,
@@ -259,14 +265,15 @@ impl GpuCommand {
             },
             (Queue::Cursor, CMD_UPDATE_CURSOR) => GpuCommand::UpdateCursor(body(reader)?),
             (Queue::Cursor, CMD_MOVE_CURSOR) => GpuCommand::MoveCursor(body(reader)?),
-            // The spec's commands that need a 3D renderer of virgl's
-            // kind (none is served).
-            (Queue::Control, CMD_RESOURCE_CREATE_3D..=CMD_TRANSFER_FROM_HOST_3D) => {
-                return refuse(
-                    RESP_ERR_UNSPEC,
-                    "a 3D command of virgl's kind, which is not implemented",
-                )
-            }
+            (Queue::Control, CMD_RESOURCE_CREATE_3D) => GpuCommand::ResourceCreate3d(body(reader)?),
+            (Queue::Control, CMD_TRANSFER_TO_HOST_3D) => GpuCommand::Transfer3d {
+                transfer: body(reader)?,
+                to_host: true,
+            },
+            (Queue::Control, CMD_TRANSFER_FROM_HOST_3D) => GpuCommand::Transfer3d {
+                transfer: body(reader)?,
+                to_host: false,
+            },
             _ => return refuse(RESP_ERR_UNSPEC, "not a command of this queue"),
         })
     }
@@ -285,7 +292,9 @@ impl GpuCommand {
             | CtxDestroy
             | CtxAttachResource { .. }
             | CtxDetachResource { .. }
-            | Submit3d { .. } => Some(VIRGL),
+            | Submit3d { .. }
+            | ResourceCreate3d(_)
+            | Transfer3d { .. } => Some(VIRGL),
             GetDisplayInfo
             | ResourceCreate2d(_)
             | ResourceUnref { .. }
@@ -315,6 +324,8 @@ impl GpuCommand {
             | CtxAttachResource { .. }
             | CtxDetachResource { .. }
             | Submit3d { .. }
+            | ResourceCreate3d(_)
+            | Transfer3d { .. }
             | CreateBlob { .. }
             | MapBlob { .. }
             | UnmapBlob { .. }
@@ -401,6 +412,38 @@ mod tests {
                 commands: vec![1, 2, 3, 4]
             })
         );
+        let create = request(
+            CMD_RESOURCE_CREATE_3D,
+            &[9, 2, 1, 2, 64, 32, 1, 1, 0, 0, 0, 0],
+        );
+        match decode(Queue::Control, &create) {
+            Ok(GpuCommand::ResourceCreate3d(c)) => {
+                assert_eq!(c.resource_id.to_native(), 9);
+                assert_eq!((c.width.to_native(), c.height.to_native()), (64, 32));
+                assert_eq!(c.format.to_native(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        // box 1,2,0 3x4x1, offset 256, resource 9, level 0, stride 256.
+        let words = [1, 2, 0, 3, 4, 1, 256, 0, 9, 0, 256, 0];
+        for (cmd, to_host) in [
+            (CMD_TRANSFER_TO_HOST_3D, true),
+            (CMD_TRANSFER_FROM_HOST_3D, false),
+        ] {
+            match decode(Queue::Control, &request(cmd, &words)) {
+                Ok(GpuCommand::Transfer3d {
+                    transfer: t,
+                    to_host: got,
+                }) => {
+                    assert_eq!(got, to_host);
+                    assert_eq!(t.resource_id.to_native(), 9);
+                    assert_eq!(t.offset.to_native(), 256);
+                    assert_eq!((t.box_.w.to_native(), t.box_.h.to_native()), (3, 4));
+                    assert_eq!(t.stride.to_native(), 256);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -429,7 +472,19 @@ mod tests {
             code(Queue::Control, &request(CMD_SUBMIT_3D, &[8, 0, 1])),
             RESP_ERR_INVALID_PARAMETER
         );
-        // A command on the other queue, an unknown one, a 3D one: unspec.
+        // 3D bodies cut short.
+        for cmd in [
+            CMD_RESOURCE_CREATE_3D,
+            CMD_TRANSFER_TO_HOST_3D,
+            CMD_TRANSFER_FROM_HOST_3D,
+        ] {
+            assert_eq!(
+                code(Queue::Control, &request(cmd, &[0; 11])),
+                RESP_ERR_INVALID_PARAMETER,
+                "{cmd:#x}"
+            );
+        }
+        // A command on the other queue, an unknown one: unspec.
         assert_eq!(
             code(Queue::Cursor, &request(CMD_GET_DISPLAY_INFO, &[])),
             RESP_ERR_UNSPEC
@@ -440,7 +495,7 @@ mod tests {
         );
         assert_eq!(code(Queue::Control, &request(0xdead, &[])), RESP_ERR_UNSPEC);
         assert_eq!(
-            code(Queue::Control, &request(CMD_RESOURCE_CREATE_3D, &[0; 16])),
+            code(Queue::Cursor, &request(CMD_RESOURCE_CREATE_3D, &[0; 12])),
             RESP_ERR_UNSPEC
         );
     }

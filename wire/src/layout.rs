@@ -147,6 +147,59 @@ pub struct TransferToHost2d {
 // every bit pattern valid.
 unsafe impl ByteValued for TransferToHost2d {}
 
+/// Body of `struct virtio_gpu_resource_create_3d`: a resource of virgl's
+/// kind, its fields gallium's (`pipe_texture_target`, `virgl_formats`,
+/// `VIRGL_BIND_*`).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ResourceCreate3d {
+    pub resource_id: Le32,
+    pub target: Le32,
+    pub format: Le32,
+    pub bind: Le32,
+    pub width: Le32,
+    pub height: Le32,
+    pub depth: Le32,
+    pub array_size: Le32,
+    pub last_level: Le32,
+    pub nr_samples: Le32,
+    pub flags: Le32,
+    pub padding: Le32,
+}
+// SAFETY: twelve Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for ResourceCreate3d {}
+
+/// `struct virtio_gpu_box`: a box in texels of one level.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Box3d {
+    pub x: Le32,
+    pub y: Le32,
+    pub z: Le32,
+    pub w: Le32,
+    pub h: Le32,
+    pub d: Le32,
+}
+// SAFETY: six Le32, no padding, every bit pattern valid.
+unsafe impl ByteValued for Box3d {}
+
+/// Body of `struct virtio_gpu_transfer_host_3d` (TRANSFER_TO_HOST_3D and
+/// TRANSFER_FROM_HOST_3D): a box of one level, and where it lies in the
+/// resource's backing.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct TransferHost3d {
+    pub box_: Box3d,
+    pub offset: Le64,
+    pub resource_id: Le32,
+    pub level: Le32,
+    pub stride: Le32,
+    pub layer_stride: Le32,
+}
+// SAFETY: a Box3d (24 bytes), an Le64 at offset 24 and four Le32: no
+// padding, every bit pattern valid.
+unsafe impl ByteValued for TransferHost3d {}
+
 /// Body of `struct virtio_gpu_resource_attach_backing`; `nr_entries`
 /// `MemEntry`s follow it.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -353,6 +406,8 @@ mod tests {
         assert_eq!(size_of::<ResourceFlush>(), 48 - 24);
         assert_eq!(size_of::<TransferToHost2d>(), 56 - 24);
         assert_eq!(size_of::<AttachBacking>(), 32 - 24);
+        assert_eq!(size_of::<ResourceCreate3d>(), 72 - 24);
+        assert_eq!(size_of::<TransferHost3d>(), 72 - 24);
         assert_eq!(size_of::<MemEntry>(), 16);
         assert_eq!(size_of::<UpdateCursor>(), 56 - 24);
     }

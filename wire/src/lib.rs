@@ -54,6 +54,7 @@ pub const CMD_CTX_ATTACH_RESOURCE: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_
 pub const CMD_CTX_DETACH_RESOURCE: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_DETACH_RESOURCE;
 pub const CMD_SUBMIT_3D: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_SUBMIT_3D;
 pub const CMD_RESOURCE_CREATE_3D: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_CREATE_3D;
+pub const CMD_TRANSFER_TO_HOST_3D: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_TRANSFER_TO_HOST_3D;
 pub const CMD_TRANSFER_FROM_HOST_3D: u32 =
     b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_TRANSFER_FROM_HOST_3D;
 pub const CMD_RESOURCE_MAP_BLOB: u32 = b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB;

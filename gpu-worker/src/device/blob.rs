@@ -91,11 +91,11 @@ impl GpuDevice {
         fence: &FenceSlot,
     ) -> Result<(), Refusal> {
         let ctx_id = needs_ctx(ctx_id)?;
-        let (exists, blob) = {
+        let (exists, rendered) = {
             let resources = self.resources();
             (
                 resources.exists(resource_id),
-                resources.is_blob(resource_id),
+                resources.is_rendered(resource_id),
             )
         };
         if !exists {
@@ -104,7 +104,7 @@ impl GpuDevice {
                 format!("no resource {resource_id}"),
             );
         }
-        if !blob {
+        if !rendered {
             // Linux attaches every buffer a client opens to its context,
             // dumb 2D buffers too. 2D resources live here and no context
             // reads them: nothing to attach.
@@ -181,12 +181,7 @@ impl GpuDevice {
             decoded.len(),
             b.size.to_native(),
         );
-        if id == 0 || self.resources().exists(id) {
-            return refuse(
-                RESP_ERR_INVALID_RESOURCE_ID,
-                format!("resource id {id} is 0 or already in use"),
-            );
-        }
+        self.resources().check_new_id(id)?;
         if size == 0 {
             return refuse(RESP_ERR_INVALID_PARAMETER, format!("blob {id} of 0 bytes"));
         }

@@ -184,8 +184,16 @@ fn a_command_of_a_feature_not_acked_gets_err_unspec() {
     dev.set_acked_features(1 << F_EDID);
     run_on(&dev, &chain(len));
     assert_eq!(response_hdr(&m).type_.to_native(), RESP_OK_EDID);
-    // A blob without RESOURCE_BLOB, a context without VIRGL.
-    for cmd in [CMD_RESOURCE_CREATE_BLOB, CMD_CTX_CREATE, CMD_SUBMIT_3D] {
+    // A blob without RESOURCE_BLOB, a context or a 3D resource without
+    // VIRGL.
+    for cmd in [
+        CMD_RESOURCE_CREATE_BLOB,
+        CMD_CTX_CREATE,
+        CMD_SUBMIT_3D,
+        CMD_RESOURCE_CREATE_3D,
+        CMD_TRANSFER_TO_HOST_3D,
+        CMD_TRANSFER_FROM_HOST_3D,
+    ] {
         let len = request(&m, cmd, 0, &[0; 96]);
         run_on(&dev, &chain(len));
         assert_eq!(
@@ -197,9 +205,9 @@ fn a_command_of_a_feature_not_acked_gets_err_unspec() {
 }
 
 #[test]
-fn unknown_and_unimplemented_commands_get_err_unspec() {
+fn unknown_commands_get_err_unspec() {
     let m = mem();
-    for cmd in [0xdead, CMD_RESOURCE_CREATE_3D, CMD_TRANSFER_FROM_HOST_3D, 0] {
+    for cmd in [0xdead, 0x1ff, 0] {
         let len = request(&m, cmd, 0, &[]);
         let n = run(
             &m,
@@ -477,4 +485,156 @@ fn a_render_worker_that_forgets_the_fence_state_is_out_of_turn() {
     run_on(&dev, &m, &chain);
     assert_eq!(response_hdr(&m).type_.to_native(), RESP_ERR_UNSPEC);
     assert!(calls.try_recv().is_err());
+}
+
+fn words(w: &[u32]) -> Vec<u8> {
+    w.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Runs one unfenced control request (header as `request` writes it) on
+/// `dev`; returns the response type.
+fn answer(dev: &GpuDevice, m: &GuestMemoryMmap, cmd: u32, body: &[u8]) -> u32 {
+    let len = request(m, cmd, 0, body);
+    run_on(
+        dev,
+        m,
+        &[
+            desc(REQ, len, VRING_DESC_F_NEXT, 1),
+            desc(RESP, 64, VRING_DESC_F_WRITE, 0),
+        ],
+    );
+    response_hdr(m).type_.to_native()
+}
+
+#[test]
+fn a_3d_resource_is_checked_here_and_served_by_render_worker() {
+    let m = mem();
+    // render-worker refuses resource 66's creation, does all else.
+    let (dev, calls) = device_with_render(|call| ipc::RenderReply {
+        reply: match &call.request {
+            ipc::RenderRequest::Create3d {
+                resource_id: 66, ..
+            } => ipc::Reply::Refused(Refusal::new(RESP_ERR_UNSPEC, "no")),
+            _ => ipc::Reply::Done,
+        },
+        fence_signalled: None,
+    });
+    // 64x32 B8G8R8X8 2D texture (target 2), one level.
+    let create = |id| words(&[id, 2, 2, 2, 64, 32, 1, 1, 0, 0, 0, 0]);
+    assert_eq!(
+        answer(&dev, &m, CMD_RESOURCE_CREATE_3D, &create(5)),
+        RESP_OK_NODATA
+    );
+    match calls.recv().unwrap().request {
+        ipc::RenderRequest::Create3d {
+            resource_id: 5,
+            create,
+        } => assert_eq!((create.width, create.height, create.format), (64, 32, 2)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(dev.resources().used_bytes(), 64 * 32 * 4);
+    // The id is taken; a refused creation leaves no charge and no id.
+    assert_eq!(
+        answer(&dev, &m, CMD_RESOURCE_CREATE_3D, &create(5)),
+        RESP_ERR_INVALID_RESOURCE_ID
+    );
+    assert_eq!(
+        answer(&dev, &m, CMD_RESOURCE_CREATE_3D, &create(66)),
+        RESP_ERR_UNSPEC
+    );
+    assert!(matches!(
+        calls.recv().unwrap().request,
+        ipc::RenderRequest::Create3d {
+            resource_id: 66,
+            ..
+        }
+    ));
+    assert!(!dev.resources().exists(66));
+    assert_eq!(dev.resources().used_bytes(), 64 * 32 * 4);
+    // Sizes that overflow, and zero sizes, never reach render-worker.
+    let huge = words(&[7, 2, 99, 2, u32::MAX, u32::MAX, u32::MAX, 1, 0, 0, 0, 0]);
+    assert_eq!(
+        answer(&dev, &m, CMD_RESOURCE_CREATE_3D, &huge),
+        RESP_ERR_OUT_OF_MEMORY
+    );
+    let empty = words(&[7, 2, 2, 2, 64, 0, 1, 1, 0, 0, 0, 0]);
+    assert_eq!(
+        answer(&dev, &m, CMD_RESOURCE_CREATE_3D, &empty),
+        RESP_ERR_INVALID_PARAMETER
+    );
+
+    // A transfer before backing, then backing outside guest memory: refused
+    // here.
+    let transfer = |x, w| words(&[x, 0, 0, w, 32, 1, 0, 0, 5, 0, 256, 0]);
+    assert_eq!(
+        answer(&dev, &m, CMD_TRANSFER_FROM_HOST_3D, &transfer(0, 64)),
+        RESP_ERR_UNSPEC
+    );
+    let outside = words(&[5, 1, 0x200_000, 0, 8192, 0]);
+    assert_eq!(
+        answer(&dev, &m, CMD_RESOURCE_ATTACH_BACKING, &outside),
+        RESP_ERR_INVALID_PARAMETER
+    );
+    assert!(calls.try_recv().is_err());
+    let backing = words(&[5, 1, 0x40_000, 0, 8192, 0]);
+    assert_eq!(
+        answer(&dev, &m, CMD_RESOURCE_ATTACH_BACKING, &backing),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        calls.recv().unwrap().request,
+        ipc::RenderRequest::AttachBacking {
+            resource_id: 5,
+            entries: vec![(0x40_000, 8192)]
+        }
+    );
+    // A box past the resource's width, or on a level it lacks, is refused
+    // here; one inside goes on with the header's context.
+    assert_eq!(
+        answer(&dev, &m, CMD_TRANSFER_FROM_HOST_3D, &transfer(1, 64)),
+        RESP_ERR_INVALID_PARAMETER
+    );
+    let level_1 = words(&[0, 0, 0, 1, 1, 1, 0, 0, 5, 1, 256, 0]);
+    assert_eq!(
+        answer(&dev, &m, CMD_TRANSFER_TO_HOST_3D, &level_1),
+        RESP_ERR_INVALID_PARAMETER
+    );
+    assert!(calls.try_recv().is_err());
+    assert_eq!(
+        answer(&dev, &m, CMD_TRANSFER_FROM_HOST_3D, &transfer(0, 64)),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        calls.recv().unwrap().request,
+        ipc::RenderRequest::Transfer3d(ipc::Transfer3d {
+            ctx_id: 3,
+            resource_id: 5,
+            to_host: false,
+            boxed: [0, 0, 0, 64, 32, 1],
+            level: 0,
+            stride: 256,
+            layer_stride: 0,
+            offset: 0,
+        })
+    );
+    // Not a 2D resource: 2D transfers and scanouts say what it is.
+    assert_eq!(
+        answer(
+            &dev,
+            &m,
+            CMD_TRANSFER_TO_HOST_2D,
+            &words(&[0, 0, 8, 8, 0, 0, 5, 0])
+        ),
+        RESP_ERR_INVALID_RESOURCE_ID
+    );
+    // Unref: render-worker lets go, the charge is returned.
+    assert_eq!(
+        answer(&dev, &m, CMD_RESOURCE_UNREF, &words(&[5, 0])),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        calls.recv().unwrap().request,
+        ipc::RenderRequest::Unref { resource_id: 5 }
+    );
+    assert_eq!(dev.resources().used_bytes(), 0);
 }

@@ -11,14 +11,14 @@ use super::GpuDevice;
 impl GpuDevice {
     /// RESOURCE_UNREF of a resource of any kind: one removal from the
     /// table; then the broker lets go of its pixels if it had them, and
-    /// render-worker of a blob's memory.
+    /// render-worker of a blob's memory or a 3D resource.
     pub(super) fn unref(&self, id: u32) -> Result<(), Refusal> {
         let gone = self.resources().unref(id)?;
         if gone.shared {
             self.display
                 .command(&DisplayRequest::ReleaseSurface { resource_id: id }, &[]);
         }
-        if gone.blob {
+        if gone.rendered {
             self.render_done(ipc::RenderRequest::Unref { resource_id: id })?;
         }
         Ok(())

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 
 use ipc::{ScanoutSize, SharedSurface};
-use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, Le32, Permissions};
 
 use wire::*;
 
@@ -53,12 +53,113 @@ struct Resource {
 #[derive(Debug)]
 enum Kind {
     TwoD(Surface),
+    /// A resource of virgl's kind (RESOURCE_CREATE_3D): rutabaga holds it,
+    /// in render-worker; this entry keeps what checks need.
+    ThreeD(ThreeD),
     /// A blob, with the host copy that shows it once SET_SCANOUT_BLOB
     /// named it.
     Blob {
         blob: Blob,
         shadow: Option<Surface>,
     },
+}
+
+/// What gpu-worker keeps of a 3D resource render-worker holds: its shape,
+/// to check transfers against, and whether it has backing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreeD {
+    pub target: u32,
+    pub width: u32,
+    pub height: u32,
+    pub depth: u32,
+    pub array_size: u32,
+    pub last_level: u32,
+    pub backed: bool,
+}
+
+/// `PIPE_BUFFER`: a 3D resource that is bytes (`width` of them), not
+/// texels.
+const PIPE_BUFFER: u32 = 0;
+/// gallium's deepest mip chain: 2^15 texels wide.
+const MAX_LEVELS: u32 = 15;
+
+impl ThreeD {
+    /// The shape RESOURCE_CREATE_3D asks for, and the host memory it may
+    /// take (an upper bound: the format's size is not known here beyond
+    /// the 2D formats, so 16 bytes a texel, the widest, for the others;
+    /// a mip chain at most doubles it), or why it cannot be made.
+    pub fn new(c: &ResourceCreate3d) -> Result<(ThreeD, u64), Refusal> {
+        let n = |v: Le32| v.to_native();
+        let shape = ThreeD {
+            target: n(c.target),
+            width: n(c.width),
+            height: n(c.height),
+            depth: n(c.depth),
+            array_size: n(c.array_size),
+            last_level: n(c.last_level),
+            backed: false,
+        };
+        let id = n(c.resource_id);
+        if shape.width == 0 || shape.height == 0 || shape.depth == 0 || shape.array_size == 0 {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!("3D resource {id} of {shape:?}"),
+            );
+        }
+        if shape.last_level > MAX_LEVELS {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!("3D resource {id} with {} levels", shape.last_level + 1),
+            );
+        }
+        let texel = if shape.target == PIPE_BUFFER {
+            1
+        } else if FORMATS_2D.contains(&n(c.format)) {
+            u64::from(BYTES_PER_PIXEL)
+        } else {
+            16
+        };
+        let levels = if shape.last_level > 0 { 2 } else { 1 };
+        let bytes = [
+            u64::from(shape.width),
+            u64::from(shape.height),
+            u64::from(shape.depth),
+            u64::from(shape.array_size),
+            u64::from(n(c.nr_samples).max(1)),
+            texel,
+            levels,
+        ]
+        .into_iter()
+        .try_fold(1u64, u64::checked_mul);
+        match bytes {
+            Some(b) => Ok((shape, b)),
+            None => refuse(
+                RESP_ERR_OUT_OF_MEMORY,
+                format!("3D resource {id} of {shape:?} overflows"),
+            ),
+        }
+    }
+
+    /// Refuses a transfer box that is not inside `level` of the resource.
+    pub fn check_box(&self, id: u32, level: u32, b: [u32; 6]) -> Result<(), Refusal> {
+        let [x, y, z, w, h, d] = b;
+        let at = |size: u32| (size >> level.min(31)).max(1);
+        // Layers of an array are its z; a 3D texture's depth shrinks with
+        // its levels.
+        let layers = at(self.depth).max(self.array_size);
+        let fits = |o: u32, len: u32, size: u32| o.checked_add(len).is_some_and(|e| e <= size);
+        if level <= self.last_level
+            && fits(x, w, at(self.width))
+            && fits(y, h, at(self.height))
+            && fits(z, d, layers)
+        {
+            return Ok(());
+        }
+        refuse(
+            RESP_ERR_INVALID_PARAMETER,
+            format!("transfer box {b:?} of level {level} is outside 3D resource {id} ({self:?})"),
+        )
+    }
 }
 
 /// Pixels the device holds and can show: a 2D resource, or a blob's shadow.
@@ -86,8 +187,8 @@ struct Surface {
 pub struct Unreffed {
     /// The broker had been given its pixels (or its shadow's).
     pub shared: bool,
-    /// It was a blob: render-worker holds its memory.
-    pub blob: bool,
+    /// render-worker holds it (a blob's memory, a 3D resource).
+    pub rendered: bool,
 }
 
 #[derive(Debug)]
@@ -175,10 +276,16 @@ impl Resource {
         matches!(self.kind, Kind::Blob { .. })
     }
 
+    /// Whether render-worker holds it (a blob's memory, a 3D resource).
+    fn is_rendered(&self) -> bool {
+        matches!(self.kind, Kind::Blob { .. } | Kind::ThreeD(_))
+    }
+
     fn surface(&self) -> Option<&Surface> {
         match &self.kind {
             Kind::TwoD(s) => Some(s),
             Kind::Blob { shadow, .. } => shadow.as_ref(),
+            Kind::ThreeD(_) => None,
         }
     }
 
@@ -186,17 +293,45 @@ impl Resource {
         match &mut self.kind {
             Kind::TwoD(s) => Some(s),
             Kind::Blob { shadow, .. } => shadow.as_mut(),
+            Kind::ThreeD(_) => None,
         }
     }
 }
 
-/// Why resource `id` has no pixels to show.
-fn no_surface(blob: bool, id: u32) -> String {
-    if blob {
-        format!("blob {id} is not shown (SET_SCANOUT_BLOB first)")
-    } else {
-        format!("no resource {id}")
+/// Why resource `id` (`res`) has no pixels to show.
+fn no_surface(res: Option<&Resource>, id: u32) -> String {
+    match res.map(|r| &r.kind) {
+        Some(Kind::Blob { .. }) => format!("blob {id} is not shown (SET_SCANOUT_BLOB first)"),
+        Some(Kind::ThreeD(_)) => format!(
+            "resource {id} is a 3D resource: this device does not show those yet (no read back \
+             into the display)"
+        ),
+        _ => format!("no resource {id}"),
     }
+}
+
+/// The guest ranges of backing `entries`, each checked to lie inside guest
+/// memory with `access`.
+pub fn backing_ranges(
+    mem: &GuestMemoryMmap,
+    entries: &[MemEntry],
+    access: Permissions,
+) -> Result<Vec<(GuestAddress, u32)>, Refusal> {
+    let mut backing = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let (addr, len) = (GuestAddress(e.addr.to_native()), e.length.to_native());
+        if len == 0 || !mem.check_range(addr, len as usize, access) {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!(
+                    "backing entry {i} ({:#x}, {len} bytes) is not inside guest memory",
+                    addr.0
+                ),
+            );
+        }
+        backing.push((addr, len));
+    }
+    Ok(backing)
 }
 
 /// Whether `r` lies inside a `width`×`height` surface, without overflow.
@@ -243,6 +378,58 @@ impl Resources {
                 ..
             })
         )
+    }
+
+    /// Whether render-worker holds resource `id` (a blob, a 3D resource):
+    /// a context reaches only those.
+    pub fn is_rendered(&self, id: u32) -> bool {
+        self.table.get(&id).is_some_and(Resource::is_rendered)
+    }
+
+    /// 3D resource `id`, if it is one.
+    pub fn three_d(&self, id: u32) -> Option<ThreeD> {
+        match self.table.get(&id) {
+            Some(Resource {
+                kind: Kind::ThreeD(t),
+                ..
+            }) => Some(*t),
+            _ => None,
+        }
+    }
+
+    /// Marks 3D resource `id` as backed or not.
+    pub fn set_backed(&mut self, id: u32, backed: bool) {
+        if let Some(Resource {
+            kind: Kind::ThreeD(t),
+            ..
+        }) = self.table.get_mut(&id)
+        {
+            t.backed = backed;
+        }
+    }
+
+    /// Takes resource id `id` for a 3D resource render-worker has created,
+    /// which counts `charge` bytes (reserved already).
+    pub fn add_3d(&mut self, id: u32, shape: ThreeD, charge: u64) {
+        self.table.insert(
+            id,
+            Resource {
+                kind: Kind::ThreeD(shape),
+                uuid: None,
+                charge,
+            },
+        );
+    }
+
+    /// Refuses `id` for a new resource: 0, or in use.
+    pub fn check_new_id(&self, id: u32) -> Result<(), Refusal> {
+        if id == 0 || self.table.contains_key(&id) {
+            return refuse(
+                RESP_ERR_INVALID_RESOURCE_ID,
+                format!("resource id {id} is 0 or already in use"),
+            );
+        }
+        Ok(())
     }
 
     /// Blob `id`, if it is one.
@@ -415,16 +602,16 @@ impl Resources {
             Some(r) => Ok(r),
             None => refuse(
                 RESP_ERR_INVALID_RESOURCE_ID,
-                no_surface(self.is_blob(id), id),
+                no_surface(self.table.get(&id), id),
             ),
         }
     }
 
     fn surface_mut(&mut self, id: u32) -> Result<&mut Surface, Refusal> {
-        let blob = self.is_blob(id);
+        let why = no_surface(self.table.get(&id), id);
         match self.table.get_mut(&id).and_then(Resource::surface_mut) {
             Some(r) => Ok(r),
-            None => refuse(RESP_ERR_INVALID_RESOURCE_ID, no_surface(blob, id)),
+            None => refuse(RESP_ERR_INVALID_RESOURCE_ID, why),
         }
     }
 
@@ -435,6 +622,13 @@ impl Resources {
                 kind: Kind::TwoD(s),
                 ..
             }) => Ok(s),
+            Some(Resource {
+                kind: Kind::ThreeD(_),
+                ..
+            }) => refuse(
+                RESP_ERR_INVALID_RESOURCE_ID,
+                format!("resource {id} is a 3D resource, not a 2D resource"),
+            ),
             Some(_) => refuse(
                 RESP_ERR_INVALID_RESOURCE_ID,
                 format!("resource {id} is a blob, not a 2D resource"),
@@ -450,12 +644,7 @@ impl Resources {
             c.width.to_native(),
             c.height.to_native(),
         );
-        if id == 0 || self.table.contains_key(&id) {
-            return refuse(
-                RESP_ERR_INVALID_RESOURCE_ID,
-                format!("resource id {id} is 0 or already in use"),
-            );
-        }
+        self.check_new_id(id)?;
         let surface = Surface::new(&mut self.budget, id, format, width, height)?;
         self.table.insert(
             id,
@@ -481,7 +670,7 @@ impl Resources {
         self.scanouts.forget(id);
         Ok(Unreffed {
             shared: res.surface().is_some_and(|s| s.shared),
-            blob: res.is_blob(),
+            rendered: res.is_rendered(),
         })
     }
 
@@ -491,20 +680,7 @@ impl Resources {
         id: u32,
         entries: &[MemEntry],
     ) -> Result<(), Refusal> {
-        let mut backing = Vec::with_capacity(entries.len());
-        for (i, e) in entries.iter().enumerate() {
-            let (addr, len) = (GuestAddress(e.addr.to_native()), e.length.to_native());
-            if len == 0 || !mem.check_range(addr, len as usize, Permissions::Read) {
-                return refuse(
-                    RESP_ERR_INVALID_PARAMETER,
-                    format!(
-                        "backing entry {i} ({:#x}, {len} bytes) is not inside guest memory",
-                        addr.0
-                    ),
-                );
-            }
-            backing.push((addr, len));
-        }
+        let backing = backing_ranges(mem, entries, Permissions::Read)?;
         let res = self.two_d_mut(id)?;
         if !res.backing.is_empty() {
             return refuse(

@@ -458,7 +458,7 @@ fn a_blob_is_one_entry_with_its_uuid_charge_and_shadow() {
     r.show(0, 9, &rect(0, 0, 64, 64)).unwrap();
     assert!(r.share(9).unwrap().is_some());
     let gone = r.unref(9).unwrap();
-    assert!(gone.blob && gone.shared);
+    assert!(gone.rendered && gone.shared);
     assert_eq!(r.used_bytes(), 0, "the blob's charge and its shadow's");
     assert_eq!(r.count(), 0);
     assert!(r.scanout(0).is_none());

@@ -94,7 +94,7 @@ impl RenderDevice {
     }
 
     pub(super) fn map_blob(&mut self, resource_id: u32, offset: u64) -> Answer {
-        let Some(blob) = self.blobs.get(&resource_id).copied() else {
+        let Some(blob) = self.held.get(&resource_id).copied() else {
             return refused(ERR_INVALID_RESOURCE_ID, format!("no blob {resource_id}"));
         };
         if blob.flags & RUTABAGA_BLOB_FLAG_USE_MAPPABLE == 0 {
@@ -176,14 +176,14 @@ impl RenderDevice {
         if let Err(why) = self.map_request(&request, Some(&fd)) {
             return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {why}"));
         }
-        if let Some(b) = self.blobs.get_mut(&resource_id) {
+        if let Some(b) = self.held.get_mut(&resource_id) {
             b.mapped = Some(offset);
         }
         Reply::Value(RenderValue::Mapped { map_info })
     }
 
     pub(super) fn unmap_blob(&mut self, resource_id: u32) -> Answer {
-        let Some(blob) = self.blobs.get(&resource_id).copied() else {
+        let Some(blob) = self.held.get(&resource_id).copied() else {
             return refused(ERR_INVALID_RESOURCE_ID, format!("no blob {resource_id}"));
         };
         if blob.mapped.is_none() {
@@ -195,7 +195,7 @@ impl RenderDevice {
         if let Err(why) = self.map_request(&MapRequest::Unmap { resource_id }, None) {
             return refused(ERR_UNSPEC, format!("blob {resource_id}: {why}"));
         }
-        if let Some(b) = self.blobs.get_mut(&resource_id) {
+        if let Some(b) = self.held.get_mut(&resource_id) {
             b.mapped = None;
         }
         Reply::Done

@@ -25,9 +25,9 @@ use ipc::{
 };
 use log::warn;
 use rutabaga_gfx::{
-    ResourceCreateBlob, Rutabaga, RutabagaBuilder, RutabagaComponentType, RutabagaError,
-    RutabagaFence, RutabagaFenceHandler, RutabagaIovec, RutabagaPath, RUTABAGA_CAPSET_CROSS_DOMAIN,
-    RUTABAGA_FLAG_FENCE, RUTABAGA_FLAG_INFO_RING_IDX,
+    ResourceCreate3D, ResourceCreateBlob, Rutabaga, RutabagaBuilder, RutabagaComponentType,
+    RutabagaError, RutabagaFence, RutabagaFenceHandler, RutabagaIovec, RutabagaPath, Transfer3D,
+    RUTABAGA_CAPSET_CROSS_DOMAIN, RUTABAGA_FLAG_FENCE, RUTABAGA_FLAG_INFO_RING_IDX,
 };
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use wire::Refusal;
@@ -82,20 +82,71 @@ const CROSS_DOMAIN_CHANNEL_RING: u8 = cross_domain::CHANNEL_RING as u8;
 /// once per buffer size.
 const MAX_REQUIREMENTS_PER_CONTEXT: usize = 4096;
 
-/// Where rutabaga's fence signals go. A fence gpu-worker was told is
-/// pending becomes an event on the event channel; any other (one that
-/// signals while its FENCE command is still being answered) is noted for
-/// that answer.
+/// Where rutabaga's fence signals go. Fences live on timelines: a
+/// context's ring (VIRTIO_GPU_FLAG_INFO_RING_IDX), or the device's one
+/// global timeline for a fence without a ring, whatever context its
+/// command named (as crosvm and virglrenderer count them: virglrenderer
+/// reports a global fence with context 0, and only the latest it retired).
+/// A signal retires every fence of its timeline up to its id. A fence
+/// gpu-worker was told is pending becomes an event on the event channel;
+/// one created after its timeline passed it is answered as signalled.
 #[derive(Default)]
 pub struct Fences {
-    signalled: Vec<(u32, Option<u8>, u64)>,
+    /// Each timeline's highest fence id signalled.
+    signalled: BTreeMap<Timeline, u64>,
+    /// Fences answered as pending, as gpu-worker named them.
     pending: Vec<(u32, Option<u8>, u64)>,
     events: Option<Channel<RenderEvent, Nothing>>,
 }
 
-fn key(f: &RutabagaFence) -> (u32, Option<u8>, u64) {
-    let ring = (f.flags & RUTABAGA_FLAG_INFO_RING_IDX != 0).then_some(f.ring_idx);
-    (f.ctx_id, ring, f.fence_id)
+/// A context's ring, or (context 0, no ring) the global timeline.
+type Timeline = (u32, Option<u8>);
+
+fn timeline(ctx_id: u32, ring: Option<u8>) -> Timeline {
+    match ring {
+        Some(_) => (ctx_id, ring),
+        None => (0, None),
+    }
+}
+
+impl Fences {
+    /// Retires `fence_id` and every earlier fence of `on`.
+    fn signal(&mut self, on: Timeline, fence_id: u64) {
+        let upto = self.signalled.entry(on).or_insert(0);
+        *upto = (*upto).max(fence_id);
+        let mut retired = Vec::new();
+        self.pending.retain(|&(ctx_id, ring, id)| {
+            let done = timeline(ctx_id, ring) == on && id <= fence_id;
+            if done {
+                retired.push(RenderEvent::FenceSignalled {
+                    ctx_id,
+                    ring,
+                    fence_id: id,
+                });
+            }
+            !done
+        });
+        for event in retired {
+            if let Some(events) = &self.events {
+                if let Err(e) = events.send(&event, &[]) {
+                    warn!("render-worker: event channel: {e}");
+                }
+            }
+        }
+    }
+
+    /// Whether fence `fence_id` of `on` has been signalled already.
+    fn passed(&self, on: Timeline, fence_id: u64) -> bool {
+        self.signalled
+            .get(&on)
+            .is_some_and(|&upto| upto >= fence_id)
+    }
+
+    /// Forgets every fence (a new connection, a reset).
+    fn clear(&mut self) {
+        self.signalled.clear();
+        self.pending.clear();
+    }
 }
 
 /// rutabaga could not be built.
@@ -110,24 +161,10 @@ pub fn build_rutabaga(
     config: &RendererConfig,
 ) -> Result<Rutabaga, RutabagaFailed> {
     let handler = RutabagaFenceHandler::new(move |fence| {
-        let k = key(&fence);
-        let mut f = fences.lock_or_recover();
-        if let Some(i) = f.pending.iter().position(|p| *p == k) {
-            f.pending.remove(i);
-            let (ctx_id, ring, fence_id) = k;
-            let event = RenderEvent::FenceSignalled {
-                ctx_id,
-                ring,
-                fence_id,
-            };
-            if let Some(events) = &f.events {
-                if let Err(e) = events.send(&event, &[]) {
-                    warn!("render-worker: event channel: {e}");
-                }
-            }
-        } else {
-            f.signalled.push(k);
-        }
+        let ring = (fence.flags & RUTABAGA_FLAG_INFO_RING_IDX != 0).then_some(fence.ring_idx);
+        fences
+            .lock_or_recover()
+            .signal(timeline(fence.ctx_id, ring), fence.fence_id);
     });
     let paths = config
         .wayland
@@ -158,6 +195,41 @@ pub fn build_rutabaga(
         .map_err(RutabagaFailed)
 }
 
+/// The one rutabaga of the process, with the fence state its handler
+/// feeds: built once, on the thread that serves every connection
+/// (virglrenderer initialises once per process, and its GL contexts
+/// belong to the thread that made them), and handed from one connection's
+/// [`RenderDevice`] to the next, cleaned.
+pub struct Renderer {
+    rutabaga: Rutabaga,
+    fences: Arc<Mutex<Fences>>,
+    config: RendererConfig,
+}
+
+impl Renderer {
+    pub fn build(config: RendererConfig) -> Result<Renderer, RutabagaFailed> {
+        let fences = Arc::new(Mutex::new(Fences::default()));
+        let rutabaga = build_rutabaga(fences.clone(), &config)?;
+        // rutabaga falls back to its 2D component when virglrenderer does
+        // not start (a missing library, a jail that hides one): a device
+        // that offers capsets it cannot serve is worse than none.
+        let offered = rutabaga.get_num_capsets();
+        for index in 0..offered {
+            rutabaga.get_capset_info(index).map_err(RutabagaFailed)?;
+        }
+        Ok(Renderer {
+            rutabaga,
+            fences,
+            config,
+        })
+    }
+
+    /// `virtio_gpu_config.num_capsets`.
+    pub fn num_capsets(&self) -> u32 {
+        self.rutabaga.get_num_capsets()
+    }
+}
+
 /// What render-worker answers a request.
 type Answer = Reply<RenderValue>;
 
@@ -178,14 +250,16 @@ fn code_of(e: &RutabagaError) -> u32 {
     }
 }
 
+/// A resource rutabaga holds: a blob, or a 3D resource (flags 0: never
+/// mappable).
 #[derive(Debug, Clone, Copy)]
-struct Blob {
+struct Held {
     size: u64,
     flags: u32,
     /// The offset it is mapped at in the host-visible region.
     mapped: Option<u64>,
-    /// For a blob of guest memory: the memory map its pages were found in
-    /// (rutabaga holds pointers into it).
+    /// For a blob of guest memory or a 3D resource's backing: the memory
+    /// map its pages were found in (rutabaga holds pointers into it).
     generation: Option<u64>,
 }
 
@@ -239,7 +313,8 @@ pub struct RenderDevice {
     /// answer): an answer that came late would otherwise be read as the
     /// next request's, so the channel is not used again.
     map_lost: std::cell::Cell<bool>,
-    blobs: BTreeMap<u32, Blob>,
+    /// Blobs and 3D resources, by resource id.
+    held: BTreeMap<u32, Held>,
     /// Every context rutabaga holds, with what this process knows of it.
     contexts: BTreeMap<u32, Context>,
     /// What rutabaga is built with, again after a reset.
@@ -249,28 +324,61 @@ pub struct RenderDevice {
 }
 
 impl RenderDevice {
+    /// One connection's device on the process's renderer, whose fence
+    /// signals now go to this connection's event channel.
     pub fn new(
         map: Channel<MapRequest, Reply<Nothing>>,
         events: Channel<RenderEvent, Nothing>,
-        renderer: RendererConfig,
+        renderer: Renderer,
         max_contexts: u32,
-    ) -> Result<Self, RutabagaFailed> {
-        let fences = Arc::new(Mutex::new(Fences {
-            events: Some(events),
-            ..Fences::default()
-        }));
-        Ok(RenderDevice {
-            rutabaga: build_rutabaga(fences.clone(), &renderer)?,
-            fences,
+    ) -> Self {
+        {
+            let mut f = renderer.fences.lock_or_recover();
+            f.clear();
+            f.events = Some(events);
+        }
+        RenderDevice {
+            rutabaga: renderer.rutabaga,
+            fences: renderer.fences,
             memory: Vec::new(),
             next_generation: 0,
             map,
             map_lost: std::cell::Cell::new(false),
-            blobs: BTreeMap::new(),
+            held: BTreeMap::new(),
             contexts: BTreeMap::new(),
-            renderer,
+            renderer: renderer.config,
             max_contexts,
-        })
+        }
+    }
+
+    /// The connection ended: everything it made leaves rutabaga, and the
+    /// renderer goes back for the next.
+    pub fn finish(mut self) -> Renderer {
+        self.clean();
+        self.fences.lock_or_recover().events = None;
+        Renderer {
+            rutabaga: self.rutabaga,
+            fences: self.fences,
+            config: self.renderer,
+        }
+    }
+
+    /// What becomes readable when rutabaga has fences to retire
+    /// (virglrenderer's fence thread): the serving loop waits on it beside
+    /// gpu-worker's link and calls [`RenderDevice::retire_fences`].
+    pub fn fence_descriptor(&self) -> Option<OwnedFd> {
+        use rutabaga_gfx::RutabagaIntoRawDescriptor;
+        use std::os::fd::FromRawFd;
+        let d = self.rutabaga.poll_descriptor()?;
+        // SAFETY: into_raw_descriptor hands over ownership of the open
+        // descriptor, which nothing else holds.
+        Some(unsafe { OwnedFd::from_raw_fd(d.into_raw_descriptor()) })
+    }
+
+    /// Retires the fences rutabaga has signalled (each becomes an event or
+    /// a fence answered as signalled).
+    pub fn retire_fences(&self) {
+        self.rutabaga.event_poll();
     }
 
     /// Serves one call: its request, then (if that was done) its fence.
@@ -340,6 +448,11 @@ impl RenderDevice {
             }
             RenderRequest::CtxDestroy { ctx_id } => {
                 self.contexts.remove(&ctx_id);
+                // Its rings' timelines go with it.
+                self.fences
+                    .lock_or_recover()
+                    .signalled
+                    .retain(|&(c, _), _| c != ctx_id);
                 self.rutabaga.destroy_context(ctx_id)
             }
             RenderRequest::CtxAttach {
@@ -401,6 +514,49 @@ impl RenderDevice {
                     &entries,
                 )
             }
+            RenderRequest::Create3d {
+                resource_id,
+                create,
+            } => return self.create_3d(resource_id, create),
+            RenderRequest::AttachBacking {
+                resource_id,
+                entries,
+            } => return self.attach_backing(resource_id, &entries),
+            RenderRequest::DetachBacking { resource_id } => {
+                let done = self.rutabaga.detach_backing(resource_id);
+                if done.is_ok() {
+                    if let Some(h) = self.held.get_mut(&resource_id) {
+                        h.generation = None;
+                    }
+                    self.prune_memory();
+                }
+                done
+            }
+            RenderRequest::Transfer3d(t) => {
+                let [x, y, z, w, h, d] = t.boxed;
+                let transfer = Transfer3D {
+                    x,
+                    y,
+                    z,
+                    w,
+                    h,
+                    d,
+                    level: t.level,
+                    stride: t.stride,
+                    layer_stride: t.layer_stride,
+                    offset: t.offset,
+                };
+                // Between the host resource and its backing (rutabaga
+                // checks the box against the backing's length).
+                match t.to_host {
+                    true => self
+                        .rutabaga
+                        .transfer_write(t.ctx_id, t.resource_id, transfer, None),
+                    false => self
+                        .rutabaga
+                        .transfer_read(t.ctx_id, t.resource_id, transfer, None),
+                }
+            }
             RenderRequest::Unref { resource_id } => return self.unref(resource_id),
             RenderRequest::Reset => return self.reset(),
             RenderRequest::MapBlob {
@@ -449,9 +605,9 @@ impl RenderDevice {
         let Some(current) = self.memory.last().map(|m| m.generation) else {
             return;
         };
-        let blobs = &self.blobs;
+        let held = &self.held;
         self.memory.retain(|m| {
-            m.generation == current || blobs.values().any(|b| b.generation == Some(m.generation))
+            m.generation == current || held.values().any(|b| b.generation == Some(m.generation))
         });
     }
 
@@ -500,9 +656,9 @@ impl RenderDevice {
         {
             return refused(code_of(&e), format!("blob {resource_id}: {e}"));
         }
-        self.blobs.insert(
+        self.held.insert(
             resource_id,
-            Blob {
+            Held {
                 size: blob.size,
                 flags: blob.blob_flags,
                 mapped: None,
@@ -512,43 +668,88 @@ impl RenderDevice {
         Reply::Done
     }
 
-    /// A device reset: mapped blobs leave the guest's region, then rutabaga
-    /// (contexts, blobs, the compositor connections) is dropped and built
-    /// anew. The current guest memory map stays: the memory table does not
-    /// change.
+    fn create_3d(&mut self, resource_id: u32, c: ipc::Create3d) -> Answer {
+        let create = ResourceCreate3D {
+            target: c.target,
+            format: c.format,
+            bind: c.bind,
+            width: c.width,
+            height: c.height,
+            depth: c.depth,
+            array_size: c.array_size,
+            last_level: c.last_level,
+            nr_samples: c.nr_samples,
+            flags: c.flags,
+        };
+        if let Err(e) = self.rutabaga.resource_create_3d(resource_id, create) {
+            return refused(code_of(&e), format!("3D resource {resource_id}: {e}"));
+        }
+        self.held.insert(
+            resource_id,
+            Held {
+                size: 0,
+                flags: 0,
+                mapped: None,
+                generation: None,
+            },
+        );
+        Reply::Done
+    }
+
+    fn attach_backing(&mut self, resource_id: u32, entries: &[(u64, u32)]) -> Answer {
+        if !self.held.contains_key(&resource_id) {
+            return refused(
+                ERR_INVALID_RESOURCE_ID,
+                format!("no 3D resource {resource_id}"),
+            );
+        }
+        let (iovecs, generation) = match self.iovecs(entries) {
+            Ok(v) => v,
+            Err(why) => return refused(ERR_INVALID_PARAMETER, why.to_string()),
+        };
+        if let Err(e) = self.rutabaga.attach_backing(resource_id, iovecs) {
+            return refused(code_of(&e), format!("backing of {resource_id}: {e}"));
+        }
+        if let Some(h) = self.held.get_mut(&resource_id) {
+            h.generation = Some(generation);
+        }
+        Reply::Done
+    }
+
+    /// A device reset: every context and resource the guest made leaves
+    /// rutabaga ([`RenderDevice::clean`]). The current guest memory map
+    /// stays: the memory table does not change.
     fn reset(&mut self) -> Answer {
-        let mapped: Vec<u32> = self
-            .blobs
-            .iter()
-            .filter(|(_, b)| b.mapped.is_some())
-            .map(|(id, _)| *id)
-            .collect();
-        for resource_id in mapped {
-            if let Reply::Refused(Refusal { why, .. }) = self.unmap_blob(resource_id) {
-                warn!("render-worker: unmapping blob {resource_id} at reset: {why}");
+        self.clean();
+        Reply::Done
+    }
+
+    /// Takes out of rutabaga all this connection made: contexts (and with
+    /// them cross-domain's compositor connections), then resources, each
+    /// mapped blob unmapped from the guest's region first. rutabaga itself
+    /// stays: virglrenderer cannot start twice in one process.
+    fn clean(&mut self) {
+        let contexts: Vec<u32> = self.contexts.keys().copied().collect();
+        for ctx_id in contexts {
+            if let Err(e) = self.rutabaga.destroy_context(ctx_id) {
+                warn!("render-worker: destroying context {ctx_id}: {e}");
             }
         }
-        self.blobs.clear();
         self.contexts.clear();
-        {
-            let mut f = self.fences.lock_or_recover();
-            f.signalled.clear();
-            f.pending.clear();
-        }
-        match build_rutabaga(self.fences.clone(), &self.renderer) {
-            Ok(r) => {
-                self.rutabaga = r;
-                self.prune_memory();
-                Reply::Done
+        let held: Vec<u32> = self.held.keys().copied().collect();
+        for resource_id in held {
+            if let Reply::Refused(Refusal { why, .. }) = self.unref(resource_id) {
+                warn!("render-worker: releasing resource {resource_id}: {why}");
             }
-            Err(e) => refused(ERR_UNSPEC, e.to_string()),
         }
+        self.fences.lock_or_recover().clear();
+        self.prune_memory();
     }
 
     fn unref(&mut self, resource_id: u32) -> Answer {
         // A mapped blob leaves the guest's region before it goes.
         if self
-            .blobs
+            .held
             .get(&resource_id)
             .is_some_and(|b| b.mapped.is_some())
         {
@@ -556,7 +757,7 @@ impl RenderDevice {
                 warn!("render-worker: unmapping blob {resource_id} before its unref: {why}");
             }
         }
-        self.blobs.remove(&resource_id);
+        self.held.remove(&resource_id);
         let answer = match self.rutabaga.unref_resource(resource_id) {
             Ok(()) => Reply::Done,
             Err(e) => refused(code_of(&e), format!("unref {resource_id}: {e}")),
@@ -600,18 +801,12 @@ impl RenderDevice {
         if let Err(e) = self.rutabaga.create_fence(fence) {
             return Err(refused(code_of(&e), format!("fence {fence_id}: {e}")));
         }
-        let k = (ctx_id, ring, fence_id);
         let mut f = self.fences.lock_or_recover();
-        match f.signalled.iter().position(|s| *s == k) {
-            Some(i) => {
-                f.signalled.remove(i);
-                Ok(true)
-            }
-            None => {
-                f.pending.push(k);
-                Ok(false)
-            }
+        if f.passed(timeline(ctx_id, ring), fence_id) {
+            return Ok(true);
         }
+        f.pending.push((ctx_id, ring, fence_id));
+        Ok(false)
     }
 }
 

@@ -1,0 +1,245 @@
+//! 3D through the real three processes, jailed: a virgl context renders
+//! (virglrenderer on Mesa's llvmpipe, no GPU) and the guest reads the
+//! pixels back with TRANSFER_FROM_HOST_3D; bad 3D input is refused and the
+//! device goes on.
+//!
+//! Built only with the tests crate's `gpu3d` feature and run by
+//! `tests/gpu3d/check`, inside the gpu3d root (Debian 13 with sid's
+//! virglrenderer 1.3, which the 3D build links against), with the three
+//! processes from `tests/gpu3d/build`.
+
+use std::time::Duration;
+
+use harness::blob_wire::*;
+use harness::*;
+use vm_memory::{Bytes, GuestAddress};
+
+/// The VIRGL2 capset: a context of virgl's kind (context_init's capset id).
+const CAPSET_VIRGL2: u32 = 2;
+/// Where the render target's backing lies in guest memory.
+const BACKING_AT: u64 = 0x80_0000;
+const SIZE: u32 = 64;
+/// `PIPE_TEXTURE_2D`, `VIRGL_FORMAT_B8G8R8A8_UNORM`, `VIRGL_BIND_RENDER_TARGET`.
+const TEXTURE_2D: u32 = 2;
+const B8G8R8A8: u32 = 1;
+const BIND_RENDER_TARGET: u32 = 1 << 1;
+
+/// A virgl command header: command, object type, length in dwords.
+fn virgl(cmd: u32, object: u32, len: u32) -> u32 {
+    cmd | (object << 8) | (len << 16)
+}
+
+/// The virgl stream that clears surface 1 of resource `res` to `rgba`.
+fn clear_stream(res: u32, rgba: [f32; 4]) -> Vec<u8> {
+    const CREATE_OBJECT: u32 = 1;
+    const SET_FRAMEBUFFER_STATE: u32 = 5;
+    const CLEAR: u32 = 7;
+    const OBJECT_SURFACE: u32 = 8;
+    const PIPE_CLEAR_COLOR0: u32 = 1 << 2;
+    let mut w = vec![
+        // Surface 1 on level 0, layer 0 of the resource.
+        virgl(CREATE_OBJECT, OBJECT_SURFACE, 5),
+        1,
+        res,
+        B8G8R8A8,
+        0,
+        0,
+        // One colour buffer, no depth.
+        virgl(SET_FRAMEBUFFER_STATE, 0, 3),
+        1,
+        0,
+        1,
+        virgl(CLEAR, 0, 8),
+        PIPE_CLEAR_COLOR0,
+    ];
+    w.extend(rgba.map(f32::to_bits));
+    w.extend([0, 0, 0]); // depth (a double), stencil
+    w.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn create_3d(id: u32) -> Vec<u8> {
+    cmd(
+        CMD_RESOURCE_CREATE_3D,
+        &[
+            id,
+            TEXTURE_2D,
+            B8G8R8A8,
+            BIND_RENDER_TARGET,
+            SIZE,
+            SIZE,
+            1,
+            1,
+            0,
+            0,
+            0,
+            0,
+        ],
+    )
+}
+
+/// TRANSFER_FROM_HOST_3D of the whole of `id` into its backing, fenced.
+fn read_back(id: u32, fence: u64) -> Vec<u8> {
+    let mut v = hdr(CMD_TRANSFER_FROM_HOST_3D, CTX, Some((fence, None)));
+    for w in [0, 0, 0, SIZE, SIZE, 1] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    v.extend_from_slice(&0u64.to_le_bytes());
+    for w in [id, 0, SIZE * 4, 0] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    v
+}
+
+fn start() -> Backend {
+    Backend::start(&["--context-types", "virgl2", "--seccomp", "none"])
+}
+
+#[test]
+fn a_virgl_context_clears_a_render_target_and_the_guest_reads_it_back() {
+    let backend = start();
+    let mut dev = Device::connect(&backend.socket);
+    assert_eq!(dev.num_capsets(), 1, "virgl2 alone: one capset");
+    let (_, info) = dev.control(&cmd(CMD_GET_CAPSET_INFO, &[0, 0]), 64);
+    assert_eq!(
+        u32::from_le_bytes(info[24..28].try_into().unwrap()),
+        CAPSET_VIRGL2
+    );
+
+    assert_eq!(
+        code(&mut dev, &ctx_create(CTX, CAPSET_VIRGL2, "gpu3d")),
+        RESP_OK_NODATA,
+        "log: {:#?}",
+        backend.log.lines()
+    );
+    assert_eq!(code(&mut dev, &create_3d(1)), RESP_OK_NODATA);
+    let len = SIZE * SIZE * 4;
+    // The backing starts as a pattern the clear colour is not.
+    dev.mem
+        .write_slice(&vec![0x5a; len as usize], GuestAddress(BACKING_AT))
+        .unwrap();
+    assert_eq!(
+        code(
+            &mut dev,
+            &cmd(
+                CMD_RESOURCE_ATTACH_BACKING,
+                &[1, 1, BACKING_AT as u32, 0, len, 0]
+            )
+        ),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        code(
+            &mut dev,
+            &words(hdr(CMD_CTX_ATTACH_RESOURCE, CTX, None), &[1, 0])
+        ),
+        RESP_OK_NODATA
+    );
+    let stream = clear_stream(1, [1.0, 0.0, 0.0, 1.0]);
+    let (_, resp) = dev.control(&submit(CTX, &stream, Some((1, None))), 64);
+    assert_eq!(
+        parse_hdr(&resp).0,
+        RESP_OK_NODATA,
+        "log: {:#?}",
+        backend.log.lines()
+    );
+    let (_, resp) = dev.control(&read_back(1, 2), 64);
+    assert_eq!(parse_hdr(&resp), (RESP_OK_NODATA, FLAG_FENCE, 2));
+
+    let mut pixels = vec![0u8; len as usize];
+    dev.mem
+        .read_slice(&mut pixels, GuestAddress(BACKING_AT))
+        .unwrap();
+    let wrong: Vec<(usize, &[u8])> = pixels
+        .chunks(4)
+        .enumerate()
+        .filter(|(_, p)| *p != [0x00, 0x00, 0xff, 0xff])
+        .take(4)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "every pixel is red (B, G, R, A); first others: {wrong:?}"
+    );
+    let log = backend.log.lines();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("render-worker: jailed") && l.contains("GPU stack")),
+        "render-worker ran in its 3D jail: {log:#?}"
+    );
+}
+
+#[test]
+fn bad_3d_input_is_refused_and_the_device_goes_on() {
+    let backend = start();
+    let mut dev = Device::connect(&backend.socket);
+    assert_eq!(
+        code(&mut dev, &ctx_create(CTX, CAPSET_VIRGL2, "bad")),
+        RESP_OK_NODATA
+    );
+    // A context of a type not offered (venus, capset 4).
+    assert_ne!(
+        code(&mut dev, &ctx_create(2, 4, "venus")),
+        RESP_OK_NODATA,
+        "venus is not offered"
+    );
+    // A format virgl does not know; a resource id in use; a transfer
+    // outside the resource; a transfer of a resource without backing.
+    assert_ne!(
+        code(
+            &mut dev,
+            &cmd(
+                CMD_RESOURCE_CREATE_3D,
+                &[2, TEXTURE_2D, 0xffff, 2, 16, 16, 1, 1, 0, 0, 0, 0]
+            )
+        ),
+        RESP_OK_NODATA
+    );
+    assert_eq!(code(&mut dev, &create_3d(1)), RESP_OK_NODATA);
+    assert_eq!(code(&mut dev, &create_3d(1)), RESP_ERR_INVALID_RESOURCE_ID);
+    assert_eq!(code(&mut dev, &read_back(1, 3)), RESP_ERR_UNSPEC);
+    let len = SIZE * SIZE * 4;
+    // Backing shorter than the resource: rutabaga refuses the transfer
+    // rather than write past it.
+    assert_eq!(
+        code(
+            &mut dev,
+            &cmd(
+                CMD_RESOURCE_ATTACH_BACKING,
+                &[1, 1, BACKING_AT as u32, 0, len / 2, 0]
+            )
+        ),
+        RESP_OK_NODATA
+    );
+    assert_ne!(code(&mut dev, &read_back(1, 4)), RESP_OK_NODATA);
+    // A stream that is not virgl's: refused, the context goes on.
+    assert_eq!(
+        code(
+            &mut dev,
+            &words(hdr(CMD_CTX_ATTACH_RESOURCE, CTX, None), &[1, 0])
+        ),
+        RESP_OK_NODATA
+    );
+    let garbage: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37)).collect();
+    let _ = code(&mut dev, &submit(CTX, &garbage, None));
+    // The device still serves: a 2D resource, and the 3D one unreffed.
+    assert_eq!(
+        code(&mut dev, &cmd(CMD_RESOURCE_CREATE_2D, &[20, 1, 16, 16])),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        code(&mut dev, &cmd(CMD_RESOURCE_UNREF, &[1, 0])),
+        RESP_OK_NODATA
+    );
+    drop(dev);
+
+    // A new connection gets a working device.
+    let mut dev = Device::connect(&backend.socket);
+    assert_eq!(
+        code(&mut dev, &ctx_create(CTX, CAPSET_VIRGL2, "again")),
+        RESP_OK_NODATA
+    );
+    assert_eq!(code(&mut dev, &create_3d(1)), RESP_OK_NODATA);
+    assert!(backend
+        .log
+        .wait_for(&["front-end connected"], Duration::from_secs(1))
+        .is_some());
+}
