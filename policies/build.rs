@@ -71,6 +71,32 @@ fn main() {
         }
     }
 
+    // render-worker with a 3D context type: its policy and what loading and
+    // running the GPU stack adds (`render-worker-gpu-stack.json`), one
+    // filter.
+    let base = "seccomp/render-worker.json";
+    let extra = "seccomp/render-worker-gpu-stack.json";
+    println!("cargo:rerun-if-changed={extra}");
+    let read = |path: &str| -> serde_json::Value {
+        let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let added = read(extra)["main"]["filter"].as_array().unwrap().clone();
+    for (flag, action) in ACTIONS {
+        let mut doc = read(base);
+        doc.as_object_mut().unwrap().retain(|k, _| k == "main");
+        doc["main"]["default_action"] = serde_json::Value::String(action.into());
+        doc["main"]["filter"]
+            .as_array_mut()
+            .unwrap()
+            .extend(added.iter().cloned());
+        let json = serde_json::to_vec(&doc).unwrap();
+        let mut map = seccompiler::compile_from_json(Cursor::new(json), arch)
+            .unwrap_or_else(|e| panic!("{extra} does not compile with {base}: {e}"));
+        let program = map.remove("main").unwrap();
+        write_program(&program, &out.join(format!("render-worker-3d-{flag}.bpf")));
+    }
+
     // The threads filter, the same for every mode: installed before a
     // worker's policy, it answers clone3 ENOSYS.
     let path = "seccomp/threads.json";

@@ -88,6 +88,12 @@ pub fn spawn(role: Role, exe: &Path, broker_end: OwnedFd, peer_end: OwnedFd) -> 
     ] {
         cmd.env_remove(var);
     }
+    if role == Role::RenderWorker {
+        // Mesa (a 3D context type) would keep compiled shaders under the
+        // user's cache directory; the jail has nowhere to write one, and
+        // its policy no mkdir to try.
+        cmd.env("MESA_SHADER_CACHE_DISABLE", "true");
+    }
     // SAFETY: the closure runs in the forked child before exec and makes
     // only async-signal-safe system calls (fcntl, dup2, prctl, getppid); it
     // allocates nothing.

@@ -10,12 +10,15 @@ use seccompiler::sock_filter;
 
 include!(concat!(env!("OUT_DIR"), "/syscall_names.rs"));
 
-/// The three processes, each with a policy of its own.
+/// The three processes, each with a policy of its own; render-worker with
+/// a 3D context type adds what its GPU stack needs
+/// (`seccomp/render-worker-gpu-stack.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
     Broker,
     GpuWorker,
     RenderWorker,
+    RenderWorker3d,
 }
 
 impl Profile {
@@ -23,7 +26,7 @@ impl Profile {
         match self {
             Profile::Broker => "broker",
             Profile::GpuWorker => "gpu-worker",
-            Profile::RenderWorker => "render-worker",
+            Profile::RenderWorker | Profile::RenderWorker3d => "render-worker",
         }
     }
 }
@@ -52,6 +55,9 @@ fn program_bytes(profile: Profile, mode: SeccompMode) -> Option<&'static [u8]> {
         (RenderWorker, Kill) => program_bytes!("render-worker", "kill"),
         (RenderWorker, Trap) => program_bytes!("render-worker", "trap"),
         (RenderWorker, Log) => program_bytes!("render-worker", "log"),
+        (RenderWorker3d, Kill) => program_bytes!("render-worker-3d", "kill"),
+        (RenderWorker3d, Trap) => program_bytes!("render-worker-3d", "trap"),
+        (RenderWorker3d, Log) => program_bytes!("render-worker-3d", "log"),
     })
 }
 
@@ -86,10 +92,9 @@ pub fn thread_program(kind: ThreadKind, mode: SeccompMode) -> Option<Vec<sock_fi
 /// policy pins. Installed before the policy (which has no `seccomp`).
 pub fn threads_program(profile: Profile) -> Option<Vec<sock_filter>> {
     match profile {
-        Profile::GpuWorker | Profile::RenderWorker => Some(decode(include_bytes!(concat!(
-            env!("OUT_DIR"),
-            "/threads.bpf"
-        )))),
+        Profile::GpuWorker | Profile::RenderWorker | Profile::RenderWorker3d => Some(decode(
+            include_bytes!(concat!(env!("OUT_DIR"), "/threads.bpf")),
+        )),
         Profile::Broker => None,
     }
 }

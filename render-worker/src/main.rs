@@ -65,12 +65,16 @@ fn run(broker: &Channel<WorkerReport, RenderWorkerRequest>) -> Result<(), Error>
                 let host_socket = config.wayland_socket.as_deref().map(Path::new);
                 // A 3D context type loads the host's GPU stack (Mesa and
                 // what it needs) once rutabaga starts, inside the jail.
-                let gpu_stack: Vec<&Path> = match config.context_types.iter().any(|t| t.is_3d()) {
-                    true => policies::GPU_STACK.iter().map(Path::new).collect(),
-                    false => Vec::new(),
+                let three_d = config.context_types.iter().any(|t| t.is_3d());
+                let (profile, gpu_stack): (_, Vec<&Path>) = match three_d {
+                    true => (
+                        policies::Profile::RenderWorker3d,
+                        policies::GPU_STACK.iter().map(Path::new).collect(),
+                    ),
+                    false => (policies::Profile::RenderWorker, Vec::new()),
                 };
                 policies::enter_with_reach(
-                    policies::Profile::RenderWorker,
+                    profile,
                     &config.jail,
                     host_socket.map(|p| (p, ipc::WAYLAND_SOCKET_IN_JAIL)),
                     &gpu_stack,

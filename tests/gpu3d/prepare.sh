@@ -2,15 +2,18 @@
 # A root for the 3D build (virgl, venus), as root: Debian 13 (trixie) with
 # Mesa (llvmpipe for GL through EGL surfaceless, lavapipe for Vulkan) and
 # virglrenderer 1.3 from sid (rutabaga_gfx's `virgl_renderer` feature needs
-# 1.3; Debian 13 has 1.1). Sid moves: the virglrenderer .debs used are kept
-# in $GPU_AIRLOCK_GUEST_CACHE/debs and installed from there when present.
+# 1.3; Debian 13 has 1.1). Sid moves: the virglrenderer 1.3.0-1 .debs this
+# was built and tested with are kept in the repository (tests/gpu3d/debs,
+# 730 KiB) and installed from there; without them they are fetched from sid
+# into $GPU_AIRLOCK_GUEST_CACHE/debs.
 # Idempotent. tests/gpu3d/build builds the workspace with `--features
 # virgl` inside it; tests/libc/in-root runs what it built there.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${GPU_AIRLOCK_GUEST_CACHE:-$here/../guest-cache}
 root=$cache/gpu3d
-debs=$cache/debs
+debs=$here/debs
+[ -e "$debs/libvirglrenderer1_1.3.0-1_amd64.deb" ] || debs=$cache/debs
 export DEBIAN_FRONTEND=noninteractive
 mirror=$(awk 'BEGIN { RS = ""; FS = "\n" }
      /Suites:[^\n]*bookworm( |$|\n)/ {

@@ -90,8 +90,11 @@ fn read_back(id: u32, fence: u64) -> Vec<u8> {
     v
 }
 
+/// The jail is whole: `--seccomp kill` unless tests/gpu3d/check was asked
+/// for another mode (`log`, to find a missing rule).
 fn start() -> Backend {
-    Backend::start(&["--context-types", "virgl2", "--seccomp", "none"])
+    let seccomp = std::env::var("GPU_AIRLOCK_SECCOMP").unwrap_or_else(|_| "kill".into());
+    Backend::start(&["--context-types", "virgl2", "--seccomp", &seccomp])
 }
 
 #[test]
