@@ -79,7 +79,9 @@ pub struct Args {
     /// default, 8G). Offered to front-ends that negotiate SHMEM. A power
     /// of two from 4K to 1024G: QEMU 11 needs whole pages and crosvm
     /// rounds up to a power of two, so this is the size both give the
-    /// guest.
+    /// guest. 0 offers no region (and no SHMEM): the guest then copies
+    /// through transfers; virgl on a host without a GPU needs that, as
+    /// virglrenderer gives llvmpipe's memory no descriptor to map.
     #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = config::parse_size)]
     pub shm_size: u64,
 

@@ -88,6 +88,10 @@ pub enum ConfigError {
 /// than the broker's region): a power of two is what both take as it is.
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     let t = s.trim();
+    // No host-visible region at all (see --shm-size).
+    if t == "0" {
+        return Ok(0);
+    }
     let (digits, shift) = match t.char_indices().last() {
         Some((i, 'k' | 'K')) => (&t[..i], 10),
         Some((i, 'm' | 'M')) => (&t[..i], 20),
@@ -155,7 +159,10 @@ mod tests {
         assert_eq!(parse_size("512m"), Ok(512 << 20));
         assert_eq!(parse_size("4K"), Ok(4096));
         assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        // No region at all.
+        assert_eq!(parse_size("0"), Ok(0));
         for bad in [
+            "0G",
             "",
             "G",
             "1.5G",

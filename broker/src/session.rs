@@ -32,14 +32,18 @@ use crate::display::DisplaySocket;
 use crate::mapper::{HostVisible, SHMID_HOST_VISIBLE};
 
 /// Protocol features the broker offers the VMM (REPLY_ACK is added by the
-/// `vhost` crate, which implements it).
-pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::CONFIG
+/// `vhost` crate, which implements it): SHMEM only with a host-visible
+/// region (`--shm-size` not 0).
+pub fn offered_protocol_features(shm_size: u64) -> VhostUserProtocolFeatures {
+    let features = VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::BACKEND_REQ
         | VhostUserProtocolFeatures::BACKEND_SEND_FD
-        | VhostUserProtocolFeatures::SHMEM
-        | VhostUserProtocolFeatures::RESET_DEVICE
+        | VhostUserProtocolFeatures::RESET_DEVICE;
+    match shm_size {
+        0 => features,
+        _ => features | VhostUserProtocolFeatures::SHMEM,
+    }
 }
 
 /// controlq and cursorq.
@@ -305,11 +309,12 @@ impl VhostUserBackendReqHandlerMut for Session {
     }
 
     fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {
-        Ok(offered_protocol_features())
+        Ok(offered_protocol_features(self.region.size))
     }
 
     fn set_protocol_features(&mut self, features: u64) -> Result<()> {
-        let offered = offered_protocol_features() | VhostUserProtocolFeatures::REPLY_ACK;
+        let offered =
+            offered_protocol_features(self.region.size) | VhostUserProtocolFeatures::REPLY_ACK;
         if features & !offered.bits() != 0 {
             warn!("front-end acked protocol features {features:#x} beyond the offered {offered:?}");
             return Err(Error::FeatureMismatch);
@@ -435,6 +440,12 @@ impl VhostUserBackendReqHandlerMut for Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shmem_is_offered_only_with_a_host_visible_region() {
+        assert!(offered_protocol_features(8 << 30).contains(VhostUserProtocolFeatures::SHMEM));
+        assert!(!offered_protocol_features(0).contains(VhostUserProtocolFeatures::SHMEM));
+    }
 
     #[test]
     fn a_worker_offering_more_than_the_device_is_held_to_the_device() {

@@ -19,17 +19,32 @@ mirror=$(awk 'BEGIN { RS = ""; FS = "\n" }
      /Suites:[^\n]*bookworm( |$|\n)/ {
          for (i = 1; i <= NF; i++) if ($i ~ /^URIs:/) { split($i, u, " "); print u[2]; exit }
      }' /etc/apt/sources.list.d/debian.sources)
-if chroot "$root" pkg-config --atleast-version=1.3.0 virglrenderer 2>/dev/null; then
+# The root is also the 3D guest's: shared over 9p, read-only, as its
+# userland (eglinfo, vulkaninfo, gl-check built with its GLES headers), and
+# QEMU 11 from trixie-backports runs from it.
+ready() {
+    chroot "$root" pkg-config --atleast-version=1.3.0 virglrenderer 2>/dev/null &&
+        [ -x "$root/usr/bin/eglinfo.x86_64-linux-gnu" ] && [ -e "$root/usr/include/GLES2/gl2.h" ] &&
+        [ -x "$root/usr/bin/cpio" ] &&
+        chroot "$root" qemu-system-x86_64 --version 2>/dev/null | grep -q "version 11\."
+}
+if ready; then
     echo "gpu3d root ready in $root"
     exit 0
 fi
-command -v debootstrap >/dev/null || { apt-get update -qq; apt-get install -y -qq debootstrap >/dev/null; }
-rm -rf "$root"
-debootstrap --variant=minbase trixie "$root" "$mirror" >/dev/null
+if [ ! -x "$root/usr/bin/apt-get" ]; then
+    command -v debootstrap >/dev/null || { apt-get update -qq; apt-get install -y -qq debootstrap >/dev/null; }
+    rm -rf "$root"
+    debootstrap --variant=minbase trixie "$root" "$mirror" >/dev/null
+fi
+printf 'Types: deb\nURIs: %s\nSuites: trixie-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$mirror" > "$root/etc/apt/sources.list.d/trixie-backports.sources"
 chroot "$root" apt-get update -qq
 chroot "$root" apt-get install -y -qq --no-install-recommends gcc libc6-dev pkg-config \
-    libepoxy-dev libdrm-dev libgbm-dev libegl-dev libgl1-mesa-dri libegl-mesa0 libegl1 \
-    mesa-vulkan-drivers libvulkan1 >/dev/null
+    libepoxy-dev libdrm-dev libgbm-dev libegl-dev libgles-dev libgl1-mesa-dri libegl-mesa0 \
+    libegl1 mesa-vulkan-drivers libvulkan1 mesa-utils-bin vulkan-tools cpio >/dev/null
+chroot "$root" apt-get install -y -qq --no-install-recommends -t trixie-backports \
+    qemu-system-x86 >/dev/null
 mkdir -p "$debs"
 if ! ls "$debs"/libvirglrenderer-dev_1.3*.deb >/dev/null 2>&1; then
     # Sid's Release file may be older than its Valid-Until on a mirror

@@ -160,6 +160,28 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Makes `fd` the child's descriptor 3, without FD_CLOEXEC. `fd` may be 3
+/// itself (a test process with few descriptors open): dup2 onto itself
+/// leaves FD_CLOEXEC set, and the child would find 3 closed (seen: a
+/// flaky EBADF), so that case clears the flag instead.
+pub fn give_fd_3(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: dup2 and fcntl are async-signal-safe; the closure allocates
+    // nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let done = if fd == 3 {
+                nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+            } else {
+                nix::libc::dup2(fd, 3)
+            };
+            if done < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Lines a process wrote to stderr, collected as they arrive.
 #[derive(Clone, Default)]
 pub struct Log(Arc<Mutex<Vec<String>>>);
@@ -261,17 +283,7 @@ impl Backend {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let mut cmd = Command::new(binary("gpu-airlock"));
         cmd.args(["--fd", "3"]).args(extra);
-        let fd = theirs.as_raw_fd();
-        // SAFETY: dup2 is async-signal-safe; the child gets the socket at
-        // fd 3, without FD_CLOEXEC.
-        unsafe {
-            cmd.pre_exec(move || {
-                if nix::libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        give_fd_3(&mut cmd, theirs.as_raw_fd());
         let socket = dir.0.join("none");
         let backend = Backend::spawn(cmd, dir, socket);
         drop(theirs);

@@ -164,8 +164,11 @@ fn unknown_command_gets_err_unspec_and_fence_is_honoured() {
     assert_eq!(len, 24);
     assert_eq!(parse_hdr(&resp), (RESP_ERR_UNSPEC, FLAG_FENCE, 0xfeed));
 
-    // RESOURCE_CREATE_3D: a 3D command, with no 3D renderer built.
-    let (_, resp) = dev.control(&ctrl_hdr(0x0204, 0, 0), 64);
+    // RESOURCE_CREATE_3D, whole: a 3D command, on a device that offers no
+    // context type (so no VIRGL feature).
+    let mut create_3d = ctrl_hdr(0x0204, 0, 0);
+    create_3d.extend_from_slice(&[0u8; 48]);
+    let (_, resp) = dev.control(&create_3d, 64);
     assert_eq!(parse_hdr(&resp), (RESP_ERR_UNSPEC, 0, 0));
     // A 2D command too short for its body is a parameter error.
     let (_, resp) = dev.control(&ctrl_hdr(CMD_RESOURCE_CREATE_2D, 0, 0), 64);
@@ -523,18 +526,9 @@ fn a_connected_fd_is_the_one_front_end_and_its_end_ends_the_device() {
 fn an_fd_that_is_no_stream_socket_is_refused() {
     use std::os::unix::net::UnixDatagram;
     let (_ours, theirs) = UnixDatagram::pair().unwrap();
-    let fd = theirs.as_raw_fd();
     let mut cmd = std::process::Command::new(binary("gpu-airlock"));
     cmd.args(["--fd", "3"]);
-    // SAFETY: dup2 is async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if nix::libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    give_fd_3(&mut cmd, theirs.as_raw_fd());
     let out = cmd.output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -131,7 +131,11 @@ impl RenderDevice {
             Err(e) => {
                 return refused(
                     ERR_INVALID_PARAMETER,
-                    format!("blob {resource_id} cannot be exported: {e}"),
+                    format!(
+                        "blob {resource_id} cannot be exported: {e} (virglrenderer on a host \
+                         without a GPU gives its memory no descriptor: run with --shm-size 0, \
+                         and the guest copies through transfers)"
+                    ),
                 )
             }
         };
