@@ -5,7 +5,10 @@ use vm_memory::{ByteValued, Le32};
 use wire::{MAX_SCANOUTS, MAX_SCANOUT_DIMENSION};
 
 /// `struct virtio_gpu_config` (virtio spec 5.7.4), read by the front-end
-/// with GET_CONFIG.
+/// with GET_CONFIG. `host_page_size` is the field VIRTIO_GPU_F_HOST_PAGE_SIZE
+/// adds; that feature is not offered, but QEMU 11.1's `vhost-user-gpu-pci`
+/// reads all 20 bytes whatever was negotiated, and took the refusal of the
+/// last four as no config at all (no scanouts: the guest's driver gave up).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct VirtioGpuConfig {
@@ -13,8 +16,9 @@ pub struct VirtioGpuConfig {
     pub events_clear: Le32,
     pub num_scanouts: Le32,
     pub num_capsets: Le32,
+    pub host_page_size: Le32,
 }
-// SAFETY: four Le32, no padding, every bit pattern valid.
+// SAFETY: five Le32, no padding, every bit pattern valid.
 unsafe impl ByteValued for VirtioGpuConfig {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +52,8 @@ impl DeviceConfig {
         VirtioGpuConfig {
             num_scanouts: Le32::from(self.scanouts.len() as u32),
             num_capsets: Le32::from(self.num_capsets),
+            // Blobs are mapped in whole pages of this host.
+            host_page_size: Le32::from(crate::mapper::PAGE as u32),
             ..VirtioGpuConfig::default()
         }
     }
@@ -217,7 +223,8 @@ mod tests {
             },
         };
         let bytes = c.virtio_gpu_config();
-        assert_eq!(bytes.as_slice().len(), 16);
+        assert_eq!(bytes.as_slice().len(), 20);
+        assert_eq!(&bytes.as_slice()[16..20], &4096u32.to_le_bytes());
         assert_eq!(&bytes.as_slice()[8..12], &3u32.to_le_bytes());
     }
 }

@@ -187,7 +187,22 @@ impl Display {
 
     /// Marks the current socket failed after `what` went wrong on it.
     fn fail(&mut self, what: &str, e: std::io::Error) {
-        warn!("display socket: {what}: {e}; no display output until the front-end sends a new one");
+        // A front-end that closed the socket is ending the connection (QEMU
+        // closes it as it quits, while the guest may still be flushing):
+        // said, not warned of. The vhost crate's display channel hands its
+        // errors over as text (gpu_backend_req.rs, io_err_convert_fn), so
+        // the close is told by its message.
+        let closed = e.to_string().contains("Broken pipe")
+            || e.to_string().contains("Connection reset")
+            || matches!(
+                e.raw_os_error(),
+                Some(nix::libc::EPIPE | nix::libc::ECONNRESET)
+            );
+        if closed {
+            info!("display socket: {what}: the front-end closed it; no display output until it sends a new one");
+        } else {
+            warn!("display socket: {what}: {e}; no display output until the front-end sends a new one");
+        }
         self.broken = self.generation;
     }
 

@@ -338,7 +338,15 @@ impl VhostUserBackendReqHandlerMut for Session {
         size: u32,
         _flags: VhostUserConfigFlags,
     ) -> Result<Vec<u8>> {
-        config_read(&self.config_space(), offset, size).ok_or(Error::InvalidParam)
+        let space = self.config_space();
+        config_read(&space, offset, size).ok_or_else(|| {
+            warn!(
+                "front-end asked for config bytes {offset}..+{size}; the device's \
+                 virtio_gpu_config has {}",
+                space.len()
+            );
+            Error::InvalidParam
+        })
     }
 
     fn set_config(&mut self, offset: u32, buf: &[u8], _flags: VhostUserConfigFlags) -> Result<()> {

@@ -73,6 +73,9 @@ pub struct GpuDevice {
     /// The virtio features the driver acked: a command of a feature it did
     /// not ack is not served.
     acked: AtomicU64,
+    /// The connection's submit buffer, shared with render-worker at the
+    /// first SUBMIT_3D too long for one ipc frame.
+    submit_buffer: Mutex<Option<crate::resources::Pixels>>,
     log: LogLimiter,
 }
 
@@ -92,6 +95,7 @@ impl GpuDevice {
             resources: Mutex::new(Resources::new(&scanouts, max_resource_memory)),
             reported: Mutex::new(scanouts.clone()),
             acked: AtomicU64::new(0),
+            submit_buffer: Mutex::new(None),
             scanouts,
             display,
             log: LogLimiter::default(),

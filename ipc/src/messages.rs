@@ -310,6 +310,11 @@ pub enum MapRequest {
     Unmap { resource_id: u32 },
 }
 
+/// Most bytes of a SUBMIT_3D stream sent inline in its [`RenderCall`]
+/// (one ipc frame of 64 KiB, with room for the rest of the message);
+/// longer streams go through the submit buffer.
+pub const MAX_INLINE_SUBMIT: usize = 60 * 1024;
+
 /// Most guest memory regions a front-end may give (vhost-user's limit).
 pub const MAX_MEMORY_REGIONS: usize = 8;
 
@@ -360,6 +365,17 @@ pub enum RenderRequest {
         ctx_id: u32,
         commands: Vec<u8>,
     },
+    /// The connection's submit buffer (1 fd: a sealed memfd of
+    /// `wire::command::MAX_SUBMIT_BYTES`), sent once, before the first
+    /// [`RenderRequest::SubmitShared`].
+    SubmitBuffer,
+    /// A SUBMIT_3D too long for one frame ([`MAX_INLINE_SUBMIT`]): its
+    /// stream is the first `len` bytes of the submit buffer, which
+    /// gpu-worker does not touch again until this is answered.
+    SubmitShared {
+        ctx_id: u32,
+        len: u32,
+    },
     /// Nothing but the call's fence (a context command gpu-worker served
     /// itself, fenced on a context).
     FenceAlone,
@@ -390,6 +406,21 @@ pub enum RenderRequest {
     /// TRANSFER_TO_HOST_3D or TRANSFER_FROM_HOST_3D between a 3D
     /// resource and its backing.
     Transfer3d(Transfer3d),
+    /// The host copy that shows a 3D resource on a scanout (1 fd: the
+    /// sealed memfd gpu-worker shares with the broker's display too),
+    /// `stride` bytes a row, `width`×`height` pixels of 4 bytes.
+    ScanoutShadow {
+        resource_id: u32,
+        width: u32,
+        height: u32,
+        stride: u32,
+    },
+    /// Read `rect` of a shown 3D resource back into its host copy (at a
+    /// RESOURCE_FLUSH).
+    ReadBack {
+        resource_id: u32,
+        rect: PixelRect,
+    },
     Unref {
         resource_id: u32,
     },
@@ -419,12 +450,16 @@ impl RenderRequest {
             RenderRequest::CtxAttach { .. } => "CtxAttach",
             RenderRequest::CtxDetach { .. } => "CtxDetach",
             RenderRequest::Submit { .. } => "Submit",
+            RenderRequest::SubmitBuffer => "SubmitBuffer",
+            RenderRequest::SubmitShared { .. } => "SubmitShared",
             RenderRequest::FenceAlone => "FenceAlone",
             RenderRequest::CreateBlob { .. } => "CreateBlob",
             RenderRequest::Create3d { .. } => "Create3d",
             RenderRequest::AttachBacking { .. } => "AttachBacking",
             RenderRequest::DetachBacking { .. } => "DetachBacking",
             RenderRequest::Transfer3d(_) => "Transfer3d",
+            RenderRequest::ScanoutShadow { .. } => "ScanoutShadow",
+            RenderRequest::ReadBack { .. } => "ReadBack",
             RenderRequest::Unref { .. } => "Unref",
             RenderRequest::Reset => "Reset",
             RenderRequest::MapBlob { .. } => "MapBlob",
@@ -629,6 +664,7 @@ impl Message for RenderCall {
     fn fd_count(&self) -> usize {
         match &self.request {
             RenderRequest::Memory(regions) => regions.len(),
+            RenderRequest::SubmitBuffer | RenderRequest::ScanoutShadow { .. } => 1,
             _ => 0,
         }
     }

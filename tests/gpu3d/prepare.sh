@@ -25,7 +25,7 @@ mirror=$(awk 'BEGIN { RS = ""; FS = "\n" }
 ready() {
     chroot "$root" pkg-config --atleast-version=1.3.0 virglrenderer 2>/dev/null &&
         [ -x "$root/usr/bin/eglinfo.x86_64-linux-gnu" ] && [ -e "$root/usr/include/GLES2/gl2.h" ] &&
-        [ -x "$root/usr/bin/cpio" ] &&
+        [ -x "$root/usr/bin/cpio" ] && [ -x "$root/usr/bin/kmscube" ] &&
         chroot "$root" qemu-system-x86_64 --version 2>/dev/null | grep -q "version 11\."
 }
 if ready; then
@@ -42,7 +42,7 @@ printf 'Types: deb\nURIs: %s\nSuites: trixie-backports\nComponents: main\nSigned
 chroot "$root" apt-get update -qq
 chroot "$root" apt-get install -y -qq --no-install-recommends gcc libc6-dev pkg-config \
     libepoxy-dev libdrm-dev libgbm-dev libegl-dev libgles-dev libgl1-mesa-dri libegl-mesa0 \
-    libegl1 mesa-vulkan-drivers libvulkan1 mesa-utils-bin vulkan-tools cpio >/dev/null
+    libegl1 mesa-vulkan-drivers libvulkan1 mesa-utils-bin vulkan-tools cpio kmscube >/dev/null
 chroot "$root" apt-get install -y -qq --no-install-recommends -t trixie-backports \
     qemu-system-x86 >/dev/null
 mkdir -p "$debs"

@@ -99,6 +99,24 @@ fn seccomp() -> String {
     std::env::var("GPU_AIRLOCK_SECCOMP").unwrap_or_else(|_| "kill".into())
 }
 
+/// Every pixel of the `len`-byte backing is `bgra`.
+fn assert_pixels(dev: &Device, len: u32, bgra: [u8; 4], what: &str) {
+    let mut pixels = vec![0u8; len as usize];
+    dev.mem
+        .read_slice(&mut pixels, GuestAddress(BACKING_AT))
+        .unwrap();
+    let wrong: Vec<(usize, &[u8])> = pixels
+        .chunks(4)
+        .enumerate()
+        .filter(|(_, p)| *p != bgra)
+        .take(4)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "every pixel is {what} {bgra:?} (B, G, R, A); first others: {wrong:?}"
+    );
+}
+
 fn start() -> Backend {
     Backend::start(&["--context-types", "virgl2", "--seccomp", &seccomp()])
 }
@@ -145,12 +163,9 @@ fn a_real_guest_renders_with_mesas_virgl_driver_through_qemu_11() {
     ]);
     let dir = TempDir::new("gpu3d-guest");
     let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("gpu3d/init-3d");
-    let initrd = image.with_files(&dir.0, &[("/init", &init)]);
+    let initrd = image.with_files(&dir.0, &[("/init", &init), ("/bin/gl-check", &gl_check())]);
     let frames = 30;
-    let append = format!(
-        "airlock.glcheck={} airlock.frames={frames}",
-        gl_check().display()
-    );
+    let append = format!("airlock.frames={frames}");
     let mut boot = Boot::qemu11(&image, &initrd, &backend.socket, &append, 1024);
     // This root (the gpu3d root, where the test runs) is the guest's
     // userland: Mesa's virgl driver, eglinfo, gl-check.
@@ -287,20 +302,27 @@ fn a_virgl_context_clears_a_render_target_and_the_guest_reads_it_back() {
     let (_, resp) = dev.control(&read_back(1, 2), 64);
     assert_eq!(parse_hdr(&resp), (RESP_OK_NODATA, FLAG_FENCE, 2));
 
-    let mut pixels = vec![0u8; len as usize];
-    dev.mem
-        .read_slice(&mut pixels, GuestAddress(BACKING_AT))
-        .unwrap();
-    let wrong: Vec<(usize, &[u8])> = pixels
-        .chunks(4)
-        .enumerate()
-        .filter(|(_, p)| *p != [0x00, 0x00, 0xff, 0xff])
-        .take(4)
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "every pixel is red (B, G, R, A); first others: {wrong:?}"
+    assert_pixels(&dev, len, [0x00, 0x00, 0xff, 0xff], "red");
+
+    // A stream past one ipc frame (Mesa's virgl driver flushes at 256
+    // KiB): 200 KiB of NOP before a green clear crosses through the
+    // connection's submit buffer.
+    const NOP_DWORDS: u32 = 50_000;
+    let mut long = virgl(0, 0, NOP_DWORDS).to_le_bytes().to_vec();
+    long.resize(long.len() + NOP_DWORDS as usize * 4, 0);
+    long.extend(clear_stream(1, [0.0, 1.0, 0.0, 1.0]));
+    assert!(long.len() > 64 * 1024);
+    let (_, resp) = dev.control(&submit(CTX, &long, Some((3, None))), 64);
+    assert_eq!(
+        parse_hdr(&resp).0,
+        RESP_OK_NODATA,
+        "log: {:#?}",
+        backend.log.lines()
     );
+    let (_, resp) = dev.control(&read_back(1, 4), 64);
+    assert_eq!(parse_hdr(&resp), (RESP_OK_NODATA, FLAG_FENCE, 4));
+    assert_pixels(&dev, len, [0x00, 0xff, 0x00, 0xff], "green");
+
     let log = backend.log.lines();
     assert!(
         log.iter()
@@ -384,4 +406,166 @@ fn bad_3d_input_is_refused_and_the_device_goes_on() {
         .log
         .wait_for(&["front-end connected"], Duration::from_secs(1))
         .is_some());
+}
+
+#[test]
+fn a_3d_resource_on_a_scanout_reaches_the_display_at_each_flush() {
+    use harness::display::{DisplayConfig, Event};
+    let backend = start();
+    let (mut dev, display) = Device::connect_with_display(
+        &backend.socket,
+        DisplayConfig {
+            modes: vec![(SIZE, SIZE)],
+            edid: false,
+        },
+    );
+    assert_eq!(
+        code(&mut dev, &ctx_create(CTX, CAPSET_VIRGL2, "scanout")),
+        RESP_OK_NODATA
+    );
+    // A render target that is also a scanout (VIRGL_BIND_SCANOUT).
+    let mut create = create_3d(1);
+    create[24 + 12..24 + 16].copy_from_slice(&(BIND_RENDER_TARGET | 1 << 18).to_le_bytes());
+    assert_eq!(code(&mut dev, &create), RESP_OK_NODATA);
+    assert_eq!(
+        code(
+            &mut dev,
+            &words(hdr(CMD_CTX_ATTACH_RESOURCE, CTX, None), &[1, 0])
+        ),
+        RESP_OK_NODATA
+    );
+    let flush = cmd(CMD_RESOURCE_FLUSH, &[0, 0, SIZE, SIZE, 1, 0]);
+    for (n, (rgba, want)) in [
+        ([0.0, 0.0, 1.0, 1.0], [0xff, 0x00, 0x00]),
+        ([1.0, 1.0, 0.0, 1.0], [0x00, 0xff, 0xff]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut stream = clear_stream(1, rgba);
+        // The surface object exists after the first frame.
+        if n > 0 {
+            stream.drain(..6 * 4);
+        }
+        let (_, resp) = dev.control(&submit(CTX, &stream, Some((10 + n as u64, None))), 64);
+        assert_eq!(
+            parse_hdr(&resp).0,
+            RESP_OK_NODATA,
+            "{:#?}",
+            backend.log.lines()
+        );
+        if n == 0 {
+            assert_eq!(
+                code(&mut dev, &cmd(CMD_SET_SCANOUT, &[0, 0, SIZE, SIZE, 0, 1])),
+                RESP_OK_NODATA,
+                "{:#?}",
+                backend.log.lines()
+            );
+        }
+        assert_eq!(
+            code(&mut dev, &flush),
+            RESP_OK_NODATA,
+            "{:#?}",
+            backend.log.lines()
+        );
+        let events = display.wait_for(Duration::from_secs(10), |e| {
+            e.iter()
+                .filter(|e| matches!(e, Event::Update { .. }))
+                .count()
+                > n
+        });
+        assert!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Update { .. }))
+                .count()
+                > n,
+            "the display got an update: {events:#?}"
+        );
+        let shown = display.surface(0).expect("scanout 0 shows a surface");
+        assert_eq!((shown.width, shown.height), (SIZE, SIZE));
+        // x8r8g8b8, little-endian: B, G, R, X.
+        let wrong = shown.pixels.chunks(4).filter(|p| p[..3] != want).count();
+        assert_eq!(wrong, 0, "frame {n}: every pixel shows {want:?} (B, G, R)");
+    }
+    // Unreffed while shown: the scanout lets go, the device goes on.
+    assert_eq!(
+        code(&mut dev, &cmd(CMD_RESOURCE_UNREF, &[1, 0])),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        code(&mut dev, &cmd(CMD_RESOURCE_CREATE_2D, &[2, 1, 16, 16])),
+        RESP_OK_NODATA
+    );
+}
+
+#[test]
+fn a_real_guest_shows_a_gl_drawn_frame_on_qemus_display() {
+    let image = harness::guest::needed(GuestImage::find());
+    let qemu = harness::guest::needed(qemu11());
+    let backend = Backend::start(&[
+        "--context-types",
+        "virgl:virgl2",
+        "--shm-size",
+        "0",
+        "--seccomp",
+        &seccomp(),
+    ]);
+    let dir = TempDir::new("gpu3d-kms");
+    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("gpu3d/init-3d");
+    let initrd = image.with_files(&dir.0, &[("/init", &init), ("/bin/gl-check", &gl_check())]);
+    let (width, height) = (640, 480);
+    let boot = Boot {
+        // QEMU's vhost-user-gpu-pci, with its display (QEMU 11.1's, the
+        // same front-end as QEMU 10's).
+        device: format!("vhost-user-gpu-pci,chardev=gpu,xres={width},yres={height}"),
+        extra: [
+            "-virtfs",
+            "local,path=/,mount_tag=root,security_model=none,readonly=on",
+        ]
+        .map(Into::into)
+        .to_vec(),
+        ..Boot::qemu11(&image, &initrd, &backend.socket, "airlock.mode=kms", 1024)
+    };
+    let mut guest = Guest::boot(qemu, boot, dir);
+    let running = guest.wait_line(Duration::from_secs(120), |l| {
+        l == "GUEST: kms running" || l == "GUEST: done"
+    });
+    assert_eq!(
+        running.as_deref(),
+        Some("GUEST: kms running"),
+        "kmscube ran on the guest's display: {:#?}",
+        guest.lines
+    );
+    let (w, h, rgb) = guest.screen();
+    if let Ok(dir) = std::env::var("GPU_AIRLOCK_SCREENSHOTS") {
+        let file = Path::new(&dir).join("gpu3d-kmscube.ppm");
+        let mut ppm = format!("P6\n{w} {h}\n255\n").into_bytes();
+        ppm.extend_from_slice(&rgb);
+        std::fs::write(&file, ppm).expect("write the screenshot");
+    }
+    guest.type_line("done");
+    guest.wait_done();
+    let console = guest.quit();
+    assert_eq!((w, h), (width as usize, height as usize));
+    // kmscube clears to grey and draws a shaded cube in the middle.
+    let at = |x: usize, y: usize| &rgb[(y * w + x) * 3..(y * w + x) * 3 + 3];
+    let grey = |p: &[u8]| p.iter().all(|&c| c.abs_diff(0x80) <= 2);
+    for (x, y) in [(4, 4), (w - 5, 4), (4, h - 5), (w - 5, h - 5)] {
+        assert!(
+            grey(at(x, y)),
+            "corner ({x}, {y}) is kmscube's grey: {:?}",
+            at(x, y)
+        );
+    }
+    let cube = (h / 4..3 * h / 4)
+        .flat_map(|y| (w / 4..3 * w / 4).map(move |x| (x, y)))
+        .filter(|&(x, y)| !grey(at(x, y)))
+        .count();
+    assert!(
+        cube > w * h / 40,
+        "the middle shows the cube: {cube} pixels are not grey"
+    );
+    let refused = error_responses(&console);
+    assert!(refused.is_empty(), "error responses: {refused:#?}");
 }

@@ -26,9 +26,11 @@ pub const MAX_BACKING_ENTRIES: u32 = 1 << 18;
 /// Most guest memory entries one blob may have (they cross to
 /// render-worker in one ipc frame).
 pub const MAX_BLOB_ENTRIES: usize = 2048;
-/// Most bytes of one SUBMIT_3D (they cross to render-worker in one ipc
-/// frame of 64 KiB, with room for the rest of the message).
-pub const MAX_SUBMIT_BYTES: usize = 60 * 1024;
+/// Most bytes of one SUBMIT_3D: 1 MiB. Mesa's virgl driver flushes its
+/// command buffer at 256 KiB, and a texture upload travels inline in it;
+/// a stream past one ipc frame crosses to render-worker through a shared
+/// buffer of this size (see gpu-worker's `submit`).
+pub const MAX_SUBMIT_BYTES: usize = 1 << 20;
 
 /// One request, decoded. Context commands act on the header's `ctx_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,8 @@ use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use super::render::FenceSlot;
 use super::GpuDevice;
 use crate::resources::Blob;
-use wire::command::MAX_BLOB_ENTRIES;
+use ipc::LockExt;
+use wire::command::{self, MAX_BLOB_ENTRIES};
 use wire::*;
 
 /// A context command's context: never 0.
@@ -123,6 +124,10 @@ impl GpuDevice {
         self.call_done(request, fence)
     }
 
+    /// SUBMIT_3D: the stream inline in the call when it fits one ipc
+    /// frame, else through the connection's submit buffer (made and given
+    /// to render-worker the first time), which this process writes only
+    /// between calls, as each call is answered before the next.
     pub(super) fn submit(
         &self,
         ctx_id: u32,
@@ -130,7 +135,28 @@ impl GpuDevice {
         fence: &FenceSlot,
     ) -> Result<(), Refusal> {
         let ctx_id = needs_ctx(ctx_id)?;
-        self.call_done(RenderRequest::Submit { ctx_id, commands }, fence)
+        if commands.len() <= ipc::MAX_INLINE_SUBMIT {
+            return self.call_done(RenderRequest::Submit { ctx_id, commands }, fence);
+        }
+        let mut buffer = self.submit_buffer.lock_or_recover();
+        if buffer.is_none() {
+            let made = crate::resources::Pixels::new(command::MAX_SUBMIT_BYTES)
+                .map_err(|e| Refusal::new(RESP_ERR_OUT_OF_MEMORY, format!("submit buffer: {e}")))?;
+            self.render_done_with_fd(RenderRequest::SubmitBuffer, made.fd())?;
+            *buffer = Some(made);
+        }
+        let Some(shared) = buffer.as_mut() else {
+            return refuse(RESP_ERR_UNSPEC, "no submit buffer");
+        };
+        let Some(room) = shared.as_mut_slice().get_mut(..commands.len()) else {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!("SUBMIT_3D of {} bytes", commands.len()),
+            );
+        };
+        room.copy_from_slice(&commands);
+        let len = commands.len() as u32;
+        self.call_done(RenderRequest::SubmitShared { ctx_id, len }, fence)
     }
 
     /// Refuses `resource_id` unless it is a blob.

@@ -107,6 +107,34 @@ impl GpuDevice {
         self.call_done(request, &FenceSlot::default())
     }
 
+    /// As [`GpuDevice::render_done`], with one descriptor.
+    pub(super) fn render_done_with_fd(
+        &self,
+        request: RenderRequest,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), Refusal> {
+        let what = request.name();
+        let call = RenderCall {
+            request,
+            fence: None,
+        };
+        match self.render.request(&call, &[fd]) {
+            Some(RenderReply {
+                reply: Reply::Done,
+                fence_signalled: None,
+            }) => Ok(()),
+            Some(RenderReply {
+                reply: Reply::Refused(r),
+                ..
+            }) => refuse(sanitize(r.code), r.why),
+            Some(other) => {
+                self.render.fail(&format!("answered {other:?} to {what}"));
+                refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn")
+            }
+            None => refuse(RESP_ERR_UNSPEC, "render-worker is not reachable"),
+        }
+    }
+
     /// Gives render-worker the guest memory map (guest-memory blobs and
     /// cross-domain rings live in it).
     pub fn share_memory(&self, mem: &GuestMemoryMmap) {

@@ -638,3 +638,60 @@ fn a_3d_resource_is_checked_here_and_served_by_render_worker() {
     );
     assert_eq!(dev.resources().used_bytes(), 0);
 }
+
+#[test]
+fn a_submit_past_one_frame_goes_through_the_shared_buffer() {
+    // A guest memory big enough for a 100 KiB stream.
+    let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_000)]).unwrap();
+    let (dev, calls) = device_with_render(|_| ipc::RenderReply {
+        reply: ipc::Reply::Done,
+        fence_signalled: None,
+    });
+    // SUBMIT_3D announcing `claimed` bytes, `len` of which follow.
+    let submit_claiming = |claimed: usize, len: usize| {
+        let mut body = words(&[claimed as u32, 0]);
+        body.extend((0..len).map(|i| i as u8));
+        let n = request(&m, CMD_SUBMIT_3D, 0, &body);
+        run_on(
+            &dev,
+            &m,
+            &[
+                desc(REQ, n, VRING_DESC_F_NEXT, 1),
+                desc(RESP, 64, VRING_DESC_F_WRITE, 0),
+            ],
+        );
+        response_hdr(&m).type_.to_native()
+    };
+    let submit = |len: usize| submit_claiming(len, len);
+    // One that fits a frame goes inline.
+    assert_eq!(submit(1000), RESP_OK_NODATA);
+    assert!(matches!(
+        calls.recv().unwrap().request,
+        ipc::RenderRequest::Submit { ctx_id: 3, ref commands } if commands.len() == 1000
+    ));
+    // A longer one: the buffer once, then the stream's length.
+    assert_eq!(submit(100 * 1024), RESP_OK_NODATA);
+    assert_eq!(
+        calls.recv().unwrap().request,
+        ipc::RenderRequest::SubmitBuffer
+    );
+    assert_eq!(
+        calls.recv().unwrap().request,
+        ipc::RenderRequest::SubmitShared {
+            ctx_id: 3,
+            len: 100 * 1024
+        }
+    );
+    assert_eq!(submit(70 * 1024), RESP_OK_NODATA);
+    assert_eq!(
+        calls.recv().unwrap().request,
+        ipc::RenderRequest::SubmitShared {
+            ctx_id: 3,
+            len: 70 * 1024
+        }
+    );
+    // One announcing 2 MiB (past the most, and past what follows): refused
+    // before anything is sent.
+    assert_eq!(submit_claiming(2 << 20, 64), RESP_ERR_INVALID_PARAMETER);
+    assert!(calls.try_recv().is_err());
+}

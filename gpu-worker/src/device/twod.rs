@@ -40,6 +40,22 @@ impl GpuDevice {
     /// display.
     pub(super) fn set_scanout(&self, scanout: u32, id: u32, r: &Rect) -> Result<(), Refusal> {
         let mut resources = self.resources();
+        if let Some(shape) = resources.three_d(id) {
+            // A 3D resource shows through a host copy that render-worker
+            // reads it back into at each flush: made, and handed over, the
+            // first time.
+            if let Some((fd, stride)) = resources.three_d_shadow(id)? {
+                self.render_done_with_fd(
+                    ipc::RenderRequest::ScanoutShadow {
+                        resource_id: id,
+                        width: shape.width,
+                        height: shape.height,
+                        stride,
+                    },
+                    fd,
+                )?;
+            }
+        }
         resources.show(scanout, id, r)?;
         if !self.display.is_connected() {
             return Ok(());
@@ -78,6 +94,30 @@ impl GpuDevice {
 
     pub(super) fn flush(&self, mem: &GuestMemoryMmap, f: &ResourceFlush) -> Result<(), Refusal> {
         let id = f.resource_id.to_native();
+        // Not `if let` on the guard: it would stay locked in the block.
+        let three_d = self.resources().three_d(id);
+        if let Some(shape) = three_d {
+            if !self.resources().has_surface(id) {
+                // Never shown: nothing to flush.
+                return Ok(());
+            }
+            let (x, y, w, h) = (
+                f.r.x.to_native(),
+                f.r.y.to_native(),
+                f.r.width.to_native(),
+                f.r.height.to_native(),
+            );
+            shape.check_box(id, 0, [x, y, 0, w, h, 1])?;
+            self.render_done(ipc::RenderRequest::ReadBack {
+                resource_id: id,
+                rect: PixelRect {
+                    x,
+                    y,
+                    width: w,
+                    height: h,
+                },
+            })?;
+        }
         let parts = {
             let mut resources = self.resources();
             if resources.is_blob(id) {

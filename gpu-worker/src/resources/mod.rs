@@ -26,7 +26,8 @@ mod scanouts;
 
 pub use budget::MemoryBudget;
 pub use pixels::read_ranges;
-use pixels::{Backing, Pixels};
+use pixels::Backing;
+pub(crate) use pixels::Pixels;
 pub use scanouts::{ScanoutState, Scanouts};
 
 /// What gpu-worker keeps of a blob render-worker holds.
@@ -54,8 +55,13 @@ struct Resource {
 enum Kind {
     TwoD(Surface),
     /// A resource of virgl's kind (RESOURCE_CREATE_3D): rutabaga holds it,
-    /// in render-worker; this entry keeps what checks need.
-    ThreeD(ThreeD),
+    /// in render-worker; this entry keeps what checks need, and the host
+    /// copy that shows it once SET_SCANOUT named it (render-worker reads
+    /// the resource back into it at each flush).
+    ThreeD {
+        shape: ThreeD,
+        shadow: Option<Surface>,
+    },
     /// A blob, with the host copy that shows it once SET_SCANOUT_BLOB
     /// named it.
     Blob {
@@ -69,6 +75,8 @@ enum Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThreeD {
     pub target: u32,
+    /// A `VIRGL_FORMAT_*`; the 2D ones are the spec's 2D formats.
+    pub format: u32,
     pub width: u32,
     pub height: u32,
     pub depth: u32,
@@ -92,6 +100,7 @@ impl ThreeD {
         let n = |v: Le32| v.to_native();
         let shape = ThreeD {
             target: n(c.target),
+            format: n(c.format),
             width: n(c.width),
             height: n(c.height),
             depth: n(c.depth),
@@ -272,28 +281,22 @@ impl Surface {
 }
 
 impl Resource {
-    fn is_blob(&self) -> bool {
-        matches!(self.kind, Kind::Blob { .. })
-    }
-
     /// Whether render-worker holds it (a blob's memory, a 3D resource).
     fn is_rendered(&self) -> bool {
-        matches!(self.kind, Kind::Blob { .. } | Kind::ThreeD(_))
+        matches!(self.kind, Kind::Blob { .. } | Kind::ThreeD { .. })
     }
 
     fn surface(&self) -> Option<&Surface> {
         match &self.kind {
             Kind::TwoD(s) => Some(s),
-            Kind::Blob { shadow, .. } => shadow.as_ref(),
-            Kind::ThreeD(_) => None,
+            Kind::Blob { shadow, .. } | Kind::ThreeD { shadow, .. } => shadow.as_ref(),
         }
     }
 
     fn surface_mut(&mut self) -> Option<&mut Surface> {
         match &mut self.kind {
             Kind::TwoD(s) => Some(s),
-            Kind::Blob { shadow, .. } => shadow.as_mut(),
-            Kind::ThreeD(_) => None,
+            Kind::Blob { shadow, .. } | Kind::ThreeD { shadow, .. } => shadow.as_mut(),
         }
     }
 }
@@ -302,10 +305,7 @@ impl Resource {
 fn no_surface(res: Option<&Resource>, id: u32) -> String {
     match res.map(|r| &r.kind) {
         Some(Kind::Blob { .. }) => format!("blob {id} is not shown (SET_SCANOUT_BLOB first)"),
-        Some(Kind::ThreeD(_)) => format!(
-            "resource {id} is a 3D resource: this device does not show those yet (no read back \
-             into the display)"
-        ),
+        Some(Kind::ThreeD { .. }) => format!("3D resource {id} is not shown (SET_SCANOUT first)"),
         _ => format!("no resource {id}"),
     }
 }
@@ -390,9 +390,9 @@ impl Resources {
     pub fn three_d(&self, id: u32) -> Option<ThreeD> {
         match self.table.get(&id) {
             Some(Resource {
-                kind: Kind::ThreeD(t),
+                kind: Kind::ThreeD { shape, .. },
                 ..
-            }) => Some(*t),
+            }) => Some(*shape),
             _ => None,
         }
     }
@@ -400,11 +400,11 @@ impl Resources {
     /// Marks 3D resource `id` as backed or not.
     pub fn set_backed(&mut self, id: u32, backed: bool) {
         if let Some(Resource {
-            kind: Kind::ThreeD(t),
+            kind: Kind::ThreeD { shape, .. },
             ..
         }) = self.table.get_mut(&id)
         {
-            t.backed = backed;
+            shape.backed = backed;
         }
     }
 
@@ -414,7 +414,10 @@ impl Resources {
         self.table.insert(
             id,
             Resource {
-                kind: Kind::ThreeD(shape),
+                kind: Kind::ThreeD {
+                    shape,
+                    shadow: None,
+                },
                 uuid: None,
                 charge,
             },
@@ -623,7 +626,7 @@ impl Resources {
                 ..
             }) => Ok(s),
             Some(Resource {
-                kind: Kind::ThreeD(_),
+                kind: Kind::ThreeD { .. },
                 ..
             }) => refuse(
                 RESP_ERR_INVALID_RESOURCE_ID,
@@ -664,7 +667,7 @@ impl Resources {
             return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no resource {id}"));
         };
         let shown = res.surface().map_or(0, |s| s.data.len as u64);
-        let shadow = if res.is_blob() { shown } else { 0 };
+        let shadow = if res.is_rendered() { shown } else { 0 };
         self.budget.release(res.charge + shadow);
         // A scanout or cursor showing it shows nothing now.
         self.scanouts.forget(id);
@@ -707,7 +710,56 @@ impl Resources {
         mem: &GuestMemoryMmap,
         t: &TransferToHost2d,
     ) -> Result<(), Refusal> {
-        self.transfer(mem, t.resource_id.to_native(), &t.r, t.offset.to_native())
+        let id = t.resource_id.to_native();
+        if self.three_d(id).is_some() {
+            // Its shadow is render-worker's to fill, never the guest's.
+            return refuse(
+                RESP_ERR_INVALID_RESOURCE_ID,
+                format!("resource {id} is a 3D resource, not a 2D resource"),
+            );
+        }
+        self.transfer(mem, id, &t.r, t.offset.to_native())
+    }
+
+    /// Makes (or keeps) the host copy of 3D resource `id` that shows it on
+    /// a scanout: a surface of its size and format, counted against
+    /// `--max-resource-memory`. Returns the new copy's memfd, stride and
+    /// size when one was made (render-worker is to be given it), None when
+    /// the copy existed.
+    pub fn three_d_shadow(&mut self, id: u32) -> Result<Option<(BorrowedFd<'_>, u32)>, Refusal> {
+        let Some(Resource {
+            kind: Kind::ThreeD { shape, shadow },
+            ..
+        }) = self.table.get_mut(&id)
+        else {
+            return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no 3D resource {id}"));
+        };
+        if shadow.is_some() {
+            return Ok(None);
+        }
+        let shape = *shape;
+        if shape.target == PIPE_BUFFER || shape.depth != 1 || shape.array_size != 1 {
+            return refuse(
+                RESP_ERR_INVALID_PARAMETER,
+                format!("3D resource {id} ({shape:?}) is not a 2D image to show"),
+            );
+        }
+        let surface = Surface::new(
+            &mut self.budget,
+            id,
+            shape.format,
+            shape.width,
+            shape.height,
+        )?;
+        let Some(Resource {
+            kind: Kind::ThreeD { shadow, .. },
+            ..
+        }) = self.table.get_mut(&id)
+        else {
+            return refuse(RESP_ERR_INVALID_RESOURCE_ID, format!("no 3D resource {id}"));
+        };
+        let made = shadow.insert(surface);
+        Ok(Some((made.data.fd(), made.stride)))
     }
 
     /// Copies `rect` of resource `id` (a 2D resource, or a shown blob's
@@ -776,6 +828,12 @@ impl Resources {
     /// The memfd holding resource `id`'s pixels.
     pub fn memfd(&self, id: u32) -> Option<BorrowedFd<'_>> {
         self.surface(id).ok().map(|r| r.data.fd())
+    }
+
+    /// Whether resource `id` has pixels here (a 2D resource, a shown blob
+    /// or 3D resource).
+    pub fn has_surface(&self, id: u32) -> bool {
+        self.surface(id).is_ok()
     }
 
     /// The pixels of resource `id`, for tests and (soon) the display path.

@@ -22,7 +22,7 @@ use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 /// guest memory and a buffer 16 bytes off the page (where malloc puts large
 /// blocks) run ~40% slower with `rep movsb` on AMD CPUs.
 #[derive(Debug)]
-pub(super) struct Pixels {
+pub(crate) struct Pixels {
     map: MmapRegion,
     memfd: Arc<File>,
     pub(super) len: usize,
@@ -46,7 +46,7 @@ pub enum PixelsError {
 
 impl Pixels {
     /// A zeroed buffer of `len` bytes, or why it cannot be allocated.
-    pub(super) fn new(len: usize) -> Result<Pixels, PixelsError> {
+    pub(crate) fn new(len: usize) -> Result<Pixels, PixelsError> {
         let size = i64::try_from(len).map_err(|_| PixelsError::TooLarge)?;
         let fd = memfd_create(
             "gpu-airlock-resource",
@@ -84,13 +84,13 @@ impl Pixels {
         unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len) }
     }
 
-    pub(super) fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as in as_slice; `&mut self` makes this the only view in
         // this process.
         unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.len) }
     }
 
-    pub(super) fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.memfd.as_fd()
     }
 }

@@ -282,6 +282,59 @@ impl Context {
     }
 }
 
+/// The host copy that shows a 3D resource, mapped read-write here: the
+/// resource is read back into it at each flush.
+struct Shadow {
+    map: vm_memory::mmap::MmapRegion<()>,
+    width: u32,
+    height: u32,
+    stride: u32,
+}
+
+/// A memfd from gpu-worker, mapped: only sealed against shrinking and at
+/// least `len` bytes long, so no access to the mapping can fault (lseek,
+/// not fstat: render-worker's policy has no C-library fstat).
+fn map_sealed(
+    fd: OwnedFd,
+    len: usize,
+    prot: i32,
+) -> Result<vm_memory::mmap::MmapRegion<()>, String> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let sealed = fcntl(&fd, FcntlArg::F_GET_SEALS)
+        .map(SealFlag::from_bits_truncate)
+        .is_ok_and(|s| s.contains(SealFlag::F_SEAL_SHRINK));
+    let size = nix::unistd::lseek(&fd, 0, nix::unistd::Whence::SeekEnd);
+    if !sealed || size.map_or(true, |l| (l as u64) < len as u64) || len == 0 {
+        return Err(format!(
+            "not sealed against shrinking, or shorter than {len} bytes ({size:?})"
+        ));
+    }
+    vm_memory::mmap::MmapRegion::<()>::build(
+        Some(FileOffset::new(File::from(fd), 0)),
+        len,
+        prot,
+        nix::libc::MAP_SHARED,
+    )
+    .map_err(|e| format!("cannot map it: {e}"))
+}
+
+/// gpu-worker's submit buffer, mapped read-only here.
+struct SubmitBuffer(vm_memory::mmap::MmapRegion<()>);
+
+impl SubmitBuffer {
+    /// The first `len` bytes, if the buffer holds that many.
+    fn get(&self, range: std::ops::RangeTo<usize>) -> Option<&[u8]> {
+        if range.end > self.0.size() {
+            return None;
+        }
+        // SAFETY: the region maps `size()` bytes of a memfd sealed against
+        // shrinking for as long as `self.0` lives (the borrow of self);
+        // gpu-worker may write it meanwhile, which changes only bytes
+        // (copied out before use), never the mapping.
+        Some(unsafe { std::slice::from_raw_parts(self.0.as_ptr(), range.end) })
+    }
+}
+
 /// Why a guest-memory blob's ranges cannot be reached here.
 #[derive(Debug, thiserror::Error)]
 enum GuestRange {
@@ -315,6 +368,10 @@ pub struct RenderDevice {
     map_lost: std::cell::Cell<bool>,
     /// Blobs and 3D resources, by resource id.
     held: BTreeMap<u32, Held>,
+    /// Where SUBMIT_3D streams longer than one frame arrive.
+    submit_buffer: Option<SubmitBuffer>,
+    /// Host copies of 3D resources on scanouts, by resource id.
+    shadows: BTreeMap<u32, Shadow>,
     /// Every context rutabaga holds, with what this process knows of it.
     contexts: BTreeMap<u32, Context>,
     /// What rutabaga is built with, again after a reset.
@@ -345,6 +402,8 @@ impl RenderDevice {
             map,
             map_lost: std::cell::Cell::new(false),
             held: BTreeMap::new(),
+            submit_buffer: None,
+            shadows: BTreeMap::new(),
             contexts: BTreeMap::new(),
             renderer: renderer.config,
             max_contexts,
@@ -463,35 +522,22 @@ impl RenderDevice {
                 ctx_id,
                 resource_id,
             } => self.rutabaga.context_detach_resource(ctx_id, resource_id),
-            RenderRequest::Submit {
-                ctx_id,
-                mut commands,
-            } => {
-                let context = self.contexts.get(&ctx_id).copied();
-                let mut walk = Walk::default();
-                if context.is_some_and(|c| c.is_cross_domain()) {
-                    match check_cross_domain_framing(&commands) {
-                        Ok(w) => walk = w,
-                        Err(why) => return refused(ERR_INVALID_PARAMETER, why.to_string()),
-                    }
-                }
-                let asked = context.map_or(0, |c| c.requirements);
-                if asked + walk.requirements > MAX_REQUIREMENTS_PER_CONTEXT {
+            RenderRequest::Submit { ctx_id, commands } => return self.submit(ctx_id, commands),
+            RenderRequest::SubmitBuffer => return self.take_submit_buffer(fds),
+            RenderRequest::SubmitShared { ctx_id, len } => {
+                let Some(buffer) = &self.submit_buffer else {
+                    return refused(ERR_UNSPEC, "a shared SUBMIT_3D before the submit buffer");
+                };
+                let Some(stream) = buffer.get(..len as usize) else {
                     return refused(
-                        ERR_OUT_OF_MEMORY,
-                        format!(
-                            "context {ctx_id}: more than {MAX_REQUIREMENTS_PER_CONTEXT} image \
-                             requirements (rutabaga keeps each for the context's life)"
-                        ),
+                        ERR_INVALID_PARAMETER,
+                        format!("a shared SUBMIT_3D of {len} bytes"),
                     );
-                }
-                let done = self.rutabaga.submit_command(ctx_id, &mut commands, &[]);
-                if let Some(c) = self.contexts.get_mut(&ctx_id) {
-                    // Counted whether or not rutabaga answered them all.
-                    c.requirements = asked + walk.requirements;
-                    c.channel |= done.is_ok() && walk.opens_channel;
-                }
-                done
+                };
+                // Copied out first: rutabaga walks a stream this process
+                // alone holds.
+                let commands = stream.to_vec();
+                return self.submit(ctx_id, commands);
             }
             RenderRequest::CreateBlob {
                 ctx_id,
@@ -557,6 +603,15 @@ impl RenderDevice {
                         .transfer_read(t.ctx_id, t.resource_id, transfer, None),
                 }
             }
+            RenderRequest::ScanoutShadow {
+                resource_id,
+                width,
+                height,
+                stride,
+            } => return self.take_shadow(resource_id, width, height, stride, fds),
+            RenderRequest::ReadBack { resource_id, rect } => {
+                return self.read_back(resource_id, rect)
+            }
             RenderRequest::Unref { resource_id } => return self.unref(resource_id),
             RenderRequest::Reset => return self.reset(),
             RenderRequest::MapBlob {
@@ -568,6 +623,155 @@ impl RenderDevice {
         match result {
             Ok(()) => Reply::Done,
             Err(e) => refused(code_of(&e), e.to_string()),
+        }
+    }
+
+    /// SUBMIT_3D of `commands` on `ctx_id`: a cross-domain stream's framing
+    /// is walked first (and its image requirements counted).
+    fn submit(&mut self, ctx_id: u32, mut commands: Vec<u8>) -> Answer {
+        let context = self.contexts.get(&ctx_id).copied();
+        let mut walk = Walk::default();
+        if context.is_some_and(|c| c.is_cross_domain()) {
+            match check_cross_domain_framing(&commands) {
+                Ok(w) => walk = w,
+                Err(why) => return refused(ERR_INVALID_PARAMETER, why.to_string()),
+            }
+        }
+        let asked = context.map_or(0, |c| c.requirements);
+        if asked + walk.requirements > MAX_REQUIREMENTS_PER_CONTEXT {
+            return refused(
+                ERR_OUT_OF_MEMORY,
+                format!(
+                    "context {ctx_id}: more than {MAX_REQUIREMENTS_PER_CONTEXT} image \
+                     requirements (rutabaga keeps each for the context's life)"
+                ),
+            );
+        }
+        let done = self.rutabaga.submit_command(ctx_id, &mut commands, &[]);
+        if let Some(c) = self.contexts.get_mut(&ctx_id) {
+            // Counted whether or not rutabaga answered them all.
+            c.requirements = asked + walk.requirements;
+            c.channel |= done.is_ok() && walk.opens_channel;
+        }
+        match done {
+            Ok(()) => Reply::Done,
+            Err(e) => refused(code_of(&e), e.to_string()),
+        }
+    }
+
+    /// The connection's submit buffer, from gpu-worker (less trusted than
+    /// this process with the GPU: it parses guest bytes): taken once, only
+    /// sealed against shrinking and at least `MAX_SUBMIT_BYTES` long (so
+    /// no read of it can fault), and mapped read-only.
+    fn take_submit_buffer(&mut self, fds: Vec<OwnedFd>) -> Answer {
+        if self.submit_buffer.is_some() {
+            return refused(ERR_UNSPEC, "a second submit buffer");
+        }
+        let Ok([fd]) = <[OwnedFd; 1]>::try_from(fds) else {
+            return refused(ERR_UNSPEC, "a submit buffer without its one descriptor");
+        };
+        let len = wire::command::MAX_SUBMIT_BYTES;
+        match map_sealed(fd, len, nix::libc::PROT_READ) {
+            Ok(map) => {
+                self.submit_buffer = Some(SubmitBuffer(map));
+                Reply::Done
+            }
+            Err(why) => refused(ERR_UNSPEC, format!("the submit buffer: {why}")),
+        }
+    }
+
+    /// The host copy of 3D resource `resource_id` on a scanout.
+    fn take_shadow(
+        &mut self,
+        resource_id: u32,
+        width: u32,
+        height: u32,
+        stride: u32,
+        fds: Vec<OwnedFd>,
+    ) -> Answer {
+        if !self.held.contains_key(&resource_id) {
+            return refused(
+                ERR_INVALID_RESOURCE_ID,
+                format!("no 3D resource {resource_id}"),
+            );
+        }
+        let Ok([fd]) = <[OwnedFd; 1]>::try_from(fds) else {
+            return refused(ERR_UNSPEC, "a scanout copy without its one descriptor");
+        };
+        let len = u64::from(stride) * u64::from(height);
+        if u64::from(width) * 4 > u64::from(stride) || len > usize::MAX as u64 {
+            return refused(
+                ERR_UNSPEC,
+                format!("a scanout copy of {width}x{height}, stride {stride}"),
+            );
+        }
+        match map_sealed(
+            fd,
+            len as usize,
+            nix::libc::PROT_READ | nix::libc::PROT_WRITE,
+        ) {
+            Ok(map) => {
+                self.shadows.insert(
+                    resource_id,
+                    Shadow {
+                        map,
+                        width,
+                        height,
+                        stride,
+                    },
+                );
+                Reply::Done
+            }
+            Err(why) => refused(
+                ERR_UNSPEC,
+                format!("the scanout copy of {resource_id}: {why}"),
+            ),
+        }
+    }
+
+    /// Reads `rect` of 3D resource `resource_id` back into its host copy.
+    fn read_back(&mut self, resource_id: u32, rect: ipc::PixelRect) -> Answer {
+        let Some(shadow) = self.shadows.get(&resource_id) else {
+            return refused(
+                ERR_INVALID_RESOURCE_ID,
+                format!("3D resource {resource_id} has no scanout copy"),
+            );
+        };
+        if !rect.fits_in(shadow.width, shadow.height) {
+            return refused(
+                ERR_INVALID_PARAMETER,
+                format!(
+                    "read back {rect:?} of a {}x{} resource",
+                    shadow.width, shadow.height
+                ),
+            );
+        }
+        let transfer = Transfer3D {
+            x: rect.x,
+            y: rect.y,
+            z: 0,
+            w: rect.width,
+            h: rect.height,
+            d: 1,
+            level: 0,
+            stride: shadow.stride,
+            layer_stride: 0,
+            offset: u64::from(rect.y) * u64::from(shadow.stride) + u64::from(rect.x) * 4,
+        };
+        // SAFETY: the mapping holds `size()` bytes for as long as the
+        // shadow lives (sealed against shrinking); the broker reads it
+        // meanwhile, which costs it at most a torn frame.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(shadow.map.as_ptr(), shadow.map.size()) };
+        // Context 0: the resource itself, whichever context drew it.
+        match self.rutabaga.transfer_read(
+            0,
+            resource_id,
+            transfer,
+            Some(std::io::IoSliceMut::new(bytes)),
+        ) {
+            Ok(()) => Reply::Done,
+            Err(e) => refused(code_of(&e), format!("read back of {resource_id}: {e}")),
         }
     }
 
@@ -758,6 +962,7 @@ impl RenderDevice {
             }
         }
         self.held.remove(&resource_id);
+        self.shadows.remove(&resource_id);
         let answer = match self.rutabaga.unref_resource(resource_id) {
             Ok(()) => Reply::Done,
             Err(e) => refused(code_of(&e), format!("unref {resource_id}: {e}")),
