@@ -19,13 +19,16 @@ mirror=$(awk 'BEGIN { RS = ""; FS = "\n" }
      /Suites:[^\n]*bookworm( |$|\n)/ {
          for (i = 1; i <= NF; i++) if ($i ~ /^URIs:/) { split($i, u, " "); print u[2]; exit }
      }' /etc/apt/sources.list.d/debian.sources)
-# The root is also the 3D guest's: shared over 9p, read-only, as its
-# userland (eglinfo, vulkaninfo, gl-check built with its GLES headers), and
-# QEMU 11 from trixie-backports runs from it.
+# The root is also the real guests' Debian userland: shared over 9p,
+# read-only (eglinfo, vulkaninfo, kmscube and gl-check built with its GLES
+# headers for the 3D guest; weston-terminal and a font for the desktop
+# guest, tests/tests/guest_wayland.rs), and QEMU 11 from trixie-backports
+# runs from it for the 3D tests.
 ready() {
     chroot "$root" pkg-config --atleast-version=1.3.0 virglrenderer 2>/dev/null &&
         [ -x "$root/usr/bin/eglinfo.x86_64-linux-gnu" ] && [ -e "$root/usr/include/GLES2/gl2.h" ] &&
         [ -x "$root/usr/bin/cpio" ] && [ -x "$root/usr/bin/kmscube" ] &&
+        [ -x "$root/usr/bin/weston-terminal" ] &&
         chroot "$root" qemu-system-x86_64 --version 2>/dev/null | grep -q "version 11\."
 }
 if ready; then
@@ -42,7 +45,8 @@ printf 'Types: deb\nURIs: %s\nSuites: trixie-backports\nComponents: main\nSigned
 chroot "$root" apt-get update -qq
 chroot "$root" apt-get install -y -qq --no-install-recommends gcc libc6-dev pkg-config \
     libepoxy-dev libdrm-dev libgbm-dev libegl-dev libgles-dev libgl1-mesa-dri libegl-mesa0 \
-    libegl1 mesa-vulkan-drivers libvulkan1 mesa-utils-bin vulkan-tools cpio kmscube >/dev/null
+    libegl1 mesa-vulkan-drivers libvulkan1 mesa-utils-bin vulkan-tools cpio kmscube \
+    weston fonts-dejavu-core >/dev/null
 chroot "$root" apt-get install -y -qq --no-install-recommends -t trixie-backports \
     qemu-system-x86 >/dev/null
 mkdir -p "$debs"

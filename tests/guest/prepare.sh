@@ -126,3 +126,8 @@ chmod +x "$root/init"
 rm -rf "$root"
 ln -sf "vmlinuz-$kver" "$cache/vmlinuz"
 echo "guest ready in $cache: kernel $kver, $(wc -l < "$cache/modules-$kver/load-order") modules"
+
+# The real guests' Debian userland (and the 3D build's root): Debian 13
+# with Mesa, weston's clients and sid's virglrenderer, shared with guests
+# over 9p (tests/tests/gpu3d.rs, tests/tests/guest_wayland.rs).
+bash "$here/../gpu3d/prepare.sh"

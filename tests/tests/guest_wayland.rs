@@ -33,6 +33,16 @@ fn setup() -> Option<Setup> {
 }
 
 fn boot(setup: &Setup, backend: &Backend, mode: &str) -> Guest {
+    boot_with(setup, backend, mode, Vec::new())
+}
+
+/// As [`boot`], with more QEMU arguments.
+fn boot_with(
+    setup: &Setup,
+    backend: &Backend,
+    mode: &str,
+    extra: Vec<std::ffi::OsString>,
+) -> Guest {
     let dir = TempDir::new("guest-wayland");
     let init = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guest/init-wayland");
     let proxy = binary("gpu-airlock-guest");
@@ -50,7 +60,10 @@ fn boot(setup: &Setup, backend: &Backend, mode: &str) -> Guest {
         ],
     );
     let append = format!("airlock.mode={mode}");
-    let boot = Boot::qemu11(&setup.image, &initrd, &backend.socket, &append, 512);
+    let boot = Boot {
+        extra,
+        ..Boot::qemu11(&setup.image, &initrd, &backend.socket, &append, 512)
+    };
     Guest::boot(qemu11().expect("checked in setup"), boot, dir)
 }
 
@@ -335,4 +348,100 @@ fn malformed_guest_clients_get_protocol_errors_and_others_keep_their_windows() {
         harness::process_alive(backend.pid()),
         "the backend outlived its compositor"
     );
+}
+
+/// The real guests' Debian userland (tests/gpu3d/prepare.sh, which
+/// tests/guest/prepare.sh runs).
+fn debian_root() -> Option<PathBuf> {
+    let root = harness::guest::guest_cache().join("gpu3d");
+    if root.join("usr/bin/weston-terminal").exists() {
+        return Some(std::fs::canonicalize(root).unwrap());
+    }
+    harness::guest::cannot_run(&format!(
+        "the Debian-userland guest needs {}: run `sudo tests/guest/prepare.sh`",
+        root.display()
+    ));
+    None
+}
+
+#[test]
+#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland and weston: tests/guest/prepare.sh"]
+fn a_debian_terminal_in_the_guest_shows_on_the_host_compositor() {
+    let setup = harness::guest::needed(setup());
+    let root = harness::guest::needed(debian_root());
+    let backend = Backend::start(&["--wayland-socket", &setup.weston.arg()]);
+    // Debian 13's userland over 9p: weston-terminal with its libwayland,
+    // cairo, pango and fontconfig, as a user's session has them.
+    let share = format!(
+        "local,path={},mount_tag=root,security_model=none,readonly=on",
+        root.display()
+    );
+    let mut guest = boot_with(
+        &setup,
+        &backend,
+        "terminal",
+        vec!["-virtfs".into(), share.into()],
+    );
+    wait_for(&mut guest, "GUEST: waiting for terminal", 120);
+    let (width, height, before) = setup.weston.screenshot();
+    guest.type_line("terminal");
+    let asked = std::time::Instant::now();
+    wait_for(&mut guest, "GUEST: terminal started", 60);
+    // Its first frame: the screen changes.
+    let mut window = None;
+    let deadline = asked + Duration::from_secs(60);
+    while window.is_none() && std::time::Instant::now() < deadline {
+        let (_, _, now) = setup.weston.screenshot();
+        window = changed(&before, &now, width, (0, 0, 0, 0))
+            .filter(|&(_, _, w, h)| w >= 200 && h >= 100);
+    }
+    let first_frame = asked.elapsed();
+    let Some((x, y, w, h)) = window else {
+        // What the terminal and the proxy said, for the failure.
+        guest.type_line("quit");
+        let _ = guest.wait_line(Duration::from_secs(30), |l| l.contains("GUEST: proxy exit"));
+        panic!(
+            "weston-terminal's window showed on the host ({width}x{height}): {:#?}",
+            guest.quit()
+        )
+    };
+    println!(
+        "BENCH weston-terminal from a Debian guest (TCG): first frame on the host's weston \
+         {} ms after it was started, a {w}x{h} window",
+        first_frame.as_millis()
+    );
+    // A terminal's window: text on a background, many pixels of one
+    // colour and some of others.
+    let (_, _, shown) = setup.weston.screenshot();
+    if let Ok(dir) = std::env::var("GPU_AIRLOCK_SCREENSHOTS") {
+        let mut ppm = format!("P6\n{width} {height}\n255\n").into_bytes();
+        ppm.extend_from_slice(&shown);
+        std::fs::write(Path::new(&dir).join("guest-terminal.ppm"), ppm).unwrap();
+    }
+    let mut colours = std::collections::HashMap::new();
+    for row in y..y + h {
+        for col in x..x + w {
+            let i = (row * width + col) * 3;
+            *colours.entry(&shown[i..i + 3]).or_insert(0usize) += 1;
+        }
+    }
+    let most = colours.values().max().copied().unwrap_or(0);
+    assert!(
+        most > w * h / 2 && colours.len() > 2,
+        "a terminal's window ({w}x{h}): its background and its text ({} colours)",
+        colours.len()
+    );
+
+    guest.type_line("quit");
+    wait_for(&mut guest, "GUEST: proxy exit", 60);
+    let console = guest.quit();
+    assert_console_has(&console, &["GUEST: proxy exit 0"]);
+    assert!(
+        !console
+            .iter()
+            .any(|l| l.contains("protocol error") || l.contains(" ERROR ")),
+        "no protocol errors in the guest: {console:#?}"
+    );
+    assert!(error_responses(&console).is_empty(), "{console:#?}");
+    assert_backend_quiet(&backend);
 }
