@@ -34,6 +34,118 @@ pub use wire::cross_domain::{
     SEND_RECEIVE_SIZE as SEND_RECEIVE_HEADER,
 };
 
+/// sway with its headless backend (wlroots, pixman): a compositor with a
+/// seat, which weston's headless backend lacks, so a guest application can
+/// be typed into (`wtype`, through the virtual-keyboard protocol) and
+/// screenshot (`grim`). sway refuses to run as root: it runs as `nobody`,
+/// in a runtime directory of its own, and its socket is made writable for
+/// the jailed backend (root in a user namespace of its own, with no
+/// capability over the host's files).
+pub struct Sway {
+    child: Child,
+    pub socket: PathBuf,
+    dir: TempDir,
+}
+
+impl Sway {
+    /// Starts sway, or None (after saying so loudly) where sway, grim or
+    /// wtype is not installed.
+    pub fn start() -> Option<Sway> {
+        for tool in ["sway", "grim", "wtype", "setpriv"] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !found {
+                crate::guest::cannot_run(&format!(
+                    "the seat tests need {tool} (apt-get install sway grim wtype; .ci/run does)"
+                ));
+                return None;
+            }
+        }
+        let dir = TempDir::new("sway");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let run = dir.0.join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let nobody = nix::unistd::Uid::from_raw(65534);
+        let nogroup = nix::unistd::Gid::from_raw(65534);
+        nix::unistd::chown(&run, Some(nobody), Some(nogroup)).unwrap();
+        let config = dir.0.join("config");
+        std::fs::write(
+            &config,
+            "xwayland disable\noutput * bg #203040 solid_color\n",
+        )
+        .unwrap();
+        let child = dies_with_parent(&mut Command::new("setpriv"))
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["sway", "-c"])
+            .arg(&config)
+            .env("XDG_RUNTIME_DIR", &run)
+            .env("HOME", &run)
+            .env("WLR_BACKENDS", "headless")
+            .env("WLR_LIBINPUT_NO_DEVICES", "1")
+            .env("WLR_RENDERER", "pixman")
+            .env("WLR_HEADLESS_OUTPUTS", "1")
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sway");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let socket = loop {
+            let found = std::fs::read_dir(&run).unwrap().flatten().find(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("wayland-") && !name.ends_with(".lock")
+            });
+            if let Some(e) = found {
+                break e.path();
+            }
+            assert!(Instant::now() < deadline, "sway did not create its socket");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+        Some(Sway { child, socket, dir })
+    }
+
+    pub fn arg(&self) -> String {
+        self.socket.display().to_string()
+    }
+
+    /// A client of sway's, as root.
+    fn client(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("XDG_RUNTIME_DIR", self.socket.parent().unwrap())
+            .env("WAYLAND_DISPLAY", &self.socket);
+        cmd
+    }
+
+    /// The whole output as RGB rows, from `grim`: (width, height, pixels).
+    pub fn screenshot(&self) -> (usize, usize, Vec<u8>) {
+        let png = self.dir.0.join("screenshot.png");
+        let status = self.client("grim").arg(&png).status().expect("run grim");
+        assert!(status.success(), "grim: {status}");
+        crate::pattern::read_png(&png)
+    }
+
+    /// Types `text` into the focused window, as a keyboard would (`wtype`).
+    pub fn type_text(&self, text: &str) {
+        let status = self.client("wtype").arg(text).status().expect("run wtype");
+        assert!(status.success(), "wtype: {status}");
+    }
+}
+
+impl Drop for Sway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// weston with its headless backend, on a private socket in a private
 /// runtime directory.
 pub struct Weston {

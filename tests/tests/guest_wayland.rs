@@ -445,3 +445,85 @@ fn a_debian_terminal_in_the_guest_shows_on_the_host_compositor() {
     assert!(error_responses(&console).is_empty(), "{console:#?}");
     assert_backend_quiet(&backend);
 }
+
+/// sway has a seat: what the host types reaches the guest's terminal.
+///
+/// KNOWN BUG, not fixed yet: keys typed right after a keymap change (each
+/// wtype run uploads a keymap of its own) are lost through the proxy,
+/// sometimes the first one, sometimes more; typed into weston-terminal on
+/// sway directly, none is. This test reproduces it (it fails one run in
+/// two or three), so it is built only with the tests crate's
+/// `known-bugs` feature, and CI does not run it:
+/// `cargo test -p gpu-airlock-tests --features known-bugs --test guest_wayland -- --include-ignored what_the_host`.
+#[cfg(feature = "known-bugs")]
+#[test]
+#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
+fn what_the_host_types_reaches_a_terminal_in_the_guest() {
+    let image = harness::guest::needed(GuestImage::find());
+    harness::guest::needed(qemu11());
+    let root = harness::guest::needed(debian_root());
+    let sway = harness::guest::needed(harness::wayland::Sway::start());
+    let backend = Backend::start(&["--wayland-socket", &sway.arg()]);
+    let share = format!(
+        "local,path={},mount_tag=root,security_model=none,readonly=on",
+        root.display()
+    );
+    let dir = TempDir::new("guest-typing");
+    let init = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guest/init-wayland");
+    let proxy = binary("gpu-airlock-guest");
+    let initrd = image.with_files(
+        &dir.0,
+        &[("/init", &init), ("/bin/gpu-airlock-guest", &proxy)],
+    );
+    let boot = Boot {
+        extra: vec!["-virtfs".into(), share.into()],
+        ..Boot::qemu11(&image, &initrd, &backend.socket, "airlock.mode=typing", 512)
+    };
+    let mut guest = Guest::boot(qemu11().expect("checked"), boot, dir);
+    wait_for(&mut guest, "GUEST: waiting for terminal", 120);
+    let (width, _, before) = sway.screenshot();
+    guest.type_line("terminal");
+    wait_for(&mut guest, "GUEST: terminal started", 60);
+    // sway focuses the new window; type once it shows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut shown = None;
+    while shown.is_none() && std::time::Instant::now() < deadline {
+        let (_, _, now) = sway.screenshot();
+        shown = changed(&before, &now, width, (0, 0, 0, 0))
+            .filter(|&(_, _, w, h)| w >= 200 && h >= 100);
+    }
+    assert!(
+        shown.is_some(),
+        "the terminal's window showed on sway: {:#?}",
+        guest.lines
+    );
+    // The shell needs a moment after the window to read its input.
+    std::thread::sleep(Duration::from_secs(2));
+    // Known, not fixed: the first key a new virtual keyboard (each wtype
+    // run, with a keymap of its own) types is lost through the proxy, and
+    // not when weston-terminal runs on sway directly (seen with sway 1.7:
+    // the shell ran `cho ...`). A first key that costs nothing if lost (an
+    // empty line), then the command, in one run.
+    sway.type_text("\necho typed-on-the-host > /run/typed\n");
+    // The keys travel host → proxy → shell; the guest reads the file once
+    // asked.
+    std::thread::sleep(Duration::from_secs(3));
+    if let Ok(dir) = std::env::var("GPU_AIRLOCK_SCREENSHOTS") {
+        let (w, h, rgb) = sway.screenshot();
+        let mut ppm = format!("P6\n{w} {h}\n255\n").into_bytes();
+        ppm.extend_from_slice(&rgb);
+        std::fs::write(Path::new(&dir).join("guest-typing.ppm"), ppm).unwrap();
+    }
+    guest.type_line("check");
+    let typed = guest.wait_line(Duration::from_secs(20), |l| l.starts_with("TYPED: "));
+    guest.type_line("quit");
+    wait_for(&mut guest, "GUEST: proxy exit", 60);
+    let console = guest.quit();
+    assert_eq!(
+        typed.as_deref(),
+        Some("TYPED: typed-on-the-host"),
+        "the keys typed on the host ran the command in the guest's terminal: {console:#?}"
+    );
+    assert!(error_responses(&console).is_empty(), "{console:#?}");
+    assert_backend_quiet(&backend);
+}
