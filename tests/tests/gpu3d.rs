@@ -145,8 +145,11 @@ fn figure(line: &str, key: &str) -> Option<f64> {
     line[at..].split_whitespace().next()?.parse().ok()
 }
 
-#[test]
-fn a_real_guest_renders_with_mesas_virgl_driver_through_qemu_11() {
+/// The jailed backend offering virgl, and a guest booted against it on
+/// QEMU 11.1 (its generic device, or `device`) with tests/gpu3d/init-3d
+/// and `append`; this root (the gpu3d root, where the test runs) is the
+/// guest's userland over 9p: Mesa's virgl driver, eglinfo, kmscube.
+fn boot_virgl_guest(append: &str, device: Option<String>) -> (Backend, Guest) {
     let image = harness::guest::needed(GuestImage::find());
     let qemu = harness::guest::needed(qemu11());
     // No host-visible region: virglrenderer on llvmpipe gives a virgl
@@ -164,18 +167,24 @@ fn a_real_guest_renders_with_mesas_virgl_driver_through_qemu_11() {
     let dir = TempDir::new("gpu3d-guest");
     let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("gpu3d/init-3d");
     let initrd = image.with_files(&dir.0, &[("/init", &init), ("/bin/gl-check", &gl_check())]);
-    let frames = 30;
-    let append = format!("airlock.frames={frames}");
-    let mut boot = Boot::qemu11(&image, &initrd, &backend.socket, &append, 1024);
-    // This root (the gpu3d root, where the test runs) is the guest's
-    // userland: Mesa's virgl driver, eglinfo, gl-check.
+    let mut boot = Boot::qemu11(&image, &initrd, &backend.socket, append, 1024);
+    if let Some(device) = device {
+        boot.device = device;
+    }
     boot.extra = [
         "-virtfs",
         "local,path=/,mount_tag=root,security_model=none,readonly=on",
     ]
     .map(Into::into)
     .to_vec();
-    let mut guest = Guest::boot(qemu, boot, dir);
+    let guest = Guest::boot(qemu, boot, dir);
+    (backend, guest)
+}
+
+#[test]
+fn a_real_guest_renders_with_mesas_virgl_driver_through_qemu_11() {
+    let frames = 30;
+    let (backend, mut guest) = boot_virgl_guest(&format!("airlock.frames={frames}"), None);
     guest.wait_done();
     let console = guest.quit();
 
@@ -501,33 +510,11 @@ fn a_3d_resource_on_a_scanout_reaches_the_display_at_each_flush() {
 
 #[test]
 fn a_real_guest_shows_a_gl_drawn_frame_on_qemus_display() {
-    let image = harness::guest::needed(GuestImage::find());
-    let qemu = harness::guest::needed(qemu11());
-    let backend = Backend::start(&[
-        "--context-types",
-        "virgl:virgl2",
-        "--shm-size",
-        "0",
-        "--seccomp",
-        &seccomp(),
-    ]);
-    let dir = TempDir::new("gpu3d-kms");
-    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("gpu3d/init-3d");
-    let initrd = image.with_files(&dir.0, &[("/init", &init), ("/bin/gl-check", &gl_check())]);
     let (width, height) = (640, 480);
-    let boot = Boot {
-        // QEMU's vhost-user-gpu-pci, with its display (QEMU 11.1's, the
-        // same front-end as QEMU 10's).
-        device: format!("vhost-user-gpu-pci,chardev=gpu,xres={width},yres={height}"),
-        extra: [
-            "-virtfs",
-            "local,path=/,mount_tag=root,security_model=none,readonly=on",
-        ]
-        .map(Into::into)
-        .to_vec(),
-        ..Boot::qemu11(&image, &initrd, &backend.socket, "airlock.mode=kms", 1024)
-    };
-    let mut guest = Guest::boot(qemu, boot, dir);
+    // QEMU's vhost-user-gpu-pci, with its display (QEMU 11.1's, the same
+    // front-end as QEMU 10's).
+    let device = format!("vhost-user-gpu-pci,chardev=gpu,xres={width},yres={height}");
+    let (_backend, mut guest) = boot_virgl_guest("airlock.mode=kms", Some(device));
     let running = guest.wait_line(Duration::from_secs(120), |l| {
         l == "GUEST: kms running" || l == "GUEST: done"
     });
