@@ -557,6 +557,13 @@ fn a_3d_resource_is_checked_here_and_served_by_render_worker() {
         answer(&dev, &m, CMD_RESOURCE_CREATE_3D, &huge),
         RESP_ERR_OUT_OF_MEMORY
     );
+    // The deepest last level a guest can name (the fuzzer's find: the
+    // refusal's own message overflowed).
+    let deep = words(&[7, 2, 2, 2, 64, 64, 1, 1, u32::MAX, 0, 0, 0]);
+    assert_eq!(
+        answer(&dev, &m, CMD_RESOURCE_CREATE_3D, &deep),
+        RESP_ERR_INVALID_PARAMETER
+    );
     let empty = words(&[7, 2, 2, 2, 64, 0, 1, 1, 0, 0, 0, 0]);
     assert_eq!(
         answer(&dev, &m, CMD_RESOURCE_CREATE_3D, &empty),

@@ -118,7 +118,12 @@ impl ThreeD {
         if shape.last_level > MAX_LEVELS {
             return refuse(
                 RESP_ERR_INVALID_PARAMETER,
-                format!("3D resource {id} with {} levels", shape.last_level + 1),
+                // In u64: a last level of u32::MAX overflowed here (the
+                // fuzzer found it).
+                format!(
+                    "3D resource {id} with {} levels",
+                    u64::from(shape.last_level) + 1
+                ),
             );
         }
         let texel = if shape.target == PIPE_BUFFER {
