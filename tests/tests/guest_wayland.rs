@@ -343,7 +343,18 @@ fn malformed_guest_clients_get_protocol_errors_and_others_keep_their_windows() {
         log.iter().any(|l| l.contains("--max-resource-memory")),
         "{log:#?}"
     );
-    assert!(!log.iter().any(|l| l.contains("ERROR")), "{log:#?}");
+    // One ERROR may come from rutabaga, not from gpu-airlock: when the
+    // compositor goes while a client is connected, the guest's driver frees
+    // that client's rings as the proxy drops it, and the context's
+    // cross-domain worker, woken by the compositor's hang-up, finds its
+    // channel ring gone and halts with "invalid resource id" (seen once in
+    // CI; the context is being destroyed by the guest anyway). Nothing else.
+    let errors: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("ERROR"))
+        .filter(|l| !l.contains("Worker halting due to: invalid resource id"))
+        .collect();
+    assert!(errors.is_empty(), "{log:#?}");
     assert!(
         harness::process_alive(backend.pid()),
         "the backend outlived its compositor"
