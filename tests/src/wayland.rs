@@ -133,8 +133,21 @@ impl Sway {
     }
 
     /// Types `text` into the focused window, as a keyboard would (`wtype`).
+    ///
+    /// The headless seat has no keyboard until wtype makes its virtual one;
+    /// a client then binds `wl_keyboard` when the seat's capabilities say
+    /// so, and keys sent before that reach no one. Through the guest proxy
+    /// that round trip is long enough to lose the first keys (seen with
+    /// `WAYLAND_DEBUG`: the terminal bound its keyboard after them), so
+    /// wtype waits a second after making its keyboard, as a keyboard that
+    /// was there before the typing would be.
     pub fn type_text(&self, text: &str) {
-        let status = self.client("wtype").arg(text).status().expect("run wtype");
+        let status = self
+            .client("wtype")
+            .args(["-s", "1000"])
+            .arg(text)
+            .status()
+            .expect("run wtype");
         assert!(status.success(), "wtype: {status}");
     }
 }

@@ -458,15 +458,6 @@ fn a_debian_terminal_in_the_guest_shows_on_the_host_compositor() {
 }
 
 /// sway has a seat: what the host types reaches the guest's terminal.
-///
-/// KNOWN BUG, not fixed yet: keys typed right after a keymap change (each
-/// wtype run uploads a keymap of its own) are lost through the proxy,
-/// sometimes the first one, sometimes more; typed into weston-terminal on
-/// sway directly, none is. This test reproduces it (it fails one run in
-/// two or three), so it is built only with the tests crate's
-/// `known-bugs` feature, and CI does not run it:
-/// `cargo test -p gpu-airlock-tests --features known-bugs --test guest_wayland -- --include-ignored what_the_host`.
-#[cfg(feature = "known-bugs")]
 #[test]
 #[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
 fn what_the_host_types_reaches_a_terminal_in_the_guest() {
@@ -510,12 +501,7 @@ fn what_the_host_types_reaches_a_terminal_in_the_guest() {
     );
     // The shell needs a moment after the window to read its input.
     std::thread::sleep(Duration::from_secs(2));
-    // Known, not fixed: the first key a new virtual keyboard (each wtype
-    // run, with a keymap of its own) types is lost through the proxy, and
-    // not when weston-terminal runs on sway directly (seen with sway 1.7:
-    // the shell ran `cho ...`). A first key that costs nothing if lost (an
-    // empty line), then the command, in one run.
-    sway.type_text("\necho typed-on-the-host > /run/typed\n");
+    sway.type_text("echo typed-on-the-host > /run/typed\n");
     // The keys travel host → proxy → shell; the guest reads the file once
     // asked.
     std::thread::sleep(Duration::from_secs(3));
