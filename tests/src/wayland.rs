@@ -34,6 +34,34 @@ pub use wire::cross_domain::{
     SEND_RECEIVE_SIZE as SEND_RECEIVE_HEADER,
 };
 
+/// Starts a headless compositor from `cmd`: no display of the machine's
+/// of its own, no terminal.
+fn spawn_headless(cmd: &mut Command, what: &str) -> Child {
+    cmd.env_remove("WAYLAND_DISPLAY")
+        .env_remove("DISPLAY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"))
+}
+
+/// Waits (20 s at most) for the compositor `what` to make the socket
+/// `find` finds.
+fn wait_for_socket(what: &str, mut find: impl FnMut() -> Option<PathBuf>) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(socket) = find() {
+            return socket;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not create its socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// sway with its headless backend (wlroots, pixman): a compositor with a
 /// seat, which weston's headless backend lacks, so a guest application can
 /// be typed into (`wtype`, through the virtual-keyboard protocol) and
@@ -78,7 +106,9 @@ impl Sway {
             "xwayland disable\noutput * bg #203040 solid_color\n",
         )
         .unwrap();
-        let child = dies_with_parent(&mut Command::new("setpriv"))
+        let mut setpriv = Command::new("setpriv");
+        let command = dies_with_parent(&mut setpriv);
+        command
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .args(["sway", "-c"])
             .arg(&config)
@@ -87,26 +117,15 @@ impl Sway {
             .env("WLR_BACKENDS", "headless")
             .env("WLR_LIBINPUT_NO_DEVICES", "1")
             .env("WLR_RENDERER", "pixman")
-            .env("WLR_HEADLESS_OUTPUTS", "1")
-            .env_remove("WAYLAND_DISPLAY")
-            .env_remove("DISPLAY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sway");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let socket = loop {
+            .env("WLR_HEADLESS_OUTPUTS", "1");
+        let child = spawn_headless(command, "sway");
+        let socket = wait_for_socket("sway", || {
             let found = std::fs::read_dir(&run).unwrap().flatten().find(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
                 name.starts_with("wayland-") && !name.ends_with(".lock")
             });
-            if let Some(e) = found {
-                break e.path();
-            }
-            assert!(Instant::now() < deadline, "sway did not create its socket");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+            found.map(|e| e.path())
+        });
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
         Some(Sway { child, socket, dir })
@@ -201,7 +220,9 @@ impl Weston {
             "[shell]\nclock-format=none\nstartup-animation=none\nclose-animation=none\n",
         )
         .unwrap();
-        let child = dies_with_parent(&mut Command::new("weston"))
+        let mut weston = Command::new("weston");
+        let command = dies_with_parent(&mut weston);
+        command
             .args([
                 "--backend=headless-backend.so",
                 "--socket=wayland-airlock",
@@ -209,22 +230,9 @@ impl Weston {
             ])
             .arg(format!("--config={}", config.display()))
             .args(extra)
-            .env("XDG_RUNTIME_DIR", &dir.0)
-            .env_remove("WAYLAND_DISPLAY")
-            .env_remove("DISPLAY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start weston");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "weston did not create its socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .env("XDG_RUNTIME_DIR", &dir.0);
+        let child = spawn_headless(command, "weston");
+        wait_for_socket("weston", || socket.exists().then(|| socket.clone()));
         Some(Weston {
             child,
             socket,

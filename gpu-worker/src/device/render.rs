@@ -37,6 +37,16 @@ impl GpuDevice {
         request: RenderRequest,
         fence: &FenceSlot,
     ) -> Result<Option<RenderValue>, Refusal> {
+        self.call_with_fds(request, fence, &[])
+    }
+
+    /// As [`GpuDevice::call`], with descriptors for the request.
+    fn call_with_fds(
+        &self,
+        request: RenderRequest,
+        fence: &FenceSlot,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<Option<RenderValue>, Refusal> {
         let carried = fence.take();
         let call = RenderCall {
             request,
@@ -45,7 +55,7 @@ impl GpuDevice {
         let Some(RenderReply {
             reply,
             fence_signalled,
-        }) = self.render.request(&call, &[])
+        }) = self.render.request(&call, fds)
         else {
             return refuse(RESP_ERR_UNSPEC, "render-worker is not reachable");
         };
@@ -73,8 +83,17 @@ impl GpuDevice {
         request: RenderRequest,
         fence: &FenceSlot,
     ) -> Result<(), Refusal> {
+        self.call_done_with_fds(request, fence, &[])
+    }
+
+    fn call_done_with_fds(
+        &self,
+        request: RenderRequest,
+        fence: &FenceSlot,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<(), Refusal> {
         let what = request.name();
-        match self.call(request, fence)? {
+        match self.call_with_fds(request, fence, fds)? {
             None => Ok(()),
             Some(other) => {
                 self.render.fail(&format!("answered {other:?} to {what}"));
@@ -113,26 +132,7 @@ impl GpuDevice {
         request: RenderRequest,
         fd: std::os::fd::BorrowedFd<'_>,
     ) -> Result<(), Refusal> {
-        let what = request.name();
-        let call = RenderCall {
-            request,
-            fence: None,
-        };
-        match self.render.request(&call, &[fd]) {
-            Some(RenderReply {
-                reply: Reply::Done,
-                fence_signalled: None,
-            }) => Ok(()),
-            Some(RenderReply {
-                reply: Reply::Refused(r),
-                ..
-            }) => refuse(sanitize(r.code), r.why),
-            Some(other) => {
-                self.render.fail(&format!("answered {other:?} to {what}"));
-                refuse(RESP_ERR_UNSPEC, "render-worker answered out of turn")
-            }
-            None => refuse(RESP_ERR_UNSPEC, "render-worker is not reachable"),
-        }
+        self.call_done_with_fds(request, &FenceSlot::default(), &[fd])
     }
 
     /// Gives render-worker the guest memory map (guest-memory blobs and
