@@ -27,6 +27,11 @@ use wayland_protocols::wp::relative_pointer::zv1::client::zwp_relative_pointer_m
 use wayland_protocols::wp::tablet::zv2::client::zwp_tablet_manager_v2::ZwpTabletManagerV2;
 use wayland_protocols::wp::text_input::zv3::client::zwp_text_input_manager_v3::ZwpTextInputManagerV3;
 use wayland_protocols::xdg::activation::v1::client::xdg_activation_v1::XdgActivationV1;
+use wayland_protocols::wp::keyboard_shortcuts_inhibit::zv1::client::zwp_keyboard_shortcuts_inhibit_manager_v1::ZwpKeyboardShortcutsInhibitManagerV1;
+use wayland_protocols::wp::pointer_gestures::zv1::client::zwp_pointer_gestures_v1::ZwpPointerGesturesV1;
+use wayland_protocols::xdg::foreign::zv1::client::{
+    zxdg_exporter_v1::ZxdgExporterV1, zxdg_importer_v1::ZxdgImporterV1,
+};
 use wayland_protocols::xdg::foreign::zv2::client::{
     zxdg_exporter_v2::ZxdgExporterV2, zxdg_importer_v2::ZxdgImporterV2,
 };
@@ -42,9 +47,11 @@ pub fn display() -> &'static Interface {
 /// and what real desktop applications (GTK, Qt, terminals, games) look for
 /// beside them: input (relative pointer, pointer constraints, text input
 /// v3, tablets, cursor shapes), activation and window parenting
-/// (xdg-activation, xdg-foreign v2), fractional scaling, idle inhibition.
-/// None of these carries a descriptor (the test below walks them).
-pub fn relayed() -> [&'static Interface; 22] {
+/// (xdg-activation, xdg-foreign v1 as GTK 3 uses it and v2), fractional
+/// scaling, idle inhibition, touchpad gestures and keyboard-shortcut
+/// inhibition (GTK binds both, sway offers both). None of these carries a
+/// descriptor (the test below walks them).
+pub fn relayed() -> [&'static Interface; 26] {
     [
         WlCompositor::interface(),
         WlSubcompositor::interface(),
@@ -64,8 +71,12 @@ pub fn relayed() -> [&'static Interface; 22] {
         ZwpTabletManagerV2::interface(),
         WpCursorShapeManagerV1::interface(),
         XdgActivationV1::interface(),
+        ZxdgExporterV1::interface(),
+        ZxdgImporterV1::interface(),
         ZxdgExporterV2::interface(),
         ZxdgImporterV2::interface(),
+        ZwpPointerGesturesV1::interface(),
+        ZwpKeyboardShortcutsInhibitManagerV1::interface(),
         WpFractionalScaleManagerV1::interface(),
         ZwpIdleInhibitManagerV1::interface(),
     ]

@@ -22,13 +22,16 @@ mirror=$(awk 'BEGIN { RS = ""; FS = "\n" }
 # The root is also the real guests' Debian userland: shared over 9p,
 # read-only (eglinfo, vulkaninfo, kmscube and gl-check built with its GLES
 # headers for the 3D guest; weston-terminal and a font for the desktop
-# guest, tests/tests/guest_wayland.rs), and QEMU 11 from trixie-backports
+# guest, tests/tests/guest_wayland.rs, and the applications of
+# tests/tests/guest_desktop.rs), and QEMU 11 from trixie-backports
 # runs from it for the 3D tests.
 ready() {
     chroot "$root" pkg-config --atleast-version=1.3.0 virglrenderer 2>/dev/null &&
         [ -x "$root/usr/bin/eglinfo.x86_64-linux-gnu" ] && [ -e "$root/usr/include/GLES2/gl2.h" ] &&
         [ -x "$root/usr/bin/cpio" ] && [ -x "$root/usr/bin/kmscube" ] &&
-        [ -x "$root/usr/bin/weston-terminal" ] &&
+        [ -x "$root/usr/bin/weston-terminal" ] && [ -x "$root/usr/bin/foot" ] &&
+        [ -x "$root/usr/bin/gtk4-demo" ] && [ -x "$root/usr/bin/qterminal" ] &&
+        [ -x "$root/usr/bin/Xwayland" ] && [ -x "$root/usr/bin/xterm" ] &&
         chroot "$root" qemu-system-x86_64 --version 2>/dev/null | grep -q "version 11\."
 }
 if ready; then
@@ -47,6 +50,11 @@ chroot "$root" apt-get install -y -qq --no-install-recommends gcc libc6-dev pkg-
     libepoxy-dev libdrm-dev libgbm-dev libegl-dev libgles-dev libgl1-mesa-dri libegl-mesa0 \
     libegl1 mesa-vulkan-drivers libvulkan1 mesa-utils-bin vulkan-tools cpio kmscube \
     weston fonts-dejavu-core >/dev/null
+# The desktop guest's applications (tests/tests/guest_desktop.rs): a
+# terminal that needs a seat, an event printer, GTK 3 and 4, Qt 6, X11
+# through Xwayland.
+chroot "$root" apt-get install -y -qq --no-install-recommends foot wev gtk-3-examples \
+    gtk-4-examples qterminal qt6-wayland xwayland xterm x11-apps >/dev/null
 chroot "$root" apt-get install -y -qq --no-install-recommends -t trixie-backports \
     qemu-system-x86 >/dev/null
 mkdir -p "$debs"

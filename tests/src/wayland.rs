@@ -14,6 +14,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
+use wayland_client::globals::{registry_queue_init, GlobalListContents};
+use wayland_client::protocol::wl_pointer::ButtonState;
+use wayland_client::protocol::wl_registry::WlRegistry;
+use wayland_client::protocol::wl_seat::WlSeat;
+use wayland_client::{Connection, Dispatch, QueueHandle};
+use wayland_protocols_wlr::virtual_pointer::v1::client::{
+    zwlr_virtual_pointer_manager_v1::ZwlrVirtualPointerManagerV1,
+    zwlr_virtual_pointer_v1::ZwlrVirtualPointerV1,
+};
 
 use crate::blob_wire::*;
 use crate::gpu_wire::*;
@@ -151,6 +160,30 @@ impl Sway {
         crate::pattern::read_png(&png)
     }
 
+    /// A pointer on sway's seat, for an output of `extent` pixels.
+    pub fn pointer(&self, extent: (u32, u32)) -> Pointer {
+        let stream = std::os::unix::net::UnixStream::connect(&self.socket).expect("sway's socket");
+        let conn = Connection::from_socket(stream).expect("a Wayland connection to sway");
+        let (globals, queue) = registry_queue_init::<PointerState>(&conn).expect("sway's globals");
+        let qh = queue.handle();
+        let seat: WlSeat = globals.bind(&qh, 1..=1, ()).expect("sway has a seat");
+        let manager: ZwlrVirtualPointerManagerV1 = globals
+            .bind(&qh, 1..=2, ())
+            .expect("sway offers zwlr_virtual_pointer_manager_v1");
+        let pointer = manager.create_virtual_pointer(Some(&seat), &qh, ());
+        let mut pointer = Pointer {
+            queue,
+            pointer,
+            extent,
+            started: Instant::now(),
+        };
+        pointer
+            .queue
+            .roundtrip(&mut PointerState)
+            .expect("sway answers");
+        pointer
+    }
+
     /// Types `text` into the focused window, as a keyboard would (`wtype`).
     ///
     /// The headless seat has no keyboard until wtype makes its virtual one;
@@ -168,6 +201,70 @@ impl Sway {
             .status()
             .expect("run wtype");
         assert!(status.success(), "wtype: {status}");
+    }
+}
+
+/// A pointer on sway's seat, through the wlr virtual-pointer protocol:
+/// the headless backend has no pointer of its own, so this one makes the
+/// seat's pointer capability, as a mouse plugged in would (kept as long as
+/// this lives, so clients bind it once).
+pub struct Pointer {
+    queue: wayland_client::EventQueue<PointerState>,
+    pointer: ZwlrVirtualPointerV1,
+    /// The output's size: absolute motion is given in it.
+    extent: (u32, u32),
+    started: Instant,
+}
+
+/// [`Pointer`]'s dispatch: none of its objects has events it needs.
+pub struct PointerState;
+
+impl Dispatch<WlRegistry, GlobalListContents> for PointerState {
+    fn event(
+        _: &mut Self,
+        _: &WlRegistry,
+        _: wayland_client::protocol::wl_registry::Event,
+        _: &GlobalListContents,
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
+    }
+}
+
+wayland_client::delegate_noop!(PointerState: ignore WlSeat);
+wayland_client::delegate_noop!(PointerState: ZwlrVirtualPointerManagerV1);
+wayland_client::delegate_noop!(PointerState: ZwlrVirtualPointerV1);
+
+/// Linux's BTN_LEFT.
+pub const BUTTON_LEFT: u32 = 0x110;
+
+impl Pointer {
+    fn time(&self) -> u32 {
+        self.started.elapsed().as_millis() as u32
+    }
+
+    /// Moves the pointer to (x, y) on the output.
+    pub fn move_to(&mut self, x: u32, y: u32) {
+        let t = self.time();
+        self.pointer
+            .motion_absolute(t, x, y, self.extent.0, self.extent.1);
+        self.pointer.frame();
+        self.queue
+            .roundtrip(&mut PointerState)
+            .expect("sway answers");
+    }
+
+    /// Presses and releases `button` where the pointer is.
+    pub fn click(&mut self, button: u32) {
+        for state in [ButtonState::Pressed, ButtonState::Released] {
+            let t = self.time();
+            self.pointer.button(t, button, state);
+            self.pointer.frame();
+            self.queue
+                .roundtrip(&mut PointerState)
+                .expect("sway answers");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

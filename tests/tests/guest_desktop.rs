@@ -1,0 +1,402 @@
+//! Debian's desktop applications in the guest, on a host compositor with a
+//! seat: a QEMU 11.1 guest against the jailed backend, its Debian 13
+//! userland over 9p (the gpu3d root), `gpu-airlock-guest` serving Wayland
+//! in it, and sway's headless backend on the host, which has a seat that
+//! `wtype` types on and the harness's virtual pointer moves and clicks, and
+//! `grim` for screenshots.
+//!
+//! The guest runs what the test asks on its console (tests/guest/init-wayland,
+//! mode `desktop`): each application is started as a user's session would
+//! start it, and each test checks what it drew (a screenshot) and what it
+//! received (a file the application wrote, or `wev`'s event log).
+//!
+//! Needs what `tests/guest/prepare.sh` makes (the guest, its userland with
+//! the applications, sway, grim, wtype); without them each test, `#[ignore]`d
+//! for it, fails when run (`cargo test -- --include-ignored`, as `.ci/run`
+//! does) and is listed as not run by a plain `cargo test`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use harness::guest::{error_responses, qemu11, Boot, Guest, GuestImage};
+use harness::wayland::{Pointer, Sway, BUTTON_LEFT};
+use harness::{binary, Backend, TempDir};
+
+/// Linux's BTN_RIGHT.
+const BUTTON_RIGHT: u32 = 0x111;
+
+/// The guest's Debian userland with the applications (tests/gpu3d/prepare.sh,
+/// which tests/guest/prepare.sh runs).
+fn debian_root() -> Option<PathBuf> {
+    let root = harness::guest::guest_cache().join("gpu3d");
+    if root.join("usr/bin/foot").exists() && root.join("usr/bin/gtk3-demo").exists() {
+        return Some(std::fs::canonicalize(root).unwrap());
+    }
+    harness::guest::cannot_run(&format!(
+        "the desktop guest needs its applications in {}: run `sudo tests/guest/prepare.sh`",
+        root.display()
+    ));
+    None
+}
+
+/// A guest desktop: sway on the host, the backend on sway, the guest with
+/// its proxy, and the applications the test starts in it.
+struct Desktop {
+    guest: Guest,
+    sway: Sway,
+    backend: Backend,
+}
+
+impl Desktop {
+    fn start(name: &str) -> Desktop {
+        let image = harness::guest::needed(GuestImage::find());
+        harness::guest::needed(qemu11());
+        let root = harness::guest::needed(debian_root());
+        let sway = harness::guest::needed(Sway::start());
+        let backend = Backend::start(&["--wayland-socket", &sway.arg()]);
+        let share = format!(
+            "local,path={},mount_tag=root,security_model=none,readonly=on",
+            root.display()
+        );
+        let dir = TempDir::new(name);
+        let init = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guest/init-wayland");
+        let proxy = binary("gpu-airlock-guest");
+        let initrd = image.with_files(
+            &dir.0,
+            &[("/init", &init), ("/bin/gpu-airlock-guest", &proxy)],
+        );
+        let boot = Boot {
+            extra: vec!["-virtfs".into(), share.into()],
+            ..Boot::qemu11(
+                &image,
+                &initrd,
+                &backend.socket,
+                "airlock.mode=desktop",
+                1024,
+            )
+        };
+        let mut guest = Guest::boot(qemu11().expect("checked"), boot, dir);
+        let ready = guest.wait_line(Duration::from_secs(120), |l| {
+            l.contains("GUEST: desktop waiting")
+        });
+        assert!(ready.is_some(), "the guest's desktop: {:#?}", guest.lines);
+        Desktop {
+            guest,
+            sway,
+            backend,
+        }
+    }
+
+    /// Waits for the guest's next prompt.
+    fn prompt(&mut self, secs: u64) {
+        let seen = self.guest.wait_line(Duration::from_secs(secs), |l| {
+            l.contains("GUEST: desktop waiting")
+        });
+        assert!(
+            seen.is_some(),
+            "the guest answered: {:#?}",
+            self.guest.lines
+        );
+    }
+
+    /// Starts `command` in the guest as `name`, and waits until its first
+    /// window changed the screen (a region of at least `min` pixels each
+    /// way): that region, and how long it took.
+    fn run(&mut self, name: &str, command: &str, min: (usize, usize)) -> (Window, Duration) {
+        let (width, _, before) = self.sway.screenshot();
+        let asked = Instant::now();
+        self.guest.type_line(&format!("run {name} {command}"));
+        self.prompt(60);
+        let deadline = asked + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            let (_, _, now) = self.sway.screenshot();
+            if let Some(w) = changed(&before, &now, width) {
+                if w.w >= min.0 && w.h >= min.1 {
+                    return (w, asked.elapsed());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.guest.type_line(&format!("stop {name}"));
+        self.prompt(30);
+        panic!("{name}'s window showed on sway: {:#?}", self.guest.lines)
+    }
+
+    /// Ends `name` with `signal` (`stop`: SIGTERM, `kill`: SIGKILL); what it
+    /// printed.
+    fn end(&mut self, how: &str, name: &str) -> Vec<String> {
+        let from = self.guest.lines.len();
+        self.guest.type_line(&format!("{how} {name}"));
+        self.prompt(60);
+        let prefix = format!("APP {name}: ");
+        self.guest.lines[from..]
+            .iter()
+            .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+
+    /// A file of the guest root's /run, as the guest reads it.
+    fn file(&mut self, name: &str) -> String {
+        self.guest.type_line(&format!("file {name}"));
+        let prefix = format!("FILE {name}: ");
+        let line = self
+            .guest
+            .wait_line(Duration::from_secs(30), |l| l.starts_with(&prefix));
+        self.prompt(30);
+        line.and_then(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// Saves a screenshot where GPU_AIRLOCK_SCREENSHOTS says.
+    fn keep_screenshot(&self, name: &str) {
+        if let Ok(dir) = std::env::var("GPU_AIRLOCK_SCREENSHOTS") {
+            let (w, h, rgb) = self.sway.screenshot();
+            let mut ppm = format!("P6\n{w} {h}\n255\n").into_bytes();
+            ppm.extend_from_slice(&rgb);
+            std::fs::write(Path::new(&dir).join(format!("{name}.ppm")), ppm).unwrap();
+        }
+    }
+
+    /// Ends the guest's applications and its proxy; the console. The
+    /// guest's kernel saw no error response, the proxy ended cleanly and
+    /// the backend logged no warning.
+    fn quit(mut self) -> Vec<String> {
+        self.guest.type_line("quit");
+        let seen = self
+            .guest
+            .wait_line(Duration::from_secs(60), |l| l.contains("GUEST: proxy exit"));
+        assert!(seen.is_some(), "the proxy ended: {:#?}", self.guest.lines);
+        let console = self.guest.quit();
+        assert!(
+            console.iter().any(|l| l.contains("GUEST: proxy exit 0")),
+            "the proxy ended cleanly: {console:#?}"
+        );
+        assert!(error_responses(&console).is_empty(), "{console:#?}");
+        let log = self.backend.log.lines();
+        let warnings: Vec<&String> = log
+            .iter()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        assert!(warnings.is_empty(), "the backend warned: {warnings:#?}");
+        console
+    }
+}
+
+/// A region of the screen.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    x: usize,
+    y: usize,
+    w: usize,
+    h: usize,
+}
+
+impl Window {
+    fn centre(&self) -> (u32, u32) {
+        ((self.x + self.w / 2) as u32, (self.y + self.h / 2) as u32)
+    }
+}
+
+/// The bounding box of the pixels that differ between two screenshots.
+fn changed(a: &[u8], b: &[u8], width: usize) -> Option<Window> {
+    let mut bbox: Option<(usize, usize, usize, usize)> = None;
+    for (i, (p, q)) in a.chunks(3).zip(b.chunks(3)).enumerate() {
+        if p != q {
+            let (x, y) = (i % width, i / width);
+            let (x0, y0, x1, y1) = bbox.unwrap_or((x, y, x, y));
+            bbox = Some((x0.min(x), y0.min(y), x1.max(x), y1.max(y)));
+        }
+    }
+    bbox.map(|(x0, y0, x1, y1)| Window {
+        x: x0,
+        y: y0,
+        w: x1 - x0 + 1,
+        h: y1 - y0 + 1,
+    })
+}
+
+/// How many colours `window` shows, and how many pixels the commonest
+/// one covers.
+fn colours(rgb: &[u8], width: usize, window: Window) -> (usize, usize) {
+    let mut seen = std::collections::HashMap::new();
+    for row in window.y..window.y + window.h {
+        for col in window.x..window.x + window.w {
+            let i = (row * width + col) * 3;
+            *seen.entry(&rgb[i..i + 3]).or_insert(0usize) += 1;
+        }
+    }
+    (seen.len(), seen.values().max().copied().unwrap_or(0))
+}
+
+/// The window's content looks drawn: a background and things on it, not
+/// one flat colour.
+fn assert_drawn(desktop: &Desktop, name: &str, window: Window) {
+    let (width, _, rgb) = desktop.sway.screenshot();
+    let (n, most) = colours(&rgb, width, window);
+    assert!(
+        n > 2 && most < window.w * window.h,
+        "{name}'s window {window:?} shows more than one colour ({n})"
+    );
+}
+
+/// Types a command into the focused guest terminal and returns what the
+/// file it writes holds, as the guest reads it.
+fn typed_into(desktop: &mut Desktop, words: &str) -> String {
+    desktop
+        .sway
+        .type_text(&format!("echo {words} > /run/typed\n"));
+    // The keys travel host → proxy → the application → its shell.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = desktop.file("typed");
+        if got == words || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// foot, the terminal that needs a seat (weston's headless backend has
+/// none: "no seats available"): its window shows, and a command typed on
+/// the host runs in its shell.
+#[test]
+#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
+fn foot_in_the_guest_runs_what_the_host_types() {
+    let mut desktop = Desktop::start("guest-foot");
+    let (window, took) = desktop.run("foot", "foot", (200, 100));
+    println!(
+        "BENCH foot from a Debian guest (TCG): first frame on sway {} ms after it was started, \
+         a {}x{} window",
+        took.as_millis(),
+        window.w,
+        window.h
+    );
+    assert_drawn(&desktop, "foot", window);
+    // The shell needs a moment after the window to read its input.
+    std::thread::sleep(Duration::from_secs(2));
+    let typed = typed_into(&mut desktop, "typed-into-foot");
+    desktop.keep_screenshot("guest-foot");
+    let said = desktop.end("stop", "foot");
+    assert_eq!(
+        typed, "typed-into-foot",
+        "the keys typed on the host ran the command in foot's shell: {said:#?}"
+    );
+    desktop.quit();
+}
+
+/// The seat's pointer and keyboard reach a guest client: `wev` prints
+/// every event it gets; the host moves the pointer onto its window,
+/// clicks, and types a key.
+#[test]
+#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
+fn the_hosts_pointer_and_keyboard_reach_a_guest_client() {
+    let mut desktop = Desktop::start("guest-wev");
+    let (width, height, _) = desktop.sway.screenshot();
+    // The pointer is there before the client, as a mouse would be.
+    let mut pointer: Pointer = desktop.sway.pointer((width as u32, height as u32));
+    let (window, _) = desktop.run("wev", "stdbuf -oL wev", (100, 100));
+    let (x, y) = window.centre();
+    // The client binds wl_pointer when it first sees the seat; give the
+    // round trip through the proxy a moment, then move, click and type.
+    std::thread::sleep(Duration::from_secs(2));
+    pointer.move_to(x - 10, y - 10);
+    pointer.move_to(x, y);
+    pointer.click(BUTTON_LEFT);
+    desktop.sway.type_text("q");
+    std::thread::sleep(Duration::from_secs(3));
+    let events = desktop.end("stop", "wev");
+    let has = |what: &[&str]| events.iter().any(|l| what.iter().all(|w| l.contains(w)));
+    assert!(
+        has(&["wl_pointer", "enter"]),
+        "wev saw the pointer enter: {events:#?}"
+    );
+    assert!(
+        has(&["wl_pointer", "motion"]),
+        "wev saw the pointer move: {events:#?}"
+    );
+    assert!(
+        has(&["wl_pointer", "button", "272", "pressed"])
+            && has(&["wl_pointer", "button", "272", "released"]),
+        "wev saw the left button pressed and released: {events:#?}"
+    );
+    assert!(
+        has(&["sym: q"]),
+        "wev saw the key typed on the host: {events:#?}"
+    );
+    drop(pointer);
+    desktop.quit();
+}
+
+/// GTK 3: gtk3-demo's window, and a popup menu (an xdg_popup) opened by a
+/// right click in its text view.
+#[test]
+#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
+fn gtk3_demo_shows_and_opens_a_popup_menu() {
+    popup_test("gtk3", "env NO_AT_BRIDGE=1 GDK_BACKEND=wayland gtk3-demo");
+}
+
+/// GTK 4 (the cairo renderer: the guest has no 3D here): gtk4-demo's
+/// window, and the popover menu (an xdg_popup) of its text view.
+#[test]
+#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
+fn gtk4_demo_shows_and_opens_a_popup_menu() {
+    popup_test(
+        "gtk4",
+        "env NO_AT_BRIDGE=1 GSK_RENDERER=cairo GDK_DISABLE=gl,vulkan GDK_BACKEND=wayland gtk4-demo",
+    );
+}
+
+/// Starts `command`, waits for its window, right-clicks in the right half
+/// of it (the demos' source view) and checks that a popup showed there.
+fn popup_test(name: &str, command: &str) {
+    let mut desktop = Desktop::start(&format!("guest-{name}"));
+    let (width, height, _) = desktop.sway.screenshot();
+    let mut pointer = desktop.sway.pointer((width as u32, height as u32));
+    let (window, took) = desktop.run(name, command, (300, 200));
+    println!(
+        "BENCH {command} from a Debian guest (TCG): first frame on sway {} ms after it was \
+         started, a {}x{} window",
+        took.as_millis(),
+        window.w,
+        window.h
+    );
+    // Let it finish drawing (a toolkit's first frames come in steps).
+    let mut last = desktop.sway.screenshot().2;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = desktop.sway.screenshot().2;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert_drawn(&desktop, name, window);
+    let at = (
+        (window.x + window.w * 3 / 4) as u32,
+        (window.y + window.h / 2) as u32,
+    );
+    pointer.move_to(at.0, at.1);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = desktop.sway.screenshot().2;
+    pointer.click(BUTTON_RIGHT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut popup = None;
+    while popup.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = desktop.sway.screenshot().2;
+        popup = changed(&before, &now, width).filter(|w| w.w >= 60 && w.h >= 40);
+    }
+    desktop.keep_screenshot(&format!("guest-{name}-popup"));
+    let said = desktop.end("stop", name);
+    let popup = popup.unwrap_or_else(|| panic!("{name}'s popup menu showed: {said:#?}"));
+    // The menu opens at the click.
+    assert!(
+        popup.x <= at.0 as usize + 5
+            && at.0 as usize <= popup.x + popup.w + 5
+            && popup.y <= at.1 as usize + 5
+            && at.1 as usize <= popup.y + popup.h + 5,
+        "{name}'s popup {popup:?} is where the click was ({at:?}): {said:#?}"
+    );
+    drop(pointer);
+    desktop.quit();
+}
