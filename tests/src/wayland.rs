@@ -160,6 +160,36 @@ impl Sway {
         crate::pattern::read_png(&png)
     }
 
+    /// The application id of every window sway holds, from its IPC tree
+    /// (`swaymsg -t get_tree`), in the tree's order.
+    pub fn windows(&self) -> Vec<String> {
+        let run = self.socket.parent().unwrap();
+        let ipc = std::fs::read_dir(run)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                name.starts_with("sway-ipc.") && name.ends_with(".sock")
+            })
+            .expect("sway's IPC socket");
+        let out = Command::new("swaymsg")
+            .arg("-s")
+            .arg(&ipc)
+            .args(["-r", "-t", "get_tree"])
+            .output()
+            .expect("run swaymsg");
+        assert!(out.status.success(), "swaymsg: {}", out.status);
+        let tree = String::from_utf8_lossy(&out.stdout);
+        let key = "\"app_id\": \"";
+        tree.match_indices(key)
+            .filter_map(|(at, _)| {
+                let rest = &tree[at + key.len()..];
+                rest.find('"').map(|end| rest[..end].to_string())
+            })
+            .collect()
+    }
+
     /// A pointer on sway's seat, for an output of `extent` pixels.
     pub fn pointer(&self, extent: (u32, u32)) -> Pointer {
         let stream = std::os::unix::net::UnixStream::connect(&self.socket).expect("sway's socket");

@@ -400,3 +400,131 @@ fn popup_test(name: &str, command: &str) {
     drop(pointer);
     desktop.quit();
 }
+
+/// Qt 6 (qt6-wayland): qterminal, LXQt's terminal; a command typed on the
+/// host runs in its shell.
+#[test]
+#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
+fn qterminal_a_qt6_application_runs_what_the_host_types() {
+    let mut desktop = Desktop::start("guest-qterminal");
+    let (window, took) = desktop.run(
+        "qterminal",
+        "env QT_QPA_PLATFORM=wayland SHELL=/bin/sh qterminal",
+        (200, 100),
+    );
+    println!(
+        "BENCH qterminal (Qt 6) from a Debian guest (TCG): first frame on sway {} ms after it \
+         was started, a {}x{} window",
+        took.as_millis(),
+        window.w,
+        window.h
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_drawn(&desktop, "qterminal", window);
+    let typed = typed_into(&mut desktop, "typed-into-qterminal");
+    desktop.keep_screenshot("guest-qterminal");
+    let said = desktop.end("stop", "qterminal");
+    assert_eq!(
+        typed, "typed-into-qterminal",
+        "the keys typed on the host ran the command in qterminal's shell: {said:#?}"
+    );
+    desktop.quit();
+}
+
+/// X11 through rootful Xwayland (one host window holding the X screen,
+/// its buffers in shared memory): xterm in it, and what the host types
+/// with the pointer over xterm (X's focus follows the pointer with no
+/// window manager) runs in xterm's shell.
+#[test]
+#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
+fn xterm_through_rootful_xwayland_runs_what_the_host_types() {
+    let mut desktop = Desktop::start("guest-xterm");
+    let (width, height, _) = desktop.sway.screenshot();
+    let mut pointer = desktop.sway.pointer((width as u32, height as u32));
+    let (screen, took) = desktop.run("xwayland", "Xwayland :1 -geometry 800x600 -shm", (200, 100));
+    println!(
+        "BENCH rootful Xwayland from a Debian guest (TCG): first frame on sway {} ms after it \
+         was started, a {}x{} window",
+        took.as_millis(),
+        screen.w,
+        screen.h
+    );
+    let before = desktop.sway.screenshot().2;
+    desktop
+        .guest
+        .type_line("run xterm env DISPLAY=:1 SHELL=/bin/sh xterm -geometry 80x24+0+0");
+    desktop.prompt(60);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut xterm = None;
+    while xterm.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = desktop.sway.screenshot().2;
+        xterm = changed(&before, &now, width).filter(|w| w.w >= 200 && w.h >= 100);
+    }
+    let Some(xterm) = xterm else {
+        let said = desktop.end("stop", "xterm");
+        panic!("xterm drew in Xwayland's window: {said:#?}");
+    };
+    // The X pointer onto xterm, then the keys.
+    let (x, y) = xterm.centre();
+    pointer.move_to(x - 5, y - 5);
+    pointer.move_to(x, y);
+    std::thread::sleep(Duration::from_secs(2));
+    let typed = typed_into(&mut desktop, "typed-into-xterm");
+    desktop.keep_screenshot("guest-xterm");
+    let xterm_said = desktop.end("stop", "xterm");
+    let xwayland_said = desktop.end("stop", "xwayland");
+    assert_eq!(
+        typed, "typed-into-xterm",
+        "the keys typed on the host ran the command in xterm's shell: {xterm_said:#?} \
+         {xwayland_said:#?}"
+    );
+    drop(pointer);
+    desktop.quit();
+}
+
+/// Two applications at once: foot and gtk3-demo side by side; gtk3-demo
+/// is killed (SIGKILL, as a crash), and foot keeps its window and its
+/// keyboard.
+#[test]
+#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
+fn one_application_killed_leaves_the_other_its_window_and_keyboard() {
+    let mut desktop = Desktop::start("guest-two");
+    desktop.run("foot", "foot", (200, 100));
+    desktop.run("gtk3", "env NO_AT_BRIDGE=1 gtk3-demo", (200, 100));
+    std::thread::sleep(Duration::from_secs(3));
+    desktop.keep_screenshot("guest-two");
+    // sway holds both windows (its tree names each by its app_id).
+    let windows = desktop.sway.windows();
+    assert!(
+        windows.iter().any(|w| w == "foot") && windows.iter().any(|w| w == "gtk3-demo"),
+        "sway shows foot and gtk3-demo: {windows:?}"
+    );
+    let killed = desktop.end("kill", "gtk3");
+    assert!(
+        desktop
+            .guest
+            .lines
+            .iter()
+            .any(|l| l.contains("GUEST: gtk3 exit 137")),
+        "gtk3-demo was killed: {killed:#?}"
+    );
+    // Its window goes, foot's stays.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut windows = desktop.sway.windows();
+    while windows.len() > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        windows = desktop.sway.windows();
+    }
+    assert_eq!(windows, ["foot"], "only foot's window is left");
+    // foot takes the output again, and the keys reach it.
+    std::thread::sleep(Duration::from_secs(3));
+    let typed = typed_into(&mut desktop, "foot-still-here");
+    desktop.keep_screenshot("guest-two-after");
+    let said = desktop.end("stop", "foot");
+    assert_eq!(
+        typed, "foot-still-here",
+        "foot kept its keyboard after gtk3-demo died: {said:#?}"
+    );
+    desktop.quit();
+}
