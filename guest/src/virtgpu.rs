@@ -218,12 +218,27 @@ fn errno(e: nix::Error) -> io::Error {
 }
 
 impl Gpu {
+    /// Opens a render node. A render node is its seat's: Debian's udev gives it to group
+    /// `render` and, through logind's `uaccess` ACL, to the user of the
+    /// active session on the seat. A refusal says so.
     pub fn open(path: &Path) -> io::Result<Gpu> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(nix::libc::O_CLOEXEC)
-            .open(path)?;
+            .open(path)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::PermissionDenied => io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{}: {e} (a render node is open to the active session on its seat \
+                         (logind's uaccess) and to group render: log in on the VM's \
+                         console or display, or add the user to group render)",
+                        path.display()
+                    ),
+                ),
+                _ => io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+            })?;
         Ok(Gpu { fd: file.into() })
     }
 

@@ -32,6 +32,7 @@ ready() {
         [ -x "$root/usr/bin/weston-terminal" ] && [ -x "$root/usr/bin/foot" ] &&
         [ -x "$root/usr/bin/gtk4-demo" ] && [ -x "$root/usr/bin/qterminal" ] &&
         [ -x "$root/usr/bin/Xwayland" ] && [ -x "$root/usr/bin/xterm" ] &&
+        [ -x "$root/usr/lib/systemd/systemd" ] && [ -x "$root/usr/bin/udevadm" ] && chroot "$root" id tester >/dev/null 2>&1 &&
         chroot "$root" qemu-system-x86_64 --version 2>/dev/null | grep -q "version 11\."
 }
 if ready; then
@@ -55,6 +56,13 @@ chroot "$root" apt-get install -y -qq --no-install-recommends gcc libc6-dev pkg-
 # through Xwayland.
 chroot "$root" apt-get install -y -qq --no-install-recommends foot wev gtk-3-examples \
     gtk-4-examples qterminal qt6-wayland xwayland xterm x11-apps >/dev/null
+# The guest that boots this root with systemd, installs the guest package
+# and logs a user in (its PAM session starts the user's manager, whose
+# socket unit starts gpu-airlock-guest): systemd, logind's PAM module and
+# the system bus, udev (which gives render nodes to every user, as Debian
+# does), and the user.
+chroot "$root" apt-get install -y -qq --no-install-recommends systemd udev libpam-systemd dbus >/dev/null
+chroot "$root" id tester >/dev/null 2>&1 || chroot "$root" useradd -m -u 1000 -s /bin/sh tester
 chroot "$root" apt-get install -y -qq --no-install-recommends -t trixie-backports \
     qemu-system-x86 >/dev/null
 mkdir -p "$debs"

@@ -91,7 +91,7 @@ fi
 pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
 kver=${pkg#linux-image-}
 if [ ! -f "$cache/vmlinuz-$kver" ] ||
-    ! grep -qxs 9p.ko "$cache/modules-$kver/load-order"; then
+    ! grep -qxs overlay.ko "$cache/modules-$kver/load-order"; then
     tmp=$(mktemp -d)
     (cd "$tmp" && apt-get download -q "$pkg" 2>/dev/null && dpkg-deb -x ./*.deb root)
     /sbin/depmod -b "$tmp/root" "$kver"
@@ -102,10 +102,13 @@ if [ ! -f "$cache/vmlinuz-$kver" ] ||
     # virtio-gpu and virtio-pci with their dependencies, loadable in order,
     # qemu_fw_cfg, through which the test hands the guest its pattern, and
     # 9p over virtio, through which the 3D guest gets its Debian userland
-    # (tests/tests/gpu3d.rs).
+    # (tests/tests/gpu3d.rs), and overlayfs, which makes that userland
+    # writable for the guest that boots it with systemd
+    # (tests/tests/guest_desktop.rs).
     : > "$cache/modules-$kver/load-order"
     for top in kernel/drivers/virtio/virtio_pci.ko kernel/drivers/gpu/drm/virtio/virtio-gpu.ko \
-        kernel/drivers/firmware/qemu_fw_cfg.ko kernel/net/9p/9pnet_virtio.ko kernel/fs/9p/9p.ko; do
+        kernel/drivers/firmware/qemu_fw_cfg.ko kernel/net/9p/9pnet_virtio.ko kernel/fs/9p/9p.ko \
+        kernel/fs/overlayfs/overlay.ko; do
         deps=$(awk -v m="$top:" '$1 == m { for (i = NF; i > 1; i--) print $i }' "$moddir/modules.dep")
         for mod in $deps $top; do
             name=$(basename "$mod")

@@ -528,3 +528,113 @@ fn one_application_killed_leaves_the_other_its_window_and_keyboard() {
     );
     desktop.quit();
 }
+
+/// The guest package (`tests/install-package` builds it, as `.ci/run`
+/// does), or None after saying so loudly.
+fn guest_package() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
+    let newest = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("gpu-airlock-guest_"))
+        })
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok());
+    if newest.is_none() {
+        harness::guest::cannot_run(&format!(
+            "the guest package is not built in {}: run `sudo tests/install-package`",
+            dir.display()
+        ));
+    }
+    newest
+}
+
+/// The guest package in a Debian guest booted with systemd: `dpkg -i`, a
+/// user logs in, and the session's first Wayland client (foot) starts
+/// gpu-airlock-guest through the package's socket unit, as that user,
+/// under the user's systemd; foot's window shows on the host.
+#[test]
+#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway and the guest package: tests/guest/prepare.sh, tests/install-package"]
+fn the_guest_package_serves_a_users_session_after_dpkg_and_a_log_in() {
+    let image = harness::guest::needed(GuestImage::find());
+    harness::guest::needed(qemu11());
+    let root = harness::guest::needed(debian_root());
+    let package = harness::guest::needed(guest_package());
+    let sway = harness::guest::needed(Sway::start());
+    let backend = Backend::start(&["--wayland-socket", &sway.arg()]);
+    let share = format!(
+        "local,path={},mount_tag=root,security_model=none,readonly=on",
+        root.display()
+    );
+    let dir = TempDir::new("guest-session");
+    let init = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guest/init-wayland");
+    let name = package.file_name().unwrap().to_string_lossy().into_owned();
+    let inside = format!("/pkg/{name}");
+    let initrd = image.with_files(&dir.0, &[("/init", &init), (&inside, &package)]);
+    let boot = Boot {
+        extra: vec!["-virtfs".into(), share.into()],
+        ..Boot::qemu11(
+            &image,
+            &initrd,
+            &backend.socket,
+            "airlock.mode=session",
+            1024,
+        )
+    };
+    let (width, _, empty) = sway.screenshot();
+    let mut guest = Guest::boot(qemu11().expect("checked"), boot, dir);
+    // systemd boots the overlay, the unit installs the package and logs in.
+    let proxy = guest.wait_line(Duration::from_secs(180), |l| {
+        l.contains("GUEST: proxy ") && l.contains(": uid ") || l.contains("GUEST: session done")
+    });
+    // foot's window on sway, and drawn.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut windows = sway.windows();
+    let mut drawn = None;
+    while (drawn.is_none() || !windows.iter().any(|w| w == "foot")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        windows = sway.windows();
+        drawn = changed(&empty, &sway.screenshot().2, width).filter(|w| w.w >= 200 && w.h >= 100);
+    }
+    if let Ok(dir) = std::env::var("GPU_AIRLOCK_SCREENSHOTS") {
+        let (w, h, rgb) = sway.screenshot();
+        let mut ppm = format!("P6\n{w} {h}\n255\n").into_bytes();
+        ppm.extend_from_slice(&rgb);
+        std::fs::write(Path::new(&dir).join("guest-session.ppm"), ppm).unwrap();
+    }
+    guest.wait_line(Duration::from_secs(60), |l| {
+        l.contains("GUEST: session done")
+    });
+    let console = guest.quit();
+    let said = |what: &str| console.iter().any(|l| l.contains(what));
+    assert!(
+        said("GUEST: dpkg -i exit 0"),
+        "dpkg installed the package: {console:#?}"
+    );
+    assert!(
+        said("GUEST: socket unit enabled: gpu-airlock-guest.socket"),
+        "the package enabled its socket unit for every user: {console:#?}"
+    );
+    assert!(
+        said("GUEST: proxy running before the log-in: no"),
+        "nothing started the proxy before the session's first client: {console:#?}"
+    );
+    let proxy = proxy.unwrap_or_default();
+    assert!(
+        proxy.contains("uid 1000, parent /usr/lib/systemd/systemd --user"),
+        "the user's systemd started gpu-airlock-guest as the user: {proxy} {console:#?}"
+    );
+    assert!(
+        said("GUEST: session WAYLAND_DISPLAY=wayland-0"),
+        "the log-in session names the socket: {console:#?}"
+    );
+    assert!(
+        windows.iter().any(|w| w == "foot"),
+        "foot's window showed on sway: {windows:?} {console:#?}"
+    );
+    assert!(drawn.is_some(), "foot drew its window: {console:#?}");
+    assert!(error_responses(&console).is_empty(), "{console:#?}");
+}
