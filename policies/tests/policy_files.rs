@@ -12,7 +12,7 @@ const PROFILES: [(&str, usize); 4] = [
     ("broker", 30),
     ("gpu-worker", 25),
     ("render-worker", 45),
-    ("render-worker-gpu-stack", 16),
+    ("render-worker-gpu-stack", 17),
 ];
 
 fn policy(name: &str) -> Value {
