@@ -36,6 +36,7 @@ use wayland_protocols::xdg::foreign::zv2::client::{
     zxdg_exporter_v2::ZxdgExporterV2, zxdg_importer_v2::ZxdgImporterV2,
 };
 use wayland_protocols::xdg::shell::client::xdg_wm_base::XdgWmBase;
+use wayland_protocols_plasma::server_decoration::client::org_kde_kwin_server_decoration_manager::OrgKdeKwinServerDecorationManager;
 use wayland_protocols::xdg::xdg_output::zv1::client::zxdg_output_manager_v1::ZxdgOutputManagerV1;
 
 /// wl_display: object 1 of every connection.
@@ -49,9 +50,13 @@ pub fn display() -> &'static Interface {
 /// v3, tablets, cursor shapes), activation and window parenting
 /// (xdg-activation, xdg-foreign v1 as GTK 3 uses it and v2), fractional
 /// scaling, idle inhibition, touchpad gestures and keyboard-shortcut
-/// inhibition (GTK binds both, sway offers both). None of these carries a
-/// descriptor (the test below walks them).
-pub fn relayed() -> [&'static Interface; 26] {
+/// inhibition (GTK binds both, sway offers both), and KDE's server
+/// decoration, by which GTK 3 and 4 tell sway and KDE they draw their own
+/// (without it, sway draws a title bar above GTK's header bar). The set
+/// covers every global that GTK 3 and 4, Qt 6, foot, Xwayland and wev
+/// bound on sway (WAYLAND_DEBUG; the applications of the desktop tests).
+/// None of these carries a descriptor (the test below walks them).
+pub fn relayed() -> [&'static Interface; 27] {
     [
         WlCompositor::interface(),
         WlSubcompositor::interface(),
@@ -77,6 +82,7 @@ pub fn relayed() -> [&'static Interface; 26] {
         ZxdgImporterV2::interface(),
         ZwpPointerGesturesV1::interface(),
         ZwpKeyboardShortcutsInhibitManagerV1::interface(),
+        OrgKdeKwinServerDecorationManager::interface(),
         WpFractionalScaleManagerV1::interface(),
         ZwpIdleInhibitManagerV1::interface(),
     ]

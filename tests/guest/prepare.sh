@@ -40,7 +40,8 @@ command -v busybox >/dev/null && busybox --list | grep -qx insmod || need+=(busy
 command -v cpio >/dev/null || need+=(cpio)
 [ -x /sbin/depmod ] || need+=(kmod)
 command -v weston >/dev/null || need+=(weston)
-command -v sway >/dev/null && command -v wtype >/dev/null && command -v grim >/dev/null || need+=(sway)
+command -v sway >/dev/null && command -v wtype >/dev/null && command -v grim >/dev/null &&
+    command -v wl-copy >/dev/null || need+=(sway)
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
 command -v man >/dev/null || need+=(man-db)
 [ -x /usr/sbin/libvirtd ] && command -v virsh >/dev/null || need+=(libvirt)
@@ -57,8 +58,9 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-system-gui >/dev/null
     # weston (headless) is the real compositor of the cross-domain tests.
     apt-get install -y -qq busybox-static cpio kmod weston >/dev/null
-    # A compositor with a seat, and a keyboard and screenshots for it.
-    apt-get install -y -qq --no-install-recommends sway wtype grim >/dev/null
+    # A compositor with a seat, and a keyboard, screenshots and a
+    # clipboard client (data-control: no window needed) for it.
+    apt-get install -y -qq --no-install-recommends sway wtype grim wl-clipboard >/dev/null
     # The operators' tests: systemd-analyze, systemd-socket-activate, man.
     apt-get install -y -qq systemd man-db >/dev/null
     # The libvirt test: Debian's libvirt 9 (daemon, QEMU driver, virsh);

@@ -88,14 +88,14 @@ impl Sway {
     /// Starts sway, or None (after saying so loudly) where sway, grim or
     /// wtype is not installed.
     pub fn start() -> Option<Sway> {
-        for tool in ["sway", "grim", "wtype", "setpriv"] {
+        for tool in ["sway", "grim", "wtype", "wl-copy", "setpriv"] {
             let found = Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
                 .output()
                 .is_ok_and(|o| o.status.success());
             if !found {
                 crate::guest::cannot_run(&format!(
-                    "the seat tests need {tool} (apt-get install sway grim wtype; .ci/run does)"
+                    "the seat tests need {tool} (apt-get install sway grim wtype wl-clipboard; .ci/run does)"
                 ));
                 return None;
             }
@@ -190,6 +190,19 @@ impl Sway {
             .collect()
     }
 
+    /// What sway's clipboard holds, as a host application reads it
+    /// (`wl-paste`), or None when it holds nothing.
+    pub fn paste(&self) -> Option<String> {
+        let out = self
+            .client("timeout")
+            .args(["20", "wl-paste", "--no-newline"])
+            .output()
+            .expect("run wl-paste");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// A pointer on sway's seat, for an output of `extent` pixels.
     pub fn pointer(&self, extent: (u32, u32)) -> Pointer {
         let stream = std::os::unix::net::UnixStream::connect(&self.socket).expect("sway's socket");
@@ -224,10 +237,16 @@ impl Sway {
     /// wtype waits a second after making its keyboard, as a keyboard that
     /// was there before the typing would be.
     pub fn type_text(&self, text: &str) {
+        self.keys(&[text]);
+    }
+
+    /// Runs `wtype` with `args` (after the same second's wait as
+    /// [`Sway::type_text`]): `-M ctrl -k v -m ctrl` presses Ctrl+V.
+    pub fn keys(&self, args: &[&str]) {
         let status = self
             .client("wtype")
             .args(["-s", "1000"])
-            .arg(text)
+            .args(args)
             .status()
             .expect("run wtype");
         assert!(status.success(), "wtype: {status}");
