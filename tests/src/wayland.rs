@@ -190,6 +190,20 @@ impl Sway {
             .collect()
     }
 
+    /// Sets sway's clipboard to `text`, as a host application would
+    /// (`wl-copy`, which serves it from the background until the clipboard
+    /// changes or sway ends).
+    pub fn copy(&self, text: &str) {
+        let status = self
+            .client("wl-copy")
+            .arg(text)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run wl-copy");
+        assert!(status.success(), "wl-copy: {status}");
+    }
+
     /// What sway's clipboard holds, as a host application reads it
     /// (`wl-paste`), or None when it holds nothing.
     pub fn paste(&self) -> Option<String> {

@@ -681,24 +681,20 @@ fn the_guest_package_serves_a_users_session_after_dpkg_and_a_log_in() {
     assert!(error_responses(&console).is_empty(), "{console:#?}");
 }
 
-/// The clipboard from a guest application to a host one: foot copies
-/// (OSC 52, printed by its shell) and the host's `wl-paste` reads it; the
-/// data crosses as a pipe the proxy carries (`wl_data_source.send`).
-///
-/// The other way is not here yet: with sway, foot's paste of what the
-/// host's `wl-copy` holds reached the proxy (`wl_data_offer.receive`) and
-/// no bytes came back, where foot on sway directly pasted them (the
-/// harness's compositor, which writes at once, passes the same path in
-/// guest_wayland.rs).
+/// The clipboard both ways between a guest application and a host one:
+/// foot copies (OSC 52, printed by its shell) and the host's `wl-paste`
+/// reads it; the host's `wl-copy` copies and foot pastes it (Ctrl+Shift+V)
+/// into a command line. The data crosses as pipes the proxy carries
+/// (`wl_data_source.send` one way, `wl_data_offer.receive` the other).
 #[test]
 #[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim, wtype and wl-clipboard: tests/guest/prepare.sh"]
-fn what_a_guest_application_copies_a_host_application_pastes() {
+fn the_clipboard_crosses_between_a_guest_application_and_a_host_one() {
     let mut desktop = Desktop::start("guest-clipboard");
     desktop.run("foot", "foot", (200, 100));
     std::thread::sleep(Duration::from_secs(2));
-    // foot sets the clipboard when its shell prints OSC 52, if its window
-    // has the keyboard's focus then (foot refuses it otherwise): wtype's
-    // keyboard stays three seconds after the command.
+    // Guest to host: foot sets the clipboard when its shell prints OSC 52,
+    // if its window has the keyboard's focus then (foot refuses it
+    // otherwise): wtype's keyboard stays three seconds after the command.
     desktop.sway.keys(&[
         "printf '\\033]52;c;%s\\007' $(printf from-the-guest | base64)\n",
         "-s",
@@ -710,12 +706,35 @@ fn what_a_guest_application_copies_a_host_application_pastes() {
         std::thread::sleep(Duration::from_millis(500));
         pasted = desktop.sway.paste();
     }
+    // Host to guest. Each wtype is a keyboard plugged in and out, and sway
+    // sends foot a new selection offer when one arrives. With the next
+    // wtype right after the Ctrl+Shift+V, the paste (on its way through
+    // the proxy, tens of milliseconds) was answered with an empty pipe
+    // (the host's read pipe hung up with 0 bytes, in the proxy's debug
+    // log); with three seconds between them the bytes came, as they do
+    // when a keyboard stays plugged in. The test waits so.
+    desktop.sway.copy("from-the-host");
+    desktop.sway.type_text("echo ");
+    desktop.sway.keys(&[
+        "-M", "ctrl", "-M", "shift", "-k", "v", "-m", "shift", "-m", "ctrl", "-s", "3000",
+    ]);
+    desktop.sway.type_text(" > /run/typed\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut typed = desktop.file("typed");
+    while typed != "from-the-host" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        typed = desktop.file("typed");
+    }
     desktop.keep_screenshot("guest-clipboard");
     let said = desktop.end("stop", "foot");
     assert_eq!(
         pasted.as_deref(),
         Some("from-the-guest"),
         "the host read what foot copied in the guest: {said:#?}"
+    );
+    assert_eq!(
+        typed, "from-the-host",
+        "foot in the guest pasted what the host copied: {said:#?}"
     );
     desktop.quit();
 }

@@ -126,6 +126,16 @@ impl Pipes {
     /// client's end, which goes with `hang_up` or a client that stopped
     /// reading.
     pub fn deliver(&mut self, identifier: u32, data: &[u8], hang_up: bool) {
+        log::debug!(
+            "read pipe {identifier:#x}: {} bytes from the host{}{}",
+            data.len(),
+            if hang_up { ", hung up" } else { "" },
+            if self.read.contains_key(&identifier) {
+                ""
+            } else {
+                " (no such pipe)"
+            }
+        );
         if let Some(pipe) = self.read.get_mut(&identifier) {
             if let Err(e) = pipe.write_all(data) {
                 log::debug!("the client's pipe {identifier:#x}: {e}");
