@@ -284,32 +284,61 @@ fn typed_into(desktop: &mut Desktop, words: &str) -> String {
     got
 }
 
-/// foot, the terminal that needs a seat (weston's headless backend has
-/// none: "no seats available"): its window shows, and a command typed on
-/// the host runs in its shell.
-#[test]
-#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
-fn foot_in_the_guest_runs_what_the_host_types() {
-    let mut desktop = Desktop::start("guest-foot");
-    let (window, took) = desktop.run("foot", "foot", (200, 100));
+/// A terminal's window shows, and a command typed on the host runs in its
+/// shell: what each terminal test checks.
+fn terminal_test(name: &str, what: &str, command: &str) {
+    let mut desktop = Desktop::start(&format!("guest-{name}"));
+    let (window, took) = desktop.run(name, command, (200, 100));
     println!(
-        "BENCH foot from a Debian guest (TCG): first frame on sway {} ms after it was started, \
-         a {}x{} window",
+        "BENCH {what} from a Debian guest (TCG): first frame on sway {} ms after it was \
+         started, a {}x{} window",
         took.as_millis(),
         window.w,
         window.h
     );
-    assert_drawn(&desktop, "foot", window);
     // The shell needs a moment after the window to read its input.
-    std::thread::sleep(Duration::from_secs(2));
-    let typed = typed_into(&mut desktop, "typed-into-foot");
-    desktop.keep_screenshot("guest-foot");
-    let said = desktop.end("stop", "foot");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_drawn(&desktop, name, window);
+    let words = format!("typed-into-{name}");
+    let typed = typed_into(&mut desktop, &words);
+    desktop.keep_screenshot(&format!("guest-{name}"));
+    let said = desktop.end("stop", name);
     assert_eq!(
-        typed, "typed-into-foot",
-        "the keys typed on the host ran the command in foot's shell: {said:#?}"
+        typed, words,
+        "the keys typed on the host ran the command in {what}'s shell: {said:#?}"
     );
     desktop.quit();
+}
+
+/// foot, the terminal that needs a seat (weston's headless backend has
+/// none: "no seats available").
+#[test]
+#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
+fn foot_in_the_guest_runs_what_the_host_types() {
+    terminal_test("foot", "foot", "foot");
+}
+
+/// weston-terminal (libwayland, cairo, pango: the toolkit-less client).
+#[test]
+#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
+fn weston_terminal_in_the_guest_runs_what_the_host_types() {
+    // (The name is a shell variable's in the guest's init: no hyphen.)
+    terminal_test(
+        "westonterm",
+        "weston-terminal",
+        "env SHELL=/bin/sh weston-terminal --shell=/bin/sh",
+    );
+}
+
+/// Qt 6 (qt6-wayland): qterminal, LXQt's terminal.
+#[test]
+#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
+fn qterminal_a_qt6_application_runs_what_the_host_types() {
+    terminal_test(
+        "qterminal",
+        "qterminal (Qt 6)",
+        "env QT_QPA_PLATFORM=wayland SHELL=/bin/sh qterminal",
+    );
 }
 
 /// The seat's pointer and keyboard reach a guest client: `wev` prints
@@ -430,36 +459,6 @@ fn popup_test(name: &str, command: &str) {
         "{name}'s popup {popup:?} is where the click was ({at:?}): {said:#?}"
     );
     drop(pointer);
-    desktop.quit();
-}
-
-/// Qt 6 (qt6-wayland): qterminal, LXQt's terminal; a command typed on the
-/// host runs in its shell.
-#[test]
-#[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
-fn qterminal_a_qt6_application_runs_what_the_host_types() {
-    let mut desktop = Desktop::start("guest-qterminal");
-    let (window, took) = desktop.run(
-        "qterminal",
-        "env QT_QPA_PLATFORM=wayland SHELL=/bin/sh qterminal",
-        (200, 100),
-    );
-    println!(
-        "BENCH qterminal (Qt 6) from a Debian guest (TCG): first frame on sway {} ms after it \
-         was started, a {}x{} window",
-        took.as_millis(),
-        window.w,
-        window.h
-    );
-    std::thread::sleep(Duration::from_secs(3));
-    assert_drawn(&desktop, "qterminal", window);
-    let typed = typed_into(&mut desktop, "typed-into-qterminal");
-    desktop.keep_screenshot("guest-qterminal");
-    let said = desktop.end("stop", "qterminal");
-    assert_eq!(
-        typed, "typed-into-qterminal",
-        "the keys typed on the host ran the command in qterminal's shell: {said:#?}"
-    );
     desktop.quit();
 }
 
