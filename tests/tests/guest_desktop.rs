@@ -101,8 +101,8 @@ impl Desktop {
 
     /// Starts `command` in the guest as `name`, and waits until its first
     /// window changed the screen (a region of at least `min` pixels each
-    /// way): that region, and how long it took.
-    fn run(&mut self, name: &str, command: &str, min: (usize, usize)) -> (Window, Duration) {
+    /// way): that region. How long it took is printed (BENCH).
+    fn run(&mut self, name: &str, command: &str, min: (usize, usize)) -> Window {
         let (width, _, before) = self.sway.screenshot();
         let asked = Instant::now();
         self.guest.type_line(&format!("run {name} {command}"));
@@ -112,7 +112,15 @@ impl Desktop {
             let (_, _, now) = self.sway.screenshot();
             if let Some(w) = changed(&before, &now, width) {
                 if w.w >= min.0 && w.h >= min.1 {
-                    return (w, asked.elapsed());
+                    let took = asked.elapsed();
+                    println!(
+                        "BENCH {name} (`{command}`) from a Debian guest (TCG): first frame on \
+                         sway {} ms after it was started, a {}x{} window",
+                        took.as_millis(),
+                        w.w,
+                        w.h
+                    );
+                    return w;
                 }
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -288,14 +296,7 @@ fn typed_into(desktop: &mut Desktop, words: &str) -> String {
 /// shell: what each terminal test checks.
 fn terminal_test(name: &str, what: &str, command: &str) {
     let mut desktop = Desktop::start(&format!("guest-{name}"));
-    let (window, took) = desktop.run(name, command, (200, 100));
-    println!(
-        "BENCH {what} from a Debian guest (TCG): first frame on sway {} ms after it was \
-         started, a {}x{} window",
-        took.as_millis(),
-        window.w,
-        window.h
-    );
+    let window = desktop.run(name, command, (200, 100));
     // The shell needs a moment after the window to read its input.
     std::thread::sleep(Duration::from_secs(3));
     assert_drawn(&desktop, name, window);
@@ -351,7 +352,7 @@ fn the_hosts_pointer_and_keyboard_reach_a_guest_client() {
     let (width, height, _) = desktop.sway.screenshot();
     // The pointer is there before the client, as a mouse would be.
     let mut pointer: Pointer = desktop.sway.pointer((width as u32, height as u32));
-    let (window, _) = desktop.run("wev", "stdbuf -oL wev", (100, 100));
+    let window = desktop.run("wev", "stdbuf -oL wev", (100, 100));
     let (x, y) = window.centre();
     // The client binds wl_pointer when it first sees the seat; give the
     // round trip through the proxy a moment, then move, click and type.
@@ -413,14 +414,7 @@ fn popup_test(name: &str, command: &str) {
     let mut desktop = Desktop::start(&format!("guest-{name}"));
     let (width, height, _) = desktop.sway.screenshot();
     let mut pointer = desktop.sway.pointer((width as u32, height as u32));
-    let (window, took) = desktop.run(name, command, (300, 200));
-    println!(
-        "BENCH {command} from a Debian guest (TCG): first frame on sway {} ms after it was \
-         started, a {}x{} window",
-        took.as_millis(),
-        window.w,
-        window.h
-    );
+    let window = desktop.run(name, command, (300, 200));
     // Let it finish drawing (a toolkit's first frames come in steps).
     let mut last = desktop.sway.screenshot().2;
     for _ in 0..20 {
@@ -472,14 +466,7 @@ fn xterm_through_rootful_xwayland_runs_what_the_host_types() {
     let mut desktop = Desktop::start("guest-xterm");
     let (width, height, _) = desktop.sway.screenshot();
     let mut pointer = desktop.sway.pointer((width as u32, height as u32));
-    let (screen, took) = desktop.run("xwayland", "Xwayland :1 -geometry 800x600 -shm", (200, 100));
-    println!(
-        "BENCH rootful Xwayland from a Debian guest (TCG): first frame on sway {} ms after it \
-         was started, a {}x{} window",
-        took.as_millis(),
-        screen.w,
-        screen.h
-    );
+    desktop.run("xwayland", "Xwayland :1 -geometry 800x600 -shm", (200, 100));
     let before = desktop.sway.screenshot().2;
     desktop
         .guest
