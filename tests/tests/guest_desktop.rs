@@ -459,10 +459,11 @@ fn popup_test(name: &str, command: &str) {
 /// X11 through rootful Xwayland (one host window holding the X screen,
 /// its buffers in shared memory): xterm in it, and what the host types
 /// with the pointer over xterm (X's focus follows the pointer with no
-/// window manager) runs in xterm's shell.
+/// window manager) runs in xterm's shell; xeyes beside it follows the
+/// host's pointer.
 #[test]
 #[ignore = "needs QEMU 11 (the trixie root), the test guest, its Debian userland, sway, grim and wtype: tests/guest/prepare.sh"]
-fn xterm_through_rootful_xwayland_runs_what_the_host_types() {
+fn xterm_and_xeyes_through_rootful_xwayland_take_the_hosts_keys_and_pointer() {
     let mut desktop = Desktop::start("guest-xterm");
     let (width, height, _) = desktop.sway.screenshot();
     let mut pointer = desktop.sway.pointer((width as u32, height as u32));
@@ -489,13 +490,48 @@ fn xterm_through_rootful_xwayland_runs_what_the_host_types() {
     pointer.move_to(x, y);
     std::thread::sleep(Duration::from_secs(2));
     let typed = typed_into(&mut desktop, "typed-into-xterm");
+    // xeyes beside it, whose eyes follow the X pointer: the host's pointer
+    // moved from its left to its right changes what its window shows.
+    let before = desktop.sway.screenshot().2;
+    desktop
+        .guest
+        .type_line("run xeyes env DISPLAY=:1 xeyes -geometry 150x100+600+0");
+    desktop.prompt(60);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut eyes = None;
+    while eyes.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = desktop.sway.screenshot().2;
+        eyes = changed(&before, &now, width).filter(|w| w.w >= 60 && w.h >= 40);
+    }
+    let looked = eyes.map(|e| {
+        let below = (e.y + e.h + 150) as u32;
+        let mut look = |x: u32| {
+            pointer.move_to(x, below);
+            std::thread::sleep(Duration::from_secs(2));
+            let (_, _, rgb) = desktop.sway.screenshot();
+            (e.y..e.y + e.h)
+                .flat_map(|row| (row * width + e.x) * 3..(row * width + e.x + e.w) * 3)
+                .map(|i| rgb[i])
+                .collect::<Vec<u8>>()
+        };
+        let left = look(e.x.saturating_sub(300) as u32);
+        let right = look((e.x + e.w + 40) as u32);
+        left != right
+    });
     desktop.keep_screenshot("guest-xterm");
+    let xeyes_said = desktop.end("stop", "xeyes");
     let xterm_said = desktop.end("stop", "xterm");
     let xwayland_said = desktop.end("stop", "xwayland");
     assert_eq!(
         typed, "typed-into-xterm",
         "the keys typed on the host ran the command in xterm's shell: {xterm_said:#?} \
          {xwayland_said:#?}"
+    );
+    assert_eq!(
+        looked,
+        Some(true),
+        "xeyes drew ({eyes:?}) and its eyes followed the pointer: {xeyes_said:#?}"
     );
     drop(pointer);
     desktop.quit();
