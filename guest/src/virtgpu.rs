@@ -218,9 +218,10 @@ fn errno(e: nix::Error) -> io::Error {
 }
 
 impl Gpu {
-    /// Opens a render node. A render node is its seat's: Debian's udev gives it to group
-    /// `render` and, through logind's `uaccess` ACL, to the user of the
-    /// active session on the seat. A refusal says so.
+    /// Opens a render node; an error names it. A render node is its
+    /// seat's: Debian's udev gives it to group `render` and, through
+    /// logind's `uaccess` ACL, to the user of the active session on the
+    /// seat. A refusal says so.
     pub fn open(path: &Path) -> io::Result<Gpu> {
         let file = OpenOptions::new()
             .read(true)

@@ -56,7 +56,7 @@ struct Context {
 impl Context {
     fn open() -> Result<Context> {
         let path = Gpu::find_render_node().map_err(|e| e.to_string())?;
-        let gpu = Gpu::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let gpu = Gpu::open(&path).map_err(|e| e.to_string())?;
         gpu.context_init(CAPSET_CROSS_DOMAIN, 2, 0)
             .map_err(|e| format!("CONTEXT_INIT (capset 5, 2 rings): {e}"))?;
         // The query ring: a page of guest memory the host writes answers to.
