@@ -16,19 +16,24 @@ use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 
 use ipc::{ScanoutSize, SharedSurface};
-use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, Le32, Permissions};
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use wire::*;
 
 mod budget;
 mod pixels;
 mod scanouts;
+mod surface;
+mod three_d;
 
 pub use budget::MemoryBudget;
 pub use pixels::read_ranges;
 use pixels::Backing;
 pub(crate) use pixels::Pixels;
 pub use scanouts::{ScanoutState, Scanouts};
+use surface::Surface;
+pub use three_d::ThreeD;
+use three_d::PIPE_BUFFER;
 
 /// What gpu-worker keeps of a blob render-worker holds.
 #[derive(Debug, Clone)]
@@ -70,132 +75,6 @@ enum Kind {
     },
 }
 
-/// What gpu-worker keeps of a 3D resource render-worker holds: its shape,
-/// to check transfers against, and whether it has backing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ThreeD {
-    pub target: u32,
-    /// A `VIRGL_FORMAT_*`; the 2D ones are the spec's 2D formats.
-    pub format: u32,
-    pub width: u32,
-    pub height: u32,
-    pub depth: u32,
-    pub array_size: u32,
-    pub last_level: u32,
-    pub backed: bool,
-}
-
-/// `PIPE_BUFFER`: a 3D resource that is bytes (`width` of them), not
-/// texels.
-const PIPE_BUFFER: u32 = 0;
-/// gallium's deepest mip chain: 2^15 texels wide.
-const MAX_LEVELS: u32 = 15;
-
-impl ThreeD {
-    /// The shape RESOURCE_CREATE_3D asks for, and the host memory it may
-    /// take (an upper bound: the format's size is not known here beyond
-    /// the 2D formats, so 16 bytes a texel, the widest, for the others;
-    /// a mip chain at most doubles it), or why it cannot be made.
-    pub fn new(c: &ResourceCreate3d) -> Result<(ThreeD, u64), Refusal> {
-        let n = |v: Le32| v.to_native();
-        let shape = ThreeD {
-            target: n(c.target),
-            format: n(c.format),
-            width: n(c.width),
-            height: n(c.height),
-            depth: n(c.depth),
-            array_size: n(c.array_size),
-            last_level: n(c.last_level),
-            backed: false,
-        };
-        let id = n(c.resource_id);
-        if shape.width == 0 || shape.height == 0 || shape.depth == 0 || shape.array_size == 0 {
-            return refuse(
-                RESP_ERR_INVALID_PARAMETER,
-                format!("3D resource {id} of {shape:?}"),
-            );
-        }
-        if shape.last_level > MAX_LEVELS {
-            return refuse(
-                RESP_ERR_INVALID_PARAMETER,
-                // In u64: a last level of u32::MAX overflowed here (the
-                // fuzzer found it).
-                format!(
-                    "3D resource {id} with {} levels",
-                    u64::from(shape.last_level) + 1
-                ),
-            );
-        }
-        let texel = if shape.target == PIPE_BUFFER {
-            1
-        } else if FORMATS_2D.contains(&n(c.format)) {
-            u64::from(BYTES_PER_PIXEL)
-        } else {
-            16
-        };
-        let levels = if shape.last_level > 0 { 2 } else { 1 };
-        let bytes = [
-            u64::from(shape.width),
-            u64::from(shape.height),
-            u64::from(shape.depth),
-            u64::from(shape.array_size),
-            u64::from(n(c.nr_samples).max(1)),
-            texel,
-            levels,
-        ]
-        .into_iter()
-        .try_fold(1u64, u64::checked_mul);
-        match bytes {
-            Some(b) => Ok((shape, b)),
-            None => refuse(
-                RESP_ERR_OUT_OF_MEMORY,
-                format!("3D resource {id} of {shape:?} overflows"),
-            ),
-        }
-    }
-
-    /// Refuses a transfer box that is not inside `level` of the resource.
-    pub fn check_box(&self, id: u32, level: u32, b: [u32; 6]) -> Result<(), Refusal> {
-        let [x, y, z, w, h, d] = b;
-        let at = |size: u32| (size >> level.min(31)).max(1);
-        // Layers of an array are its z; a 3D texture's depth shrinks with
-        // its levels.
-        let layers = at(self.depth).max(self.array_size);
-        let fits = |o: u32, len: u32, size: u32| o.checked_add(len).is_some_and(|e| e <= size);
-        if level <= self.last_level
-            && fits(x, w, at(self.width))
-            && fits(y, h, at(self.height))
-            && fits(z, d, layers)
-        {
-            return Ok(());
-        }
-        refuse(
-            RESP_ERR_INVALID_PARAMETER,
-            format!("transfer box {b:?} of level {level} is outside 3D resource {id} ({self:?})"),
-        )
-    }
-}
-
-/// Pixels the device holds and can show: a 2D resource, or a blob's shadow.
-#[derive(Debug)]
-struct Surface {
-    width: u32,
-    height: u32,
-    /// Bytes per row of `data`.
-    stride: u32,
-    format: u32,
-    data: Pixels,
-    /// Whether the broker has been given `data`'s memfd.
-    shared: bool,
-    /// For the shadow of a guest-memory blob shown with SET_SCANOUT_BLOB:
-    /// the blob's layout (offset of the first pixel, row stride) that
-    /// flushes copy from. A 2D resource's transfers give their own offset
-    /// and use the resource's stride.
-    blob_layout: Option<(u64, u32)>,
-    /// Guest memory ranges, in order, that back the resource.
-    backing: Backing,
-}
-
 /// What RESOURCE_UNREF took away, for those who must hear of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unreffed {
@@ -211,78 +90,6 @@ pub struct Resources {
     /// `--max-resource-memory`, for 2D resources and host blobs together.
     budget: MemoryBudget,
     scanouts: Scanouts,
-}
-
-impl Surface {
-    /// Refuses `r` (the rectangle of a `what` on resource `id`) unless it
-    /// lies inside the resource.
-    fn check_rect(&self, id: u32, r: &Rect, what: &str) -> Result<(), Refusal> {
-        if rect_within(r, self.width, self.height) {
-            return Ok(());
-        }
-        refuse(
-            RESP_ERR_INVALID_PARAMETER,
-            format!(
-                "{what} rectangle {r:?} is outside resource {id} ({}x{})",
-                self.width, self.height
-            ),
-        )
-    }
-}
-
-impl Surface {
-    /// A `width`×`height` surface in `format` for resource `id`, its
-    /// pixels counted in `budget`.
-    fn new(
-        budget: &mut MemoryBudget,
-        id: u32,
-        format: u32,
-        width: u32,
-        height: u32,
-    ) -> Result<Surface, Refusal> {
-        if !FORMATS_2D.contains(&format) {
-            return refuse(
-                RESP_ERR_INVALID_PARAMETER,
-                format!("format {format} of resource {id} is not a 2D format"),
-            );
-        }
-        if width == 0 || height == 0 {
-            return refuse(
-                RESP_ERR_INVALID_PARAMETER,
-                format!("resource {id} of {width}x{height}"),
-            );
-        }
-        let stride = width.checked_mul(BYTES_PER_PIXEL);
-        let size = stride.and_then(|s| u64::from(s).checked_mul(u64::from(height)));
-        let (Some(stride), Some(size)) = (stride, size) else {
-            return refuse(
-                RESP_ERR_OUT_OF_MEMORY,
-                format!("{width}x{height} overflows"),
-            );
-        };
-        budget.check(size)?;
-        let Ok(len) = usize::try_from(size) else {
-            return refuse(
-                RESP_ERR_OUT_OF_MEMORY,
-                "resource larger than the address space",
-            );
-        };
-        let data = match Pixels::new(len) {
-            Ok(d) => d,
-            Err(e) => return refuse(RESP_ERR_OUT_OF_MEMORY, e.to_string()),
-        };
-        budget.reserve(size)?;
-        Ok(Surface {
-            width,
-            height,
-            stride,
-            format,
-            data,
-            shared: false,
-            blob_layout: None,
-            backing: Backing::default(),
-        })
-    }
 }
 
 impl Resource {
@@ -337,18 +144,6 @@ pub fn backing_ranges(
         backing.push((addr, len));
     }
     Ok(backing)
-}
-
-/// Whether `r` lies inside a `width`×`height` surface, without overflow.
-fn rect_within(r: &Rect, width: u32, height: u32) -> bool {
-    let (x, y, w, h) = (
-        r.x.to_native(),
-        r.y.to_native(),
-        r.width.to_native(),
-        r.height.to_native(),
-    );
-    x.checked_add(w).is_some_and(|right| right <= width)
-        && y.checked_add(h).is_some_and(|bottom| bottom <= height)
 }
 
 impl Resources {
