@@ -29,6 +29,30 @@ fn write_program(program: &[seccompiler::sock_filter], path: &std::path::Path) {
     fs::write(path, bytes).unwrap();
 }
 
+/// Refuses a merged policy that names a syscall both with and without
+/// arguments: seccompiler takes the entries of one syscall as alternative
+/// rules, and an entry without arguments adds none, so the syscall would
+/// be allowed only as the other entry pins it, not unconditionally as its
+/// own entry says.
+fn check_merge(name: &str, filter: &serde_json::Value) {
+    let mut pinned = std::collections::BTreeMap::<&str, (bool, bool)>::new();
+    for rule in filter.as_array().unwrap() {
+        let syscall = rule["syscall"].as_str().unwrap();
+        let seen = pinned.entry(syscall).or_default();
+        match rule.get("args") {
+            Some(_) => seen.0 = true,
+            None => seen.1 = true,
+        }
+    }
+    for (syscall, (with, without)) in pinned {
+        assert!(
+            !(with && without),
+            "{name}: {syscall} has a rule with arguments and one without; the one without \
+             would add nothing (give it arguments)"
+        );
+    }
+}
+
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let arch = match std::env::var("CARGO_CFG_TARGET_ARCH").unwrap().as_str() {
@@ -71,30 +95,44 @@ fn main() {
         }
     }
 
-    // render-worker with a 3D context type: its policy and what loading and
-    // running the GPU stack adds (`render-worker-gpu-stack.json`), one
-    // filter.
-    let base = "seccomp/render-worker.json";
-    let extra = "seccomp/render-worker-gpu-stack.json";
-    println!("cargo:rerun-if-changed={extra}");
+    // Policies made of others: render-worker with a 3D context type (its
+    // policy and what loading and running the GPU stack adds), and venus's
+    // render server (that, and what the server adds: exec, a process per
+    // context), each one filter.
     let read = |path: &str| -> serde_json::Value {
         let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
     };
-    let added = read(extra)["main"]["filter"].as_array().unwrap().clone();
-    for (flag, action) in ACTIONS {
-        let mut doc = read(base);
-        doc.as_object_mut().unwrap().retain(|k, _| k == "main");
-        doc["main"]["default_action"] = serde_json::Value::String(action.into());
-        doc["main"]["filter"]
-            .as_array_mut()
-            .unwrap()
-            .extend(added.iter().cloned());
-        let json = serde_json::to_vec(&doc).unwrap();
-        let mut map = seccompiler::compile_from_json(Cursor::new(json), arch)
-            .unwrap_or_else(|e| panic!("{extra} does not compile with {base}: {e}"));
-        let program = map.remove("main").unwrap();
-        write_program(&program, &out.join(format!("render-worker-3d-{flag}.bpf")));
+    let merged: [(&str, &[&str]); 2] = [
+        (
+            "render-worker-3d",
+            &["render-worker", "render-worker-gpu-stack"],
+        ),
+        (
+            "render-server",
+            &["render-worker", "render-worker-gpu-stack", "render-server"],
+        ),
+    ];
+    for (name, parts) in merged {
+        let paths: Vec<String> = parts.iter().map(|p| format!("seccomp/{p}.json")).collect();
+        for path in &paths {
+            println!("cargo:rerun-if-changed={path}");
+        }
+        for (flag, action) in ACTIONS {
+            let mut doc = read(&paths[0]);
+            doc.as_object_mut().unwrap().retain(|k, _| k == "main");
+            doc["main"]["default_action"] = serde_json::Value::String(action.into());
+            for path in &paths[1..] {
+                let added = read(path)["main"]["filter"].as_array().unwrap().clone();
+                doc["main"]["filter"].as_array_mut().unwrap().extend(added);
+            }
+            check_merge(name, &doc["main"]["filter"]);
+            let json = serde_json::to_vec(&doc).unwrap();
+            let mut map = seccompiler::compile_from_json(Cursor::new(json), arch)
+                .unwrap_or_else(|e| panic!("{} do not compile together: {e}", paths.join(", ")));
+            let program = map.remove("main").unwrap();
+            write_program(&program, &out.join(format!("{name}-{flag}.bpf")));
+        }
     }
 
     // The threads filter, the same for every mode: installed before a

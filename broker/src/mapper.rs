@@ -187,6 +187,8 @@ pub enum MapRefusal {
         other_start: u64,
         other_end: u64,
     },
+    #[error("resource {resource_id}: its memory starts at {fd_offset:#x} of its descriptor, not a page boundary")]
+    UnalignedInFile { resource_id: u32, fd_offset: u64 },
     #[error("resource {resource_id}: its memory holds {fd_len} bytes, not {len}")]
     TooShort {
         resource_id: u32,
@@ -376,6 +378,7 @@ impl Mapper {
                 shm_offset,
                 size,
                 writable,
+                fd_offset,
             } => {
                 let fd = fd.ok_or(MapRefusal::NoDescriptor)?;
                 let st = nix::sys::stat::fstat(&fd).map_err(MapRefusal::Fstat)?;
@@ -390,7 +393,16 @@ impl Mapper {
                 if !seals.contains(nix::fcntl::SealFlag::F_SEAL_SHRINK) {
                     return Err(MapRefusal::NotSealed { resource_id });
                 }
-                self.check(resource_id, shm_offset, size, st.st_size.max(0) as u64)?;
+                // What follows `fd_offset` (page-aligned, as mmap takes it)
+                // is what must hold `size` bytes.
+                if !fd_offset.is_multiple_of(PAGE) {
+                    return Err(MapRefusal::UnalignedInFile {
+                        resource_id,
+                        fd_offset,
+                    });
+                }
+                let fd_len = (st.st_size.max(0) as u64).saturating_sub(fd_offset);
+                self.check(resource_id, shm_offset, size, fd_len)?;
                 let (backend, cutoff) = region.channel()?;
                 let mut flags = VhostUserMMapFlags::empty();
                 if writable {
@@ -398,7 +410,7 @@ impl Mapper {
                 }
                 let msg = VhostUserMMap {
                     shmid: SHMID_HOST_VISIBLE,
-                    fd_offset: 0,
+                    fd_offset,
                     shm_offset,
                     len: size,
                     flags: flags.bits(),
@@ -545,6 +557,48 @@ mod tests {
     }
 
     #[test]
+    fn memory_from_an_offset_of_its_descriptor_is_checked_there() {
+        let (ours, _vmm) = std::os::unix::net::UnixStream::pair().unwrap();
+        let backend = Backend::from_stream(ours);
+        backend.set_shmem_flag(true);
+        let region = HostVisible::new(16 * MIB);
+        region.set_channel(backend, true);
+        let mut m = Mapper::new(16 * MIB);
+        let map = |fd_offset| MapRequest::Map {
+            resource_id: 1,
+            shm_offset: 0,
+            size: 2 * PAGE,
+            writable: true,
+            fd_offset,
+        };
+        // Not a page boundary of the descriptor.
+        let refused = m
+            .handle(&region, map(100), Some(blob_memory(3 * PAGE)))
+            .unwrap_err();
+        assert!(
+            matches!(refused, MapRefusal::UnalignedInFile { fd_offset: 100, .. }),
+            "{refused}"
+        );
+        // Two pages from the second: the file holds one after it.
+        let refused = m
+            .handle(&region, map(2 * PAGE), Some(blob_memory(3 * PAGE)))
+            .unwrap_err();
+        assert!(
+            matches!(refused, MapRefusal::TooShort { fd_len, .. } if fd_len == PAGE),
+            "{refused}"
+        );
+        // Past the file's end does not wrap.
+        let refused = m
+            .handle(&region, map(!(PAGE - 1)), Some(blob_memory(3 * PAGE)))
+            .unwrap_err();
+        assert!(
+            matches!(refused, MapRefusal::TooShort { fd_len: 0, .. }),
+            "{refused}"
+        );
+        assert!(m.by_resource.is_empty());
+    }
+
+    #[test]
     fn a_frontend_that_closes_its_channel_takes_its_mappings_with_it() {
         let (ours, vmm) = std::os::unix::net::UnixStream::pair().unwrap();
         let backend = Backend::from_stream(ours);
@@ -559,6 +613,7 @@ mod tests {
             shm_offset,
             size: 2 * PAGE,
             writable: true,
+            fd_offset: 0,
         };
         m.handle(&region, map(1, 0), Some(blob_memory(2 * PAGE)))
             .unwrap();

@@ -298,13 +298,17 @@ slots!(
 /// Answered with [`Reply<Nothing>`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MapRequest {
-    /// Map `size` bytes of the blob's memory (1 fd) at `shm_offset` of the
-    /// host-visible region (shmid 1).
+    /// Map `size` bytes of the blob's memory (1 fd), from `fd_offset` of
+    /// the descriptor, at `shm_offset` of the host-visible region (shmid
+    /// 1).
     Map {
         resource_id: u32,
         shm_offset: u64,
         size: u64,
         writable: bool,
+        /// Where the blob's memory starts in its descriptor: 0, but for
+        /// lavapipe's opaque memory, whose descriptor opens with a header.
+        fd_offset: u64,
     },
     /// Unmap the blob's one mapping.
     Unmap { resource_id: u32 },

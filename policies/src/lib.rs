@@ -363,6 +363,37 @@ pub fn close_inherited_fds(keep: &[RawFd]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Marks every descriptor above stderr that is not in `keep`
+/// close-on-exec: for a process about to exec another program, whose
+/// exec-error pipe (std's `Command`) must stay open until then.
+pub fn cloexec_inherited_fds(keep: &[RawFd]) -> Result<(), Error> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let mut open = Vec::new();
+    for entry in fs::read_dir("/proc/self/fd").map_err(Error::ListFds)? {
+        let entry = entry.map_err(Error::ListFds)?;
+        if let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<RawFd>().ok())
+        {
+            open.push(fd);
+        }
+    }
+    for raw in open {
+        if raw <= 2 || keep.contains(&raw) {
+            continue;
+        }
+        // SAFETY: the descriptor is this process's (listed above; the
+        // listing's own is closed by now, EBADF); only its flag changes.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+        match fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)) {
+            Ok(_) | Err(nix::errno::Errno::EBADF) => {}
+            Err(e) => return Err(Error::CloseFd(raw, e)),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

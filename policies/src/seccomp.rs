@@ -19,6 +19,10 @@ pub enum Profile {
     GpuWorker,
     RenderWorker,
     RenderWorker3d,
+    /// virglrenderer's render server (venus), started by render-worker
+    /// before its own jail, in a jail of its own: render-worker-3d's policy
+    /// and `seccomp/render-server.json` (its exec, a process per context).
+    RenderServer,
 }
 
 impl Profile {
@@ -27,6 +31,7 @@ impl Profile {
             Profile::Broker => "broker",
             Profile::GpuWorker => "gpu-worker",
             Profile::RenderWorker | Profile::RenderWorker3d => "render-worker",
+            Profile::RenderServer => "render-server",
         }
     }
 }
@@ -58,6 +63,9 @@ fn program_bytes(profile: Profile, mode: SeccompMode) -> Option<&'static [u8]> {
         (RenderWorker3d, Kill) => program_bytes!("render-worker-3d", "kill"),
         (RenderWorker3d, Trap) => program_bytes!("render-worker-3d", "trap"),
         (RenderWorker3d, Log) => program_bytes!("render-worker-3d", "log"),
+        (RenderServer, Kill) => program_bytes!("render-server", "kill"),
+        (RenderServer, Trap) => program_bytes!("render-server", "trap"),
+        (RenderServer, Log) => program_bytes!("render-server", "log"),
     })
 }
 
@@ -92,9 +100,13 @@ pub fn thread_program(kind: ThreadKind, mode: SeccompMode) -> Option<Vec<sock_fi
 /// policy pins. Installed before the policy (which has no `seccomp`).
 pub fn threads_program(profile: Profile) -> Option<Vec<sock_filter>> {
     match profile {
-        Profile::GpuWorker | Profile::RenderWorker | Profile::RenderWorker3d => Some(decode(
-            include_bytes!(concat!(env!("OUT_DIR"), "/threads.bpf")),
-        )),
+        Profile::GpuWorker
+        | Profile::RenderWorker
+        | Profile::RenderWorker3d
+        | Profile::RenderServer => Some(decode(include_bytes!(concat!(
+            env!("OUT_DIR"),
+            "/threads.bpf"
+        )))),
         Profile::Broker => None,
     }
 }

@@ -7,12 +7,14 @@ use std::path::Path;
 use serde_json::Value;
 
 /// Each policy file and its target count; `render-worker-gpu-stack` is what a
-/// render-worker with a 3D context type adds to its own (built together).
-const PROFILES: [(&str, usize); 4] = [
+/// render-worker with a 3D context type adds to its own (built together),
+/// and `render-server` what venus's render server adds to both.
+const PROFILES: [(&str, usize); 5] = [
     ("broker", 30),
     ("gpu-worker", 25),
     ("render-worker", 45),
     ("render-worker-gpu-stack", 17),
+    ("render-server", 17),
 ];
 
 fn policy(name: &str) -> Value {
@@ -145,6 +147,13 @@ fn policies_never_allow_what_the_jail_exists_to_stop() {
             // when rutabaga starts, so a 3D render-worker opens files,
             // read-only, in the read-only binds landlock confines it to.
             if name == "render-worker-gpu-stack" && forbidden == "openat" {
+                continue;
+            }
+            // The render server's: its filter is installed before the
+            // exec that starts it (and holds across it), in a jail whose
+            // landlock lets it execute only the server and the read-only
+            // GPU stack.
+            if name == "render-server" && forbidden == "execve" {
                 continue;
             }
             assert!(
@@ -280,8 +289,14 @@ fn each_libc_call_is_allowed_in_every_form_a_c_library_makes_it() {
         let mut allowed = through_libc(&filter, &rules);
         // The GPU stack's rules are installed with render-worker's, as one
         // filter (build.rs): checked together.
-        if filter == "render-worker-gpu-stack" {
+        if filter == "render-worker-gpu-stack" || filter == "render-server" {
             allowed.extend(through_libc("render-worker", &self::rules("render-worker")));
+        }
+        if filter == "render-server" {
+            allowed.extend(through_libc(
+                "render-worker-gpu-stack",
+                &self::rules("render-worker-gpu-stack"),
+            ));
         }
         let allowed: BTreeSet<&str> = allowed.iter().map(String::as_str).collect();
         for (call, forms) in LIBC_FORMS {

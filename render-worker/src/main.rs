@@ -5,6 +5,7 @@
 //! requests go out from here, until the broker goes away.
 
 mod device;
+mod render_server;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ enum Error {
     NotBuilt(wire::ContextTypes),
     #[error(transparent)]
     Rutabaga(#[from] device::RutabagaFailed),
+    #[error("venus: {0}")]
+    RenderServer(#[from] render_server::ServerError),
     #[error("cannot start the connection thread: {0}")]
     Thread(std::io::Error),
     #[error("the connection thread is gone")]
@@ -73,6 +76,13 @@ fn run(broker: &Channel<WorkerReport, RenderWorkerRequest>) -> Result<(), Error>
                     ),
                     false => (policies::Profile::RenderWorker, Vec::new()),
                 };
+                // venus runs in virglrenderer's render server, started
+                // now, before this process's jail (which forbids making
+                // processes), in a jail of its own.
+                let server = match config.context_types.contains(wire::ContextType::Venus) {
+                    true => Some(render_server::start(&config.jail, &gpu_stack)?),
+                    false => None,
+                };
                 policies::enter_with_reach(
                     profile,
                     &config.jail,
@@ -98,7 +108,7 @@ fn run(broker: &Channel<WorkerReport, RenderWorkerRequest>) -> Result<(), Error>
                 let (built_tx, built) = channel();
                 thread::Builder::new()
                     .name("connection".into())
-                    .spawn(move || serve(rx, renderer, max_contexts, built_tx))
+                    .spawn(move || serve(rx, renderer, server, max_contexts, built_tx))
                     .map_err(Error::Thread)?;
                 let num_capsets = built.recv().map_err(|_| Error::ThreadGone)??;
                 broker
@@ -132,10 +142,11 @@ fn run(broker: &Channel<WorkerReport, RenderWorkerRequest>) -> Result<(), Error>
 fn serve(
     connections: Receiver<RenderConnection<OwnedFd>>,
     renderer: device::RendererConfig,
+    server: Option<OwnedFd>,
     max_contexts: u32,
     built: Sender<Result<u32, device::RutabagaFailed>>,
 ) {
-    let mut renderer = match device::Renderer::build(renderer) {
+    let mut renderer = match device::Renderer::build(renderer, server) {
         Ok(r) => {
             let _ = built.send(Ok(r.num_capsets()));
             r

@@ -20,8 +20,9 @@ mirror=$(awk 'BEGIN { RS = ""; FS = "\n" }
          for (i = 1; i <= NF; i++) if ($i ~ /^URIs:/) { split($i, u, " "); print u[2]; exit }
      }' /etc/apt/sources.list.d/debian.sources)
 # The root is also the real guests' Debian userland: shared over 9p,
-# read-only (eglinfo, vulkaninfo, kmscube and gl-check built with its GLES
-# headers for the 3D guest; weston-terminal and a font for the desktop
+# read-only (eglinfo, vulkaninfo, kmscube, gl-check built with its GLES
+# headers and vk-check with its Vulkan headers and glslang for the 3D
+# guest; weston-terminal and a font for the desktop
 # guest, tests/tests/guest_wayland.rs, and the applications of
 # tests/tests/guest_desktop.rs), and QEMU 11 from trixie-backports
 # runs from it for the 3D tests.
@@ -29,6 +30,7 @@ ready() {
     chroot "$root" pkg-config --atleast-version=1.3.0 virglrenderer 2>/dev/null &&
         [ -x "$root/usr/bin/eglinfo.x86_64-linux-gnu" ] && [ -e "$root/usr/include/GLES2/gl2.h" ] &&
         [ -x "$root/usr/bin/cpio" ] && [ -x "$root/usr/bin/kmscube" ] &&
+        [ -e "$root/usr/include/vulkan/vulkan.h" ] && [ -x "$root/usr/bin/glslangValidator" ] &&
         [ -x "$root/usr/bin/weston-terminal" ] && [ -x "$root/usr/bin/foot" ] &&
         [ -x "$root/usr/bin/gtk4-demo" ] && [ -x "$root/usr/bin/qterminal" ] &&
         [ -x "$root/usr/bin/Xwayland" ] && [ -x "$root/usr/bin/xterm" ] &&
@@ -50,7 +52,7 @@ chroot "$root" apt-get update -qq
 chroot "$root" apt-get install -y -qq --no-install-recommends gcc libc6-dev pkg-config \
     libepoxy-dev libdrm-dev libgbm-dev libegl-dev libgles-dev libgl1-mesa-dri libegl-mesa0 \
     libegl1 mesa-vulkan-drivers libvulkan1 mesa-utils-bin vulkan-tools cpio kmscube \
-    weston fonts-dejavu-core >/dev/null
+    weston fonts-dejavu-core libvulkan-dev glslang-tools >/dev/null
 # The desktop guest's applications (tests/tests/guest_desktop.rs): a
 # terminal that needs a seat, an event printer, GTK 3 and 4, Qt 6, X11
 # through Xwayland.

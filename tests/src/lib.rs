@@ -312,7 +312,9 @@ impl Backend {
                 cmd.arg("--seccomp").arg(mode);
             }
         }
-        cmd.env("RUST_LOG", "info")
+        // GPU_AIRLOCK_TEST_LOG (debug, say) when a test needs more.
+        let level = std::env::var("GPU_AIRLOCK_TEST_LOG").unwrap_or_else(|_| "info".into());
+        cmd.env("RUST_LOG", level)
             // The compositor is always the test's choice (--wayland-socket).
             .env_remove("WAYLAND_DISPLAY")
             .stdin(Stdio::null())

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use harness::blob_wire::*;
 use harness::guest::{error_responses, qemu11, Boot, Guest, GuestImage};
+use harness::shmem::ShmemEvent;
 use harness::*;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -131,6 +132,16 @@ fn gl_check() -> PathBuf {
     path
 }
 
+/// tests/gpu3d/vk-check, built in the gpu3d root by tests/gpu3d/check.
+fn vk_check() -> PathBuf {
+    let path = PathBuf::from(
+        std::env::var("GPU_AIRLOCK_VK_CHECK")
+            .expect("GPU_AIRLOCK_VK_CHECK (tests/gpu3d/check sets it)"),
+    );
+    assert!(path.is_file(), "{} is missing", path.display());
+    path
+}
+
 /// The `GLCHECK` line after console line `from`.
 fn glcheck_after<'a>(console: &'a [String], from: &str) -> Option<&'a String> {
     console
@@ -150,23 +161,36 @@ fn figure(line: &str, key: &str) -> Option<f64> {
 /// and `append`; this root (the gpu3d root, where the test runs) is the
 /// guest's userland over 9p: Mesa's virgl driver, eglinfo, kmscube.
 fn boot_virgl_guest(append: &str, device: Option<String>) -> (Backend, Guest) {
-    let image = harness::guest::needed(GuestImage::find());
-    let qemu = harness::guest::needed(qemu11());
     // No host-visible region: virglrenderer on llvmpipe gives a virgl
     // blob's memory no descriptor to map, and without the region Mesa's
     // virgl driver copies through transfers (seen: with it, Mesa's
     // staging blobs failed to map and the triangle never drew).
-    let backend = Backend::start(&[
-        "--context-types",
-        "virgl:virgl2",
-        "--shm-size",
-        "0",
-        "--seccomp",
-        &seccomp(),
-    ]);
+    boot_3d_guest(
+        &["--context-types", "virgl:virgl2", "--shm-size", "0"],
+        append,
+        device,
+    )
+}
+
+/// The jailed backend with `args`, and a guest booted against it as
+/// [`boot_virgl_guest`] says, with gl-check and vk-check in its initramfs.
+fn boot_3d_guest(args: &[&str], append: &str, device: Option<String>) -> (Backend, Guest) {
+    let image = harness::guest::needed(GuestImage::find());
+    let qemu = harness::guest::needed(qemu11());
+    let seccomp = seccomp();
+    let mut args = args.to_vec();
+    args.extend(["--seccomp", &seccomp]);
+    let backend = Backend::start(&args);
     let dir = TempDir::new("gpu3d-guest");
     let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("gpu3d/init-3d");
-    let initrd = image.with_files(&dir.0, &[("/init", &init), ("/bin/gl-check", &gl_check())]);
+    let initrd = image.with_files(
+        &dir.0,
+        &[
+            ("/init", &init),
+            ("/bin/gl-check", &gl_check()),
+            ("/bin/vk-check", &vk_check()),
+        ],
+    );
     let mut boot = Boot::qemu11(&image, &initrd, &backend.socket, append, 1024);
     if let Some(device) = device {
         boot.device = device;
@@ -555,4 +579,173 @@ fn a_real_guest_shows_a_gl_drawn_frame_on_qemus_display() {
     );
     let refused = error_responses(&console);
     assert!(refused.is_empty(), "error responses: {refused:#?}");
+}
+
+/// The VENUS capset: Vulkan commands in the venus protocol.
+const CAPSET_VENUS: u32 = 4;
+
+#[test]
+fn a_venus_context_maps_its_shared_memory_into_the_guest_region() {
+    let backend = Backend::start(&["--context-types", "venus", "--seccomp", &seccomp()]);
+    let mut dev = Device::connect(&backend.socket);
+    let region = dev.shmem.clone().expect("SHMEM negotiated");
+    assert_eq!(dev.num_capsets(), 1, "venus alone: one capset");
+    let (_, info) = dev.control(&cmd(CMD_GET_CAPSET_INFO, &[0, 0]), 64);
+    let word = |r: &[u8], o: usize| u32::from_le_bytes(r[o..o + 4].try_into().unwrap());
+    assert_eq!(word(&info, 24), CAPSET_VENUS);
+    let (max_version, max_size) = (word(&info, 28), word(&info, 32));
+    assert!(max_size > 0, "venus's capset has a size: {max_size}");
+    // The capset itself: venus's wire format version first, non-zero.
+    let (_, caps) = dev.control(
+        &cmd(CMD_GET_CAPSET, &[CAPSET_VENUS, max_version]),
+        24 + max_size,
+    );
+    assert_eq!(parse_hdr(&caps).0, RESP_OK_CAPSET);
+    let fields: Vec<u32> = (0..(max_size as usize / 4).min(8))
+        .map(|i| word(&caps, 24 + 4 * i))
+        .collect();
+    eprintln!("venus capset v{max_version}, {max_size} bytes: {fields:?}");
+    assert_ne!(fields[1], 0, "venus capset: vk_xml_version, {fields:?}");
+
+    assert_eq!(
+        code(&mut dev, &ctx_create(CTX, CAPSET_VENUS, "venus")),
+        RESP_OK_NODATA,
+        "log: {:#?}",
+        backend.log.lines()
+    );
+    // blob_id 0 on a venus context: the context's shared memory (what
+    // Mesa's venus driver makes first, for its command ring), mappable.
+    const SIZE: u64 = 64 * 1024;
+    assert_eq!(
+        code(
+            &mut dev,
+            &create_blob(CTX, 30, BLOB_MEM_HOST3D, BLOB_FLAG_MAPPABLE, 0, SIZE, &[])
+        ),
+        RESP_OK_NODATA,
+        "log: {:#?}",
+        backend.log.lines()
+    );
+    let offset = 0x2_0000;
+    let (len, resp) = dev.control(&map_blob(30, offset), 64);
+    assert_eq!(
+        (len, parse_hdr(&resp).0),
+        (32, RESP_OK_MAP_INFO),
+        "log: {:#?}",
+        backend.log.lines()
+    );
+    // The context's own memory, shared (not a copy: the ring is written
+    // by both sides).
+    assert!(
+        region.backing_name(offset).contains("vkr-shmem"),
+        "mapped: {}",
+        region.backing_name(offset)
+    );
+    assert_eq!(
+        region.events(),
+        [ShmemEvent::Map {
+            offset,
+            len: SIZE,
+            writable: true
+        }]
+    );
+    // What the guest writes there, the host memory holds (read back
+    // through the region's own mapping of the descriptor SHMEM_MAP sent).
+    assert!(region.write(offset + 8, b"venus ring"));
+    assert_eq!(region.read(offset + 8, 10).unwrap(), b"venus ring");
+
+    // A blob_id that names no memory of the context is refused.
+    assert_ne!(
+        code(
+            &mut dev,
+            &create_blob(CTX, 31, BLOB_MEM_HOST3D, BLOB_FLAG_MAPPABLE, 77, SIZE, &[])
+        ),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        code(
+            &mut dev,
+            &words(hdr(CMD_RESOURCE_UNMAP_BLOB, 0, None), &[30, 0])
+        ),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        region.events().last(),
+        Some(&ShmemEvent::Unmap { offset, len: SIZE })
+    );
+    assert_eq!(
+        code(&mut dev, &cmd(CMD_RESOURCE_UNREF, &[30, 0])),
+        RESP_OK_NODATA
+    );
+    let log = backend.log.lines();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("render-worker: jailed") && l.contains("GPU stack")),
+        "render-worker ran in its 3D jail: {log:#?}"
+    );
+}
+
+#[test]
+fn a_real_guest_runs_vulkan_on_mesas_venus_driver_through_qemu_11() {
+    let frames = 30;
+    let (backend, mut guest) = boot_3d_guest(
+        &["--context-types", "venus"],
+        &format!("airlock.mode=venus airlock.frames={frames}"),
+        None,
+    );
+    guest.wait_done();
+    let console = guest.quit();
+
+    assert!(
+        console
+            .iter()
+            .any(|l| l.starts_with("VULKANINFO:") && l.contains("Virtio-GPU Venus")),
+        "vulkaninfo in the guest names venus's device: {console:#?}"
+    );
+    let first = console
+        .iter()
+        .find(|l| l.starts_with("VKCHECK"))
+        .unwrap_or_else(|| panic!("vk-check ran: {console:#?}"));
+    assert!(
+        first.starts_with("VKCHECK ok device=Virtio-GPU Venus"),
+        "the guest's compute dispatches ran on venus and read back right: {first} \
+         (backend: {:#?})",
+        backend.log.lines()
+    );
+    let after = console
+        .iter()
+        .skip_while(|l| *l != "GUEST: killed mid-frame")
+        .find(|l| l.starts_with("VKCHECK"))
+        .unwrap_or_else(|| panic!("vk-check ran after the kill: {console:#?}"));
+    assert!(
+        after.starts_with("VKCHECK ok device=Virtio-GPU Venus"),
+        "a Vulkan program killed mid-frame leaves a working device: {after}"
+    );
+    let killing = console
+        .iter()
+        .position(|l| l == "GUEST: killing mid-frame")
+        .unwrap_or_else(|| panic!("the guest killed a program: {console:#?}"));
+    let unexpected: Vec<&String> = console[..killing]
+        .iter()
+        .filter(|l| l.contains("*ERROR* response"))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "the guest's driver got no error response: {unexpected:#?} (all: {:#?})",
+        error_responses(&console)
+    );
+
+    // The figure: the same program on this host's lavapipe directly.
+    let host = Command::new(vk_check())
+        .args([frames.to_string().as_str(), "65536"])
+        .env("VK_ICD_FILENAMES", "/usr/share/vulkan/icd.d/lvp_icd.json")
+        .output()
+        .expect("run vk-check on the host");
+    let host = String::from_utf8_lossy(&host.stdout).into_owned();
+    if let (Some(guest_fps), Some(host_fps)) = (figure(first, "fps"), figure(&host, "fps")) {
+        println!(
+            "BENCH vk-check 64Ki words: guest on venus through gpu-airlock (TCG) {guest_fps:.1} \
+             dispatches/s, host lavapipe directly {host_fps:.1}, ratio {:.3}",
+            guest_fps / host_fps
+        );
+    }
 }

@@ -7,10 +7,10 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 
 use ipc::{MapRequest, RenderValue, Reply};
-use log::warn;
+use log::{info, warn};
 use rutabaga_gfx::{
-    RutabagaHandle, RUTABAGA_BLOB_FLAG_USE_MAPPABLE, RUTABAGA_MAP_ACCESS_MASK,
-    RUTABAGA_MAP_ACCESS_READ, RUTABAGA_MAP_CACHE_MASK,
+    RutabagaHandle, RUTABAGA_BLOB_FLAG_USE_MAPPABLE, RUTABAGA_HANDLE_TYPE_MEM_OPAQUE_FD,
+    RUTABAGA_MAP_ACCESS_MASK, RUTABAGA_MAP_ACCESS_READ, RUTABAGA_MAP_CACHE_MASK,
 };
 
 use super::{
@@ -18,13 +18,61 @@ use super::{
     ERR_OUT_OF_MEMORY, ERR_UNSPEC,
 };
 
-/// Seals `fd` against resizing.
-fn fcntl_seal(fd: &OwnedFd) -> nix::Result<i32> {
+/// Seals `fd` against resizing; or finds it sealed so already, and still
+/// writable (venus's shared memory comes sealed against resizing and
+/// against more seals, F_SEAL_SEAL, so no seal can be added to it).
+fn sealed(fd: &OwnedFd) -> bool {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    fcntl(
+    let added = fcntl(
         fd,
         FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
-    )
+    );
+    added.is_ok()
+        || fcntl(fd, FcntlArg::F_GET_SEALS)
+            .map(SealFlag::from_bits_truncate)
+            .is_ok_and(|s| {
+                s.contains(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW)
+                    && !s.intersects(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_FUTURE_WRITE)
+            })
+}
+
+/// Where the memory of an opaque descriptor from Mesa's lavapipe starts.
+/// Its memfd (`os_malloc_aligned_fd`, which lavapipe's own import reads
+/// back the same way) opens with a header, its length and the offset of
+/// the memory (two native-endian words), then padding to a page; the
+/// memory follows. Checked against what the descriptor holds: its length
+/// is the file's, the offset a page boundary past the header, and `size`
+/// bytes fit after it. Any other opaque descriptor is refused: there is no
+/// other way to map one.
+pub(super) fn opaque_memory_offset(fd: &OwnedFd, fd_len: u64, size: u64) -> Result<u64, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::from(fd.try_clone().map_err(|e| e.to_string())?);
+    let mut header = [0u8; 16];
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_exact(&mut header))
+        .map_err(|e| format!("its opaque memory's header: {e}"))?;
+    let _ = file.seek(SeekFrom::Start(0));
+    let word = |i: usize| u64::from_ne_bytes(header[i..i + 8].try_into().unwrap());
+    let (len, offset) = (word(0), word(8));
+    let fits = offset.checked_add(size).is_some_and(|end| end <= fd_len);
+    if len != fd_len || offset < 16 || offset % 4096 != 0 || !fits {
+        return Err(format!(
+            "an opaque memory descriptor not of lavapipe's kind (header: length {len}, memory \
+             at {offset}; the descriptor holds {fd_len} bytes, the blob {size}): it cannot be \
+             mapped"
+        ));
+    }
+    Ok(offset)
+}
+
+/// What `fd` is, for the log: a memfd and its seals, or not a memfd (no
+/// path: render-worker's jail has no /proc).
+fn descriptor_name(fd: &OwnedFd) -> String {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    match fcntl(fd, FcntlArg::F_GET_SEALS) {
+        Ok(s) => format!("a memfd sealed {:?}", SealFlag::from_bits_truncate(s)),
+        Err(e) => format!("not a memfd ({e})"),
+    }
 }
 
 /// A memfd of `size` bytes holding the first `len` of `fd`'s, sealed
@@ -116,10 +164,10 @@ impl RenderDevice {
             ),
             Err(e) => return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {e}")),
         };
-        let fd: OwnedFd = match self.rutabaga.export_blob(resource_id) {
+        let (fd, handle_type): (OwnedFd, u32) = match self.rutabaga.export_blob(resource_id) {
             Ok(RutabagaHandle::MagmaGpuHandle(h)) => match h.os_handle.as_fd().try_clone_to_owned()
             {
-                Ok(fd) => fd,
+                Ok(fd) => (fd, h.handle_type),
                 Err(e) => return refused(ERR_OUT_OF_MEMORY, format!("blob {resource_id}: {e}")),
             },
             Ok(_) => {
@@ -153,9 +201,43 @@ impl RenderDevice {
         // The broker maps only memory sealed against shrinking (it would
         // fault the VM's access). rutabaga's own memfds are made sealable
         // and never resized once made: sealed here. One that refuses (a
-        // compositor's memfd sealed with F_SEAL_SEAL) goes through a copy.
-        let sealed = fcntl_seal(&fd).is_ok();
+        // compositor's memfd sealed with F_SEAL_SEAL, unless sealed against
+        // resizing already, and writable) goes through a copy.
+        let sealed = sealed(&fd);
+        if handle_type == RUTABAGA_HANDLE_TYPE_MEM_OPAQUE_FD {
+            // venus's memory on lavapipe (no dma-buf without /dev/udmabuf):
+            // shared with the renderer, so never a copy.
+            let fd_offset = match opaque_memory_offset(&fd, fd_len, blob.size) {
+                Ok(o) if sealed && writable => o,
+                Ok(_) => {
+                    return refused(
+                        ERR_INVALID_PARAMETER,
+                        format!("blob {resource_id}: its memory is not sealed, or not writable"),
+                    )
+                }
+                Err(why) => {
+                    return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {why}"))
+                }
+            };
+            return self.map_descriptor(
+                resource_id,
+                offset,
+                blob.size,
+                true,
+                fd_offset,
+                fd,
+                map_info,
+            );
+        }
         let fd = if fd_len < blob.size || !writable || !sealed {
+            let name = descriptor_name(&fd);
+            info!(
+                "render-worker: blob {resource_id} ({name}, {fd_len} of {} bytes{}{}) is mapped \
+                 as a private copy",
+                blob.size,
+                if writable { "" } else { ", read-only" },
+                if sealed { "" } else { ", not sealable" },
+            );
             match padded_copy(&fd, fd_len, blob.size) {
                 Ok(copy) => {
                     writable = false;
@@ -171,11 +253,28 @@ impl RenderDevice {
         } else {
             fd
         };
+        self.map_descriptor(resource_id, offset, blob.size, writable, 0, fd, map_info)
+    }
+
+    /// Asks the broker to map `size` bytes of `fd` from `fd_offset` at
+    /// `offset` of the host-visible region, and records the mapping.
+    #[allow(clippy::too_many_arguments)]
+    fn map_descriptor(
+        &mut self,
+        resource_id: u32,
+        offset: u64,
+        size: u64,
+        writable: bool,
+        fd_offset: u64,
+        fd: OwnedFd,
+        map_info: u32,
+    ) -> Answer {
         let request = MapRequest::Map {
             resource_id,
             shm_offset: offset,
-            size: blob.size,
+            size,
             writable,
+            fd_offset,
         };
         if let Err(why) = self.map_request(&request, Some(&fd)) {
             return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {why}"));

@@ -6,32 +6,37 @@
 //! checks again is what it alone can: guest ranges against its own mapping
 //! of guest memory, and everything rutabaga refuses.
 
-use gpu_airlock_render_worker::framing::{check_cross_domain_framing, Walk};
+//! Its rooms: [`renderer`] (the process's one rutabaga and how it is
+//! built), [`fences`] (timelines), [`memory`] (guest memory and gpu-worker's
+//! memfds), [`three_d`] (3D resources and scanout copies), [`mapping`]
+//! (blobs into the guest's host-visible region); this file holds the
+//! connection's state and the one dispatch.
 
+mod fences;
 mod mapping;
-use ipc::LockExt;
+mod memory;
+mod renderer;
+mod three_d;
+
+pub use fences::Fences;
+pub use renderer::{built_context_types, Renderer, RendererConfig, RutabagaFailed};
+
 use std::collections::BTreeMap;
-
-use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use wire::cross_domain;
-use wire::{ContextType, ContextTypes};
 
+use gpu_airlock_render_worker::framing::{check_cross_domain_framing, Walk};
 use ipc::{
-    Channel, MapRequest, MemoryRegion, Nothing, RenderCall, RenderEvent, RenderReply,
-    RenderRequest, RenderValue, Reply,
+    Channel, LockExt, MapRequest, Nothing, RenderCall, RenderEvent, RenderReply, RenderRequest,
+    RenderValue, Reply,
 };
 use log::warn;
 use rutabaga_gfx::{
-    ResourceCreate3D, ResourceCreateBlob, Rutabaga, RutabagaBuilder, RutabagaComponentType,
-    RutabagaError, RutabagaFence, RutabagaFenceHandler, RutabagaIovec, RutabagaPath, Transfer3D,
+    ResourceCreateBlob, Rutabaga, RutabagaError, RutabagaFence, Transfer3D,
     RUTABAGA_CAPSET_CROSS_DOMAIN, RUTABAGA_FLAG_FENCE, RUTABAGA_FLAG_INFO_RING_IDX,
 };
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use wire::Refusal;
-
+use wire::cross_domain;
+use wire::{ContextType, ContextTypes, Refusal};
 use wire::{
     RESP_ERR_INVALID_CONTEXT_ID as ERR_INVALID_CONTEXT_ID,
     RESP_ERR_INVALID_PARAMETER as ERR_INVALID_PARAMETER,
@@ -39,27 +44,9 @@ use wire::{
     RESP_ERR_OUT_OF_MEMORY as ERR_OUT_OF_MEMORY, RESP_ERR_UNSPEC as ERR_UNSPEC,
 };
 
-/// The context types this build can serve: cross-domain always (it needs
-/// only a compositor to reach); virgl, virgl2 and venus with the `virgl`
-/// cargo feature (virglrenderer 1.3 or later).
-pub fn built_context_types() -> ContextTypes {
-    #[allow(unused_mut)]
-    let mut types = vec![ContextType::CrossDomain];
-    #[cfg(feature = "virgl")]
-    types.extend([ContextType::Virgl, ContextType::Virgl2, ContextType::Venus]);
-    ContextTypes::of(&types)
-}
-
-/// What rutabaga is built with, for the first time and after each reset.
-#[derive(Debug, Clone, Default)]
-pub struct RendererConfig {
-    /// The compositor cross-domain contexts reach, as render-worker sees
-    /// it (inside its jail).
-    pub wayland: Option<PathBuf>,
-    /// The context types offered (`--context-types`): exactly their
-    /// capsets.
-    pub types: ContextTypes,
-}
+use fences::timeline;
+use memory::{MemoryMap, SubmitBuffer};
+use three_d::Shadow;
 
 /// The capset a context of `context_init` runs as: its capset id, or for 0
 /// rutabaga's default component, which is cross-domain when that is the
@@ -81,154 +68,6 @@ const CROSS_DOMAIN_CHANNEL_RING: u8 = cross_domain::CHANNEL_RING as u8;
 /// a guest grows render-worker's memory without bound. A guest proxy asks
 /// once per buffer size.
 const MAX_REQUIREMENTS_PER_CONTEXT: usize = 4096;
-
-/// Where rutabaga's fence signals go. Fences live on timelines: a
-/// context's ring (VIRTIO_GPU_FLAG_INFO_RING_IDX), or the device's one
-/// global timeline for a fence without a ring, whatever context its
-/// command named (as crosvm and virglrenderer count them: virglrenderer
-/// reports a global fence with context 0, and only the latest it retired).
-/// A signal retires every fence of its timeline up to its id. A fence
-/// gpu-worker was told is pending becomes an event on the event channel;
-/// one created after its timeline passed it is answered as signalled.
-#[derive(Default)]
-pub struct Fences {
-    /// Each timeline's highest fence id signalled.
-    signalled: BTreeMap<Timeline, u64>,
-    /// Fences answered as pending, as gpu-worker named them.
-    pending: Vec<(u32, Option<u8>, u64)>,
-    events: Option<Channel<RenderEvent, Nothing>>,
-}
-
-/// A context's ring, or (context 0, no ring) the global timeline.
-type Timeline = (u32, Option<u8>);
-
-fn timeline(ctx_id: u32, ring: Option<u8>) -> Timeline {
-    match ring {
-        Some(_) => (ctx_id, ring),
-        None => (0, None),
-    }
-}
-
-impl Fences {
-    /// Retires `fence_id` and every earlier fence of `on`.
-    fn signal(&mut self, on: Timeline, fence_id: u64) {
-        let upto = self.signalled.entry(on).or_insert(0);
-        *upto = (*upto).max(fence_id);
-        let mut retired = Vec::new();
-        self.pending.retain(|&(ctx_id, ring, id)| {
-            let done = timeline(ctx_id, ring) == on && id <= fence_id;
-            if done {
-                retired.push(RenderEvent::FenceSignalled {
-                    ctx_id,
-                    ring,
-                    fence_id: id,
-                });
-            }
-            !done
-        });
-        for event in retired {
-            if let Some(events) = &self.events {
-                if let Err(e) = events.send(&event, &[]) {
-                    warn!("render-worker: event channel: {e}");
-                }
-            }
-        }
-    }
-
-    /// Whether fence `fence_id` of `on` has been signalled already.
-    fn passed(&self, on: Timeline, fence_id: u64) -> bool {
-        self.signalled
-            .get(&on)
-            .is_some_and(|&upto| upto >= fence_id)
-    }
-
-    /// Forgets every fence (a new connection, a reset).
-    fn clear(&mut self) {
-        self.signalled.clear();
-        self.pending.clear();
-    }
-}
-
-/// rutabaga could not be built.
-#[derive(Debug, thiserror::Error)]
-#[error("rutabaga: {0}")]
-pub struct RutabagaFailed(RutabagaError);
-
-/// Builds rutabaga with `config`'s context types; the fences it signals go
-/// through `fences`.
-pub fn build_rutabaga(
-    fences: Arc<Mutex<Fences>>,
-    config: &RendererConfig,
-) -> Result<Rutabaga, RutabagaFailed> {
-    let handler = RutabagaFenceHandler::new(move |fence| {
-        let ring = (fence.flags & RUTABAGA_FLAG_INFO_RING_IDX != 0).then_some(fence.ring_idx);
-        fences
-            .lock_or_recover()
-            .signal(timeline(fence.ctx_id, ring), fence.fence_id);
-    });
-    let paths = config
-        .wayland
-        .clone()
-        .filter(|_| config.types.contains(ContextType::CrossDomain))
-        .map(|path| {
-            vec![RutabagaPath {
-                path,
-                path_type: cross_domain::CHANNEL_TYPE_WAYLAND,
-            }]
-        });
-    let mut builder = RutabagaBuilder::new(config.types.capset_mask(), handler);
-    if config.types.is_empty() {
-        // With no capset asked for, rutabaga would offer every one it
-        // knows: ask for its 2D component alone.
-        builder = builder.set_default_component(RutabagaComponentType::Rutabaga2D);
-    }
-    if config.types.iter().any(ContextType::is_3d) {
-        // virglrenderer on EGL, surfaceless: no display, and no render node
-        // (llvmpipe where the host has no GPU). Without EGL it takes GBM
-        // on a render node, and with none it crashed (a call through a null
-        // pointer) rather than fail.
-        builder = builder.set_use_egl(true).set_use_surfaceless(true);
-    }
-    builder
-        .set_rutabaga_paths(paths)
-        .build()
-        .map_err(RutabagaFailed)
-}
-
-/// The one rutabaga of the process, with the fence state its handler
-/// feeds: built once, on the thread that serves every connection
-/// (virglrenderer initialises once per process, and its GL contexts
-/// belong to the thread that made them), and handed from one connection's
-/// [`RenderDevice`] to the next, cleaned.
-pub struct Renderer {
-    rutabaga: Rutabaga,
-    fences: Arc<Mutex<Fences>>,
-    config: RendererConfig,
-}
-
-impl Renderer {
-    pub fn build(config: RendererConfig) -> Result<Renderer, RutabagaFailed> {
-        let fences = Arc::new(Mutex::new(Fences::default()));
-        let rutabaga = build_rutabaga(fences.clone(), &config)?;
-        // rutabaga falls back to its 2D component when virglrenderer does
-        // not start (a missing library, a jail that hides one): a device
-        // that offers capsets it cannot serve is worse than none.
-        let offered = rutabaga.get_num_capsets();
-        for index in 0..offered {
-            rutabaga.get_capset_info(index).map_err(RutabagaFailed)?;
-        }
-        Ok(Renderer {
-            rutabaga,
-            fences,
-            config,
-        })
-    }
-
-    /// `virtio_gpu_config.num_capsets`.
-    pub fn num_capsets(&self) -> u32 {
-        self.rutabaga.get_num_capsets()
-    }
-}
 
 /// What render-worker answers a request.
 type Answer = Reply<RenderValue>;
@@ -274,6 +113,22 @@ struct Context {
     /// GET_IMAGE_REQUIREMENTS it has sent (rutabaga keeps each answer for
     /// the context's life).
     requirements: usize,
+    /// A `context_init` 0 context with no context type to run it (see
+    /// [`serves_default`]): held here only, never in rutabaga.
+    empty: bool,
+}
+
+/// Whether rutabaga can run a `context_init` 0 context with `types`
+/// offered: as virgl's (its default), or as cross-domain's when that is
+/// the only type. Linux makes one for any client that creates a buffer,
+/// the kernel's own console at boot among them; with venus alone
+/// virglrenderer refuses it (EINVAL), and the guest logged an error
+/// response at every boot. Such a context is held empty instead:
+/// resources attach to it, and a command stream to it is refused.
+fn serves_default(types: ContextTypes) -> bool {
+    types.contains(ContextType::Virgl)
+        || types.contains(ContextType::Virgl2)
+        || types == ContextTypes::of(&[ContextType::CrossDomain])
 }
 
 impl Context {
@@ -282,72 +137,11 @@ impl Context {
     }
 }
 
-/// The host copy that shows a 3D resource, mapped read-write here: the
-/// resource is read back into it at each flush.
-struct Shadow {
-    map: vm_memory::mmap::MmapRegion<()>,
-    width: u32,
-    height: u32,
-    stride: u32,
-}
-
-/// A memfd from gpu-worker, mapped: only sealed against shrinking and at
-/// least `len` bytes long, so no access to the mapping can fault (lseek,
-/// not fstat: render-worker's policy has no C-library fstat).
-fn map_sealed(
-    fd: OwnedFd,
-    len: usize,
-    prot: i32,
-) -> Result<vm_memory::mmap::MmapRegion<()>, String> {
-    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    let sealed = fcntl(&fd, FcntlArg::F_GET_SEALS)
-        .map(SealFlag::from_bits_truncate)
-        .is_ok_and(|s| s.contains(SealFlag::F_SEAL_SHRINK));
-    let size = nix::unistd::lseek(&fd, 0, nix::unistd::Whence::SeekEnd);
-    if !sealed || size.map_or(true, |l| (l as u64) < len as u64) || len == 0 {
-        return Err(format!(
-            "not sealed against shrinking, or shorter than {len} bytes ({size:?})"
-        ));
+impl RenderDevice {
+    /// Whether `ctx_id` is an empty context ([`serves_default`]).
+    fn is_empty(&self, ctx_id: u32) -> bool {
+        self.contexts.get(&ctx_id).is_some_and(|c| c.empty)
     }
-    vm_memory::mmap::MmapRegion::<()>::build(
-        Some(FileOffset::new(File::from(fd), 0)),
-        len,
-        prot,
-        nix::libc::MAP_SHARED,
-    )
-    .map_err(|e| format!("cannot map it: {e}"))
-}
-
-/// gpu-worker's submit buffer, mapped read-only here.
-struct SubmitBuffer(vm_memory::mmap::MmapRegion<()>);
-
-impl SubmitBuffer {
-    /// The first `len` bytes, if the buffer holds that many.
-    fn get(&self, range: std::ops::RangeTo<usize>) -> Option<&[u8]> {
-        if range.end > self.0.size() {
-            return None;
-        }
-        // SAFETY: the region maps `size()` bytes of a memfd sealed against
-        // shrinking for as long as `self.0` lives (the borrow of self);
-        // gpu-worker may write it meanwhile, which changes only bytes
-        // (copied out before use), never the mapping.
-        Some(unsafe { std::slice::from_raw_parts(self.0.as_ptr(), range.end) })
-    }
-}
-
-/// Why a guest-memory blob's ranges cannot be reached here.
-#[derive(Debug, thiserror::Error)]
-enum GuestRange {
-    #[error("no guest memory was given for a guest-memory blob")]
-    NoMemory,
-    #[error("guest range {addr:#x}+{len}: {why}")]
-    Outside { addr: u64, len: u32, why: String },
-}
-
-/// One guest memory map, as SET_MEM_TABLE gave it.
-struct MemoryMap {
-    generation: u64,
-    mem: GuestMemoryMmap,
 }
 
 pub struct RenderDevice {
@@ -494,25 +288,40 @@ impl RenderDevice {
                     );
                 }
                 let name = Some(&name).filter(|n| !n.is_empty()).map(String::as_str);
-                let created = self.rutabaga.create_context(ctx_id, context_init, name);
+                let empty = context_init & 0xff == 0 && !serves_default(self.renderer.types);
+                let created = match empty {
+                    true if self.contexts.contains_key(&ctx_id) => {
+                        Err(RutabagaError::InvalidContextId)
+                    }
+                    true => Ok(()),
+                    false => self.rutabaga.create_context(ctx_id, context_init, name),
+                };
                 if created.is_ok() {
                     let context = Context {
                         capset: runs_as(context_init, self.renderer.types),
                         channel: false,
                         requirements: 0,
+                        empty,
                     };
                     self.contexts.insert(ctx_id, context);
                 }
                 created
             }
             RenderRequest::CtxDestroy { ctx_id } => {
-                self.contexts.remove(&ctx_id);
+                let removed = self.contexts.remove(&ctx_id);
                 // Its rings' timelines go with it.
-                self.fences
-                    .lock_or_recover()
-                    .signalled
-                    .retain(|&(c, _), _| c != ctx_id);
-                self.rutabaga.destroy_context(ctx_id)
+                self.fences.lock_or_recover().forget_context(ctx_id);
+                match removed {
+                    Some(c) if c.empty => Ok(()),
+                    _ => self.rutabaga.destroy_context(ctx_id),
+                }
+            }
+            // An empty context has nothing to attach to: the resource
+            // stays the guest's, as it was.
+            RenderRequest::CtxAttach { ctx_id, .. } | RenderRequest::CtxDetach { ctx_id, .. }
+                if self.is_empty(ctx_id) =>
+            {
+                Ok(())
             }
             RenderRequest::CtxAttach {
                 ctx_id,
@@ -630,6 +439,15 @@ impl RenderDevice {
     /// is walked first (and its image requirements counted).
     fn submit(&mut self, ctx_id: u32, mut commands: Vec<u8>) -> Answer {
         let context = self.contexts.get(&ctx_id).copied();
+        if context.is_some_and(|c| c.empty) {
+            return refused(
+                ERR_INVALID_CONTEXT_ID,
+                format!(
+                    "context {ctx_id} was made with context_init 0, which no context type \
+                     offered runs: it takes no command stream"
+                ),
+            );
+        }
         let mut walk = Walk::default();
         if context.is_some_and(|c| c.is_cross_domain()) {
             match check_cross_domain_framing(&commands) {
@@ -657,186 +475,6 @@ impl RenderDevice {
             Ok(()) => Reply::Done,
             Err(e) => refused(code_of(&e), e.to_string()),
         }
-    }
-
-    /// The connection's submit buffer, from gpu-worker (less trusted than
-    /// this process with the GPU: it parses guest bytes): taken once, only
-    /// sealed against shrinking and at least `MAX_SUBMIT_BYTES` long (so
-    /// no read of it can fault), and mapped read-only.
-    fn take_submit_buffer(&mut self, fds: Vec<OwnedFd>) -> Answer {
-        if self.submit_buffer.is_some() {
-            return refused(ERR_UNSPEC, "a second submit buffer");
-        }
-        let Ok([fd]) = <[OwnedFd; 1]>::try_from(fds) else {
-            return refused(ERR_UNSPEC, "a submit buffer without its one descriptor");
-        };
-        let len = wire::command::MAX_SUBMIT_BYTES;
-        match map_sealed(fd, len, nix::libc::PROT_READ) {
-            Ok(map) => {
-                self.submit_buffer = Some(SubmitBuffer(map));
-                Reply::Done
-            }
-            Err(why) => refused(ERR_UNSPEC, format!("the submit buffer: {why}")),
-        }
-    }
-
-    /// The host copy of 3D resource `resource_id` on a scanout.
-    fn take_shadow(
-        &mut self,
-        resource_id: u32,
-        width: u32,
-        height: u32,
-        stride: u32,
-        fds: Vec<OwnedFd>,
-    ) -> Answer {
-        if !self.held.contains_key(&resource_id) {
-            return refused(
-                ERR_INVALID_RESOURCE_ID,
-                format!("no 3D resource {resource_id}"),
-            );
-        }
-        let Ok([fd]) = <[OwnedFd; 1]>::try_from(fds) else {
-            return refused(ERR_UNSPEC, "a scanout copy without its one descriptor");
-        };
-        let len = u64::from(stride) * u64::from(height);
-        if u64::from(width) * 4 > u64::from(stride) || len > usize::MAX as u64 {
-            return refused(
-                ERR_UNSPEC,
-                format!("a scanout copy of {width}x{height}, stride {stride}"),
-            );
-        }
-        match map_sealed(
-            fd,
-            len as usize,
-            nix::libc::PROT_READ | nix::libc::PROT_WRITE,
-        ) {
-            Ok(map) => {
-                self.shadows.insert(
-                    resource_id,
-                    Shadow {
-                        map,
-                        width,
-                        height,
-                        stride,
-                    },
-                );
-                Reply::Done
-            }
-            Err(why) => refused(
-                ERR_UNSPEC,
-                format!("the scanout copy of {resource_id}: {why}"),
-            ),
-        }
-    }
-
-    /// Reads `rect` of 3D resource `resource_id` back into its host copy.
-    fn read_back(&mut self, resource_id: u32, rect: ipc::PixelRect) -> Answer {
-        let Some(shadow) = self.shadows.get(&resource_id) else {
-            return refused(
-                ERR_INVALID_RESOURCE_ID,
-                format!("3D resource {resource_id} has no scanout copy"),
-            );
-        };
-        if !rect.fits_in(shadow.width, shadow.height) {
-            return refused(
-                ERR_INVALID_PARAMETER,
-                format!(
-                    "read back {rect:?} of a {}x{} resource",
-                    shadow.width, shadow.height
-                ),
-            );
-        }
-        let transfer = Transfer3D {
-            x: rect.x,
-            y: rect.y,
-            z: 0,
-            w: rect.width,
-            h: rect.height,
-            d: 1,
-            level: 0,
-            stride: shadow.stride,
-            layer_stride: 0,
-            offset: u64::from(rect.y) * u64::from(shadow.stride) + u64::from(rect.x) * 4,
-        };
-        // SAFETY: the mapping holds `size()` bytes for as long as the
-        // shadow lives (sealed against shrinking); the broker reads it
-        // meanwhile, which costs it at most a torn frame.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(shadow.map.as_ptr(), shadow.map.size()) };
-        // Context 0: the resource itself, whichever context drew it.
-        match self.rutabaga.transfer_read(
-            0,
-            resource_id,
-            transfer,
-            Some(std::io::IoSliceMut::new(bytes)),
-        ) {
-            Ok(()) => Reply::Done,
-            Err(e) => refused(code_of(&e), format!("read back of {resource_id}: {e}")),
-        }
-    }
-
-    fn set_memory(&mut self, regions: Vec<MemoryRegion>, fds: Vec<OwnedFd>) -> Answer {
-        if regions.len() != fds.len() {
-            return refused(ERR_UNSPEC, "memory regions without their descriptors");
-        }
-        let ranges: Vec<_> = regions
-            .iter()
-            .zip(fds)
-            .map(|(r, fd)| {
-                (
-                    GuestAddress(r.guest_addr),
-                    r.size as usize,
-                    Some(FileOffset::new(File::from(fd), r.file_offset)),
-                )
-            })
-            .collect();
-        match GuestMemoryMmap::from_ranges_with_files(&ranges) {
-            Ok(mem) => {
-                self.memory.push(MemoryMap {
-                    generation: self.next_generation,
-                    mem,
-                });
-                self.next_generation += 1;
-                self.prune_memory();
-                Reply::Done
-            }
-            Err(e) => refused(ERR_UNSPEC, format!("cannot map guest memory: {e}")),
-        }
-    }
-
-    /// Drops every memory map but the current one that no blob needs.
-    fn prune_memory(&mut self) {
-        let Some(current) = self.memory.last().map(|m| m.generation) else {
-            return;
-        };
-        let held = &self.held;
-        self.memory.retain(|m| {
-            m.generation == current || held.values().any(|b| b.generation == Some(m.generation))
-        });
-    }
-
-    /// Host addresses of guest ranges, each inside one region of the
-    /// current guest memory map, and that map's generation.
-    fn iovecs(&self, entries: &[(u64, u32)]) -> Result<(Vec<RutabagaIovec>, u64), GuestRange> {
-        let current = self.memory.last().ok_or(GuestRange::NoMemory)?;
-        let mem = &current.mem;
-        entries
-            .iter()
-            .map(|&(addr, len)| {
-                let slice = mem
-                    .get_slice(GuestAddress(addr), len as usize)
-                    .map_err(|e| GuestRange::Outside {
-                        addr,
-                        len,
-                        why: e.to_string(),
-                    })?;
-                Ok(RutabagaIovec {
-                    base: slice.ptr_guard_mut().as_ptr().cast(),
-                    len: len as usize,
-                })
-            })
-            .collect::<Result<_, GuestRange>>()
-            .map(|v| (v, current.generation))
     }
 
     fn create_blob(
@@ -872,54 +510,6 @@ impl RenderDevice {
         Reply::Done
     }
 
-    fn create_3d(&mut self, resource_id: u32, c: ipc::Create3d) -> Answer {
-        let create = ResourceCreate3D {
-            target: c.target,
-            format: c.format,
-            bind: c.bind,
-            width: c.width,
-            height: c.height,
-            depth: c.depth,
-            array_size: c.array_size,
-            last_level: c.last_level,
-            nr_samples: c.nr_samples,
-            flags: c.flags,
-        };
-        if let Err(e) = self.rutabaga.resource_create_3d(resource_id, create) {
-            return refused(code_of(&e), format!("3D resource {resource_id}: {e}"));
-        }
-        self.held.insert(
-            resource_id,
-            Held {
-                size: 0,
-                flags: 0,
-                mapped: None,
-                generation: None,
-            },
-        );
-        Reply::Done
-    }
-
-    fn attach_backing(&mut self, resource_id: u32, entries: &[(u64, u32)]) -> Answer {
-        if !self.held.contains_key(&resource_id) {
-            return refused(
-                ERR_INVALID_RESOURCE_ID,
-                format!("no 3D resource {resource_id}"),
-            );
-        }
-        let (iovecs, generation) = match self.iovecs(entries) {
-            Ok(v) => v,
-            Err(why) => return refused(ERR_INVALID_PARAMETER, why.to_string()),
-        };
-        if let Err(e) = self.rutabaga.attach_backing(resource_id, iovecs) {
-            return refused(code_of(&e), format!("backing of {resource_id}: {e}"));
-        }
-        if let Some(h) = self.held.get_mut(&resource_id) {
-            h.generation = Some(generation);
-        }
-        Reply::Done
-    }
-
     /// A device reset: every context and resource the guest made leaves
     /// rutabaga ([`RenderDevice::clean`]). The current guest memory map
     /// stays: the memory table does not change.
@@ -933,7 +523,12 @@ impl RenderDevice {
     /// mapped blob unmapped from the guest's region first. rutabaga itself
     /// stays: virglrenderer cannot start twice in one process.
     fn clean(&mut self) {
-        let contexts: Vec<u32> = self.contexts.keys().copied().collect();
+        let contexts: Vec<u32> = self
+            .contexts
+            .iter()
+            .filter(|(_, c)| !c.empty)
+            .map(|(id, _)| *id)
+            .collect();
         for ctx_id in contexts {
             if let Err(e) = self.rutabaga.destroy_context(ctx_id) {
                 warn!("render-worker: destroying context {ctx_id}: {e}");
@@ -1016,49 +611,4 @@ impl RenderDevice {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use wire::cross_domain::{CMD_GET_IMAGE_REQUIREMENTS, CMD_INIT};
-
-    fn cmd(size: u16, total: usize) -> Vec<u8> {
-        let mut v = vec![0u8; total];
-        v[2..4].copy_from_slice(&size.to_le_bytes());
-        v
-    }
-
-    #[test]
-    fn cross_domain_framing_is_checked_before_rutabaga_walks_it() {
-        check_cross_domain_framing(&cmd(16, 16)).unwrap();
-        check_cross_domain_framing(&[]).unwrap();
-        let mut two = cmd(16, 16);
-        two.extend(cmd(8, 8));
-        assert_eq!(check_cross_domain_framing(&two).unwrap(), Walk::default());
-        // An INIT (command 1, 36 bytes) opens a channel when its channel
-        // type, 16 bytes in, is not 0.
-        let mut init = cmd(36, 36);
-        init[0] = CMD_INIT;
-        assert!(!check_cross_domain_framing(&init).unwrap().opens_channel);
-        init[16] = 1;
-        assert!(check_cross_domain_framing(&init).unwrap().opens_channel);
-        // One cut short of its 36 bytes opens nothing (rutabaga refuses it).
-        let mut short = init[..20].to_vec();
-        short[2] = 20;
-        assert!(!check_cross_domain_framing(&short).unwrap().opens_channel);
-        // Image requirements are counted.
-        let mut reqs = cmd(24, 24);
-        reqs[0] = CMD_GET_IMAGE_REQUIREMENTS;
-        let mut three = reqs.clone();
-        three.extend(&reqs);
-        three.extend(&init);
-        three.extend(&reqs);
-        let walk = check_cross_domain_framing(&three).unwrap();
-        assert_eq!((walk.requirements, walk.opens_channel), (3, true));
-        assert!(
-            check_cross_domain_framing(&cmd(0, 16)).is_err(),
-            "size 0 would spin"
-        );
-        assert!(check_cross_domain_framing(&cmd(4, 16)).is_err());
-        assert!(check_cross_domain_framing(&cmd(32, 16)).is_err());
-        assert!(check_cross_domain_framing(&[1, 0, 16]).is_err());
-    }
-}
+mod tests;

@@ -187,6 +187,7 @@ fn map_req(resource_id: u32, shm_offset: u64, size: u64) -> MapRequest {
         shm_offset,
         size,
         writable: true,
+        fd_offset: 0,
     }
 }
 
