@@ -78,7 +78,8 @@ impl<Tx: Message, Rx: Message> Link<Tx, Rx> {
         match channel.send(msg, fds).and_then(|()| channel.recv()) {
             Ok(answer) => Some(answer),
             Err(e) => {
-                self.drop_channel("on a request", &e);
+                // Which request: a renderer that crashed on it says so.
+                self.drop_channel(&format!("on a request ({})", msg.name()), &e);
                 None
             }
         }

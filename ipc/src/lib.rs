@@ -32,6 +32,12 @@ use serde::Serialize;
 pub trait Message: Serialize + DeserializeOwned + std::fmt::Debug {
     /// How many file descriptors travel with this message as `SCM_RIGHTS`.
     fn fd_count(&self) -> usize;
+
+    /// What the message is, for a log line about it (its Debug form may
+    /// spell out a command stream).
+    fn name(&self) -> &'static str {
+        "a message"
+    }
 }
 
 /// Creates the connected `SOCK_SEQPACKET` pair one channel runs over.

@@ -665,6 +665,10 @@ impl Message for RenderWorkerRequest {
 }
 
 impl Message for RenderCall {
+    fn name(&self) -> &'static str {
+        self.request.name()
+    }
+
     fn fd_count(&self) -> usize {
         match &self.request {
             RenderRequest::Memory(regions) => regions.len(),

@@ -1,7 +1,9 @@
 //! 3D through the real three processes, jailed: a virgl context renders
 //! (virglrenderer on Mesa's llvmpipe, no GPU) and the guest reads the
 //! pixels back with TRANSFER_FROM_HOST_3D; bad 3D input is refused and the
-//! device goes on.
+//! device goes on; venus contexts run in virglrenderer's render server
+//! (jailed on its own), their memory mapped into the guest, and a real
+//! guest runs Vulkan on them (lavapipe on the host).
 //!
 //! Built only with the tests crate's `gpu3d` feature and run by
 //! `tests/gpu3d/check`, inside the gpu3d root (Debian 13 with sid's
@@ -672,9 +674,24 @@ fn a_venus_context_maps_its_shared_memory_into_the_guest_region() {
         region.events().last(),
         Some(&ShmemEvent::Unmap { offset, len: SIZE })
     );
+    // Mapped again, the same memory (virglrenderer hands over a venus
+    // blob's descriptor at its first export: render-worker keeps it).
+    let (_, resp) = dev.control(&map_blob(30, offset), 64);
+    assert_eq!(
+        parse_hdr(&resp).0,
+        RESP_OK_MAP_INFO,
+        "log: {:#?}",
+        backend.log.lines()
+    );
+    assert_eq!(region.read(offset + 8, 10).unwrap(), b"venus ring");
+    // An unref unmaps first.
     assert_eq!(
         code(&mut dev, &cmd(CMD_RESOURCE_UNREF, &[30, 0])),
         RESP_OK_NODATA
+    );
+    assert_eq!(
+        region.events().last(),
+        Some(&ShmemEvent::Unmap { offset, len: SIZE })
     );
     let log = backend.log.lines();
     assert!(
@@ -748,4 +765,89 @@ fn a_real_guest_runs_vulkan_on_mesas_venus_driver_through_qemu_11() {
             guest_fps / host_fps
         );
     }
+}
+
+/// The processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                // After the command name's closing parenthesis: state, ppid.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_venus_context_whose_worker_crashes_takes_nothing_else_with_it() {
+    let backend = Backend::start(&["--context-types", "venus", "--seccomp", &seccomp()]);
+    let mut dev = Device::connect(&backend.socket);
+    let render_worker = backend.worker_pids().1;
+    let server = children(render_worker);
+    assert_eq!(
+        server.len(),
+        1,
+        "render-worker's one child, the render server"
+    );
+    let server = server[0];
+    assert!(std::fs::read_link(format!("/proc/{server}/exe"))
+        .unwrap()
+        .ends_with("virgl_render_server"));
+    assert_eq!(
+        code(&mut dev, &ctx_create(1, CAPSET_VENUS, "doomed")),
+        RESP_OK_NODATA
+    );
+    let doomed = children(server);
+    assert_eq!(doomed.len(), 1, "one worker process for the one context");
+    assert_eq!(
+        code(&mut dev, &ctx_create(2, CAPSET_VENUS, "survivor")),
+        RESP_OK_NODATA
+    );
+    let both = children(server);
+    assert_eq!(both.len(), 2, "a worker process per context: {both:?}");
+
+    // The first context's worker crashes (as a driver bug would end it).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(doomed[0] as i32),
+        nix::sys::signal::Signal::SIGSEGV,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while process_alive(doomed[0]) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A command on the crashed context is answered (refused or not), and
+    // the other context, a new one and render-worker go on.
+    let _ = code(
+        &mut dev,
+        &create_blob(1, 40, BLOB_MEM_HOST3D, BLOB_FLAG_MAPPABLE, 0, 65536, &[]),
+    );
+    assert_eq!(
+        code(
+            &mut dev,
+            &create_blob(2, 41, BLOB_MEM_HOST3D, BLOB_FLAG_MAPPABLE, 0, 65536, &[])
+        ),
+        RESP_OK_NODATA,
+        "log: {:#?}",
+        backend.log.lines()
+    );
+    let (_, resp) = dev.control(&map_blob(41, 0), 64);
+    assert_eq!(parse_hdr(&resp).0, RESP_OK_MAP_INFO);
+    assert_eq!(
+        code(&mut dev, &ctx_create(3, CAPSET_VENUS, "next")),
+        RESP_OK_NODATA
+    );
+    assert!(process_alive(render_worker) && process_alive(server));
+    drop(dev);
+    // And a new connection gets a working device.
+    let mut dev = Device::connect(&backend.socket);
+    assert_eq!(
+        code(&mut dev, &ctx_create(1, CAPSET_VENUS, "again")),
+        RESP_OK_NODATA
+    );
 }

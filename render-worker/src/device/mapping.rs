@@ -14,7 +14,7 @@ use rutabaga_gfx::{
 };
 
 use super::{
-    refused, Answer, RenderDevice, ERR_INVALID_PARAMETER, ERR_INVALID_RESOURCE_ID,
+    refused, Answer, Held, RenderDevice, ERR_INVALID_PARAMETER, ERR_INVALID_RESOURCE_ID,
     ERR_OUT_OF_MEMORY, ERR_UNSPEC,
 };
 
@@ -157,13 +157,33 @@ impl RenderDevice {
                 format!("blob {resource_id} is already mapped"),
             );
         }
-        let (map_info, mut writable) = match self.rutabaga.map_info(resource_id) {
+        let (map_info, writable) = match self.rutabaga.map_info(resource_id) {
             Ok(i) => (
                 i & RUTABAGA_MAP_CACHE_MASK,
                 i & RUTABAGA_MAP_ACCESS_MASK != RUTABAGA_MAP_ACCESS_READ,
             ),
             Err(e) => return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {e}")),
         };
+        // A blob is exported once and its descriptor kept for its life:
+        // virglrenderer hands over a venus blob's descriptor at its first
+        // export (and rutabaga a blob's that is not shareable), so a map
+        // after an unmap would find none (seen: the 3D benchmark's second
+        // round of maps).
+        if let Some((fd, handle_type)) = self.exported.get(&resource_id) {
+            let fd = match fd.try_clone() {
+                Ok(fd) => fd,
+                Err(e) => return refused(ERR_OUT_OF_MEMORY, format!("blob {resource_id}: {e}")),
+            };
+            return self.map_exported(
+                resource_id,
+                offset,
+                blob,
+                map_info,
+                writable,
+                fd,
+                *handle_type,
+            );
+        }
         let (fd, handle_type): (OwnedFd, u32) = match self.rutabaga.export_blob(resource_id) {
             Ok(RutabagaHandle::MagmaGpuHandle(h)) => match h.os_handle.as_fd().try_clone_to_owned()
             {
@@ -187,6 +207,36 @@ impl RenderDevice {
                 )
             }
         };
+        match fd.try_clone() {
+            Ok(kept) => {
+                self.exported.insert(resource_id, (kept, handle_type));
+            }
+            Err(e) => return refused(ERR_OUT_OF_MEMORY, format!("blob {resource_id}: {e}")),
+        }
+        self.map_exported(
+            resource_id,
+            offset,
+            blob,
+            map_info,
+            writable,
+            fd,
+            handle_type,
+        )
+    }
+
+    /// Maps blob `resource_id`'s exported descriptor `fd` at `offset`: as
+    /// it is, from the offset its memory starts at, or as a private copy.
+    #[allow(clippy::too_many_arguments)]
+    fn map_exported(
+        &mut self,
+        resource_id: u32,
+        offset: u64,
+        blob: Held,
+        map_info: u32,
+        mut writable: bool,
+        fd: OwnedFd,
+        handle_type: u32,
+    ) -> Answer {
         // A descriptor the compositor sent (a keymap) holds just its bytes,
         // and QEMU maps only whole pages of a file at least that long; it
         // may be sealed against writing, and QEMU 11 maps every SHMEM_MAP

@@ -162,6 +162,9 @@ pub struct RenderDevice {
     map_lost: std::cell::Cell<bool>,
     /// Blobs and 3D resources, by resource id.
     held: BTreeMap<u32, Held>,
+    /// Each blob's descriptor and its handle type, from its first export,
+    /// kept for its life (see `map_blob`).
+    exported: BTreeMap<u32, (OwnedFd, u32)>,
     /// Where SUBMIT_3D streams longer than one frame arrive.
     submit_buffer: Option<SubmitBuffer>,
     /// Host copies of 3D resources on scanouts, by resource id.
@@ -196,6 +199,7 @@ impl RenderDevice {
             map,
             map_lost: std::cell::Cell::new(false),
             held: BTreeMap::new(),
+            exported: BTreeMap::new(),
             submit_buffer: None,
             shadows: BTreeMap::new(),
             contexts: BTreeMap::new(),
@@ -557,6 +561,7 @@ impl RenderDevice {
             }
         }
         self.held.remove(&resource_id);
+        self.exported.remove(&resource_id);
         self.shadows.remove(&resource_id);
         let answer = match self.rutabaga.unref_resource(resource_id) {
             Ok(()) => Reply::Done,
