@@ -14,9 +14,9 @@
 //!
 //! Usage: gpu3d-latency [ROUND_TRIPS]  (default 2000)
 
-use std::time::Instant;
-
-use gpu_airlock_benches::{ipc_round_trips, ratio, start_ipc_peer, summarize, us, EventfdPeer};
+use gpu_airlock_benches::{
+    ipc_round_trips, print_against_floors, start_ipc_peer, summarize, timed, EventfdPeer,
+};
 use harness::blob_wire::*;
 use harness::*;
 use nix::sys::wait::waitpid;
@@ -55,12 +55,6 @@ fn main() {
     // VIRGL_CCMD_NOP, one dword.
     let nop = 0u32.to_le_bytes();
     let unmap = |id: u32| words(hdr(CMD_RESOURCE_UNMAP_BLOB, 0, None), &[id, 0]);
-    let time = |dev: &mut Device, request: &[u8], want: u32, samples: &mut Vec<u64>| {
-        let t = Instant::now();
-        let (_, resp) = dev.control(request, 64);
-        samples.push(t.elapsed().as_nanos() as u64);
-        assert_eq!(parse_hdr(&resp).0, want);
-    };
 
     let rounds = n / BLOBS as usize;
     let (mut floor, mut ipc, mut submits, mut maps, mut unmaps) =
@@ -71,7 +65,7 @@ fn main() {
         let (mut s, mut m, mut u) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..BLOBS {
             fence += 1;
-            time(
+            timed(
                 &mut dev,
                 &submit(1, &nop, Some((fence, None))),
                 RESP_OK_NODATA,
@@ -80,10 +74,10 @@ fn main() {
         }
         for i in 0..BLOBS {
             let request = map_blob(100 + i, u64::from(i) * SHM);
-            time(&mut dev, &request, RESP_OK_MAP_INFO, &mut m);
+            timed(&mut dev, &request, RESP_OK_MAP_INFO, &mut m);
         }
         for i in 0..BLOBS {
-            time(&mut dev, &unmap(100 + i), RESP_OK_NODATA, &mut u);
+            timed(&mut dev, &unmap(100 + i), RESP_OK_NODATA, &mut u);
         }
         let (mut f, mut c) = (Vec::new(), Vec::new());
         peer.round_trips(BLOBS as usize, &mut f);
@@ -110,24 +104,13 @@ fn main() {
         "3D latency, {} of each ({rounds} rounds of {BLOBS}, interleaved with the floors)",
         rounds * BLOBS as usize
     );
-    println!(
-        "{:<52} {:>9} {:>9} {:>10} {:>10}",
-        "", "p50 (us)", "p99 (us)", "p50/ipc", "p50/eventfd"
+    print_against_floors(
+        &floor,
+        &ipc,
+        &[
+            ("SUBMIT_3D (virgl, one dword), fenced -> response", &submits),
+            ("MAP_BLOB (venus shared memory) -> SHMEM_MAP", &maps),
+            ("UNMAP_BLOB (venus shared memory) -> SHMEM_UNMAP", &unmaps),
+        ],
     );
-    for (name, f) in [
-        ("eventfd ping-pong between processes (floor)", &floor),
-        ("ipc message round trip", &ipc),
-        ("SUBMIT_3D (virgl, one dword), fenced -> response", &submits),
-        ("MAP_BLOB (venus shared memory) -> SHMEM_MAP", &maps),
-        ("UNMAP_BLOB (venus shared memory) -> SHMEM_UNMAP", &unmaps),
-    ] {
-        println!(
-            "{:<52} {:>9.2} {:>9.2} {:>10.2} {:>10.2}",
-            name,
-            us(f.p50_ns),
-            us(f.p99_ns),
-            ratio(f.p50_ns, ipc.p50_ns),
-            ratio(f.p50_ns, floor.p50_ns)
-        );
-    }
 }

@@ -34,6 +34,40 @@ pub fn ratio(x: u64, base: u64) -> f64 {
     x as f64 / base.max(1) as f64
 }
 
+/// Sends `request` on `dev`'s control queue, appends its round trip to
+/// `samples`, and checks that the response is of type `want`.
+pub fn timed(dev: &mut harness::Device, request: &[u8], want: u32, samples: &mut Vec<u64>) {
+    let t = Instant::now();
+    let (_, resp) = dev.control(request, 64);
+    samples.push(t.elapsed().as_nanos() as u64);
+    assert_eq!(harness::gpu_wire::parse_hdr(&resp).0, want);
+}
+
+/// Prints the eventfd floor, the ipc round trip and `rows`, each as its
+/// p50 and p99 and its p50 over the ipc round trip's and the floor's.
+pub fn print_against_floors(floor: &Figures, ipc: &Figures, rows: &[(&str, &Figures)]) {
+    let named = [
+        ("eventfd ping-pong between processes (floor)", floor),
+        ("ipc message round trip", ipc),
+    ];
+    let all: Vec<(&str, &Figures)> = named.into_iter().chain(rows.iter().copied()).collect();
+    let w = all.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    println!(
+        "{:<w$} {:>9} {:>9} {:>10} {:>10}",
+        "", "p50 (us)", "p99 (us)", "p50/ipc", "p50/eventfd"
+    );
+    for (name, f) in all {
+        println!(
+            "{:<w$} {:>9.2} {:>9.2} {:>10.2} {:>10.2}",
+            name,
+            us(f.p50_ns),
+            us(f.p99_ns),
+            ratio(f.p50_ns, ipc.p50_ns),
+            ratio(f.p50_ns, floor.p50_ns)
+        );
+    }
+}
+
 /// A forked process that answers eventfd pings until dropped, so the floor
 /// can be measured in rounds beside other work.
 pub struct EventfdPeer {

@@ -10,9 +10,9 @@
 //!
 //! Usage: cargo build --release --workspace && target/release/map-latency [MAPS]  (default 2000)
 
-use std::time::Instant;
-
-use gpu_airlock_benches::{ipc_round_trips, ratio, start_ipc_peer, summarize, us, EventfdPeer};
+use gpu_airlock_benches::{
+    ipc_round_trips, print_against_floors, start_ipc_peer, summarize, timed, EventfdPeer,
+};
 use harness::blob_wire::*;
 use harness::*;
 use nix::sys::wait::waitpid;
@@ -39,12 +39,6 @@ fn main() {
         assert_eq!(dev.answer(&request), RESP_OK_NODATA);
     }
     let unmap = |id: u32| words(hdr(CMD_RESOURCE_UNMAP_BLOB, 0, None), &[id, 0]);
-    let time = |dev: &mut Device, request: &[u8], want: u32, samples: &mut Vec<u64>| {
-        let t = Instant::now();
-        let (_, resp) = dev.control(request, 64);
-        samples.push(t.elapsed().as_nanos() as u64);
-        assert_eq!(parse_hdr(&resp).0, want);
-    };
 
     let rounds = n / BLOBS as usize;
     let (mut floor, mut ipc, mut maps, mut unmaps) =
@@ -54,10 +48,10 @@ fn main() {
         let (mut m, mut u) = (Vec::new(), Vec::new());
         for i in 0..BLOBS {
             let request = map_blob(100 + i, u64::from(i) * size);
-            time(&mut dev, &request, RESP_OK_MAP_INFO, &mut m);
+            timed(&mut dev, &request, RESP_OK_MAP_INFO, &mut m);
         }
         for i in 0..BLOBS {
-            time(&mut dev, &unmap(100 + i), RESP_OK_NODATA, &mut u);
+            timed(&mut dev, &unmap(100 + i), RESP_OK_NODATA, &mut u);
         }
         let (mut f, mut c) = (Vec::new(), Vec::new());
         peer.round_trips(BLOBS as usize, &mut f);
@@ -88,23 +82,12 @@ fn main() {
         "blob map latency, {} maps and unmaps of {size}-byte blobs ({rounds} rounds of {BLOBS}, interleaved with the floors)",
         rounds * BLOBS as usize
     );
-    println!(
-        "{:<46} {:>9} {:>9} {:>10} {:>10}",
-        "", "p50 (us)", "p99 (us)", "p50/ipc", "p50/eventfd"
+    print_against_floors(
+        &floor,
+        &ipc,
+        &[
+            ("RESOURCE_MAP_BLOB -> SHMEM_MAP -> response", &maps),
+            ("RESOURCE_UNMAP_BLOB -> SHMEM_UNMAP -> response", &unmaps),
+        ],
     );
-    for (name, f) in [
-        ("eventfd ping-pong between processes (floor)", &floor),
-        ("ipc message round trip", &ipc),
-        ("RESOURCE_MAP_BLOB -> SHMEM_MAP -> response", &maps),
-        ("RESOURCE_UNMAP_BLOB -> SHMEM_UNMAP -> response", &unmaps),
-    ] {
-        println!(
-            "{:<46} {:>9.2} {:>9.2} {:>10.2} {:>10.2}",
-            name,
-            us(f.p50_ns),
-            us(f.p99_ns),
-            ratio(f.p50_ns, ipc.p50_ns),
-            ratio(f.p50_ns, floor.p50_ns)
-        );
-    }
 }

@@ -332,12 +332,9 @@ pub fn run_worker<Tx: ipc::Message, Rx: ipc::Message, E: std::fmt::Display>(
     }
 }
 
-/// Closes every descriptor above stderr that is not in `keep`.
-///
-/// The broker creates everything close-on-exec; this is the second line, for
-/// descriptors a launcher (a shell, a supervisor) leaked into the broker and
-/// so into us.
-pub fn close_inherited_fds(keep: &[RawFd]) -> Result<(), Error> {
+/// The descriptors this process has open (among them, closed by the time
+/// this returns, the listing's own).
+fn open_fds() -> Result<Vec<RawFd>, Error> {
     let mut open = Vec::new();
     for entry in fs::read_dir("/proc/self/fd").map_err(Error::ListFds)? {
         let entry = entry.map_err(Error::ListFds)?;
@@ -349,6 +346,16 @@ pub fn close_inherited_fds(keep: &[RawFd]) -> Result<(), Error> {
             open.push(fd);
         }
     }
+    Ok(open)
+}
+
+/// Closes every descriptor above stderr that is not in `keep`.
+///
+/// The broker creates everything close-on-exec; this is the second line, for
+/// descriptors a launcher (a shell, a supervisor) leaked into the broker and
+/// so into us.
+pub fn close_inherited_fds(keep: &[RawFd]) -> Result<(), Error> {
+    let open = open_fds()?;
     // The directory handle used for listing is among `open` and already
     // closed; EBADF for it is expected.
     for fd in open {
@@ -368,17 +375,7 @@ pub fn close_inherited_fds(keep: &[RawFd]) -> Result<(), Error> {
 /// exec-error pipe (std's `Command`) must stay open until then.
 pub fn cloexec_inherited_fds(keep: &[RawFd]) -> Result<(), Error> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    let mut open = Vec::new();
-    for entry in fs::read_dir("/proc/self/fd").map_err(Error::ListFds)? {
-        let entry = entry.map_err(Error::ListFds)?;
-        if let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<RawFd>().ok())
-        {
-            open.push(fd);
-        }
-    }
+    let open = open_fds()?;
     for raw in open {
         if raw <= 2 || keep.contains(&raw) {
             continue;

@@ -124,6 +124,16 @@ fn start() -> Backend {
     Backend::start(&["--context-types", "virgl2", "--seccomp", &seccomp()])
 }
 
+/// render-worker said it entered its jail with the GPU stack.
+fn assert_3d_jail(backend: &Backend) {
+    let log = backend.log.lines();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("render-worker: jailed") && l.contains("GPU stack")),
+        "render-worker ran in its 3D jail: {log:#?}"
+    );
+}
+
 /// tests/gpu3d/gl-check, built in the gpu3d root by tests/gpu3d/check.
 fn gl_check() -> PathBuf {
     let path = PathBuf::from(
@@ -358,12 +368,7 @@ fn a_virgl_context_clears_a_render_target_and_the_guest_reads_it_back() {
     assert_eq!(parse_hdr(&resp), (RESP_OK_NODATA, FLAG_FENCE, 4));
     assert_pixels(&dev, len, [0x00, 0xff, 0x00, 0xff], "green");
 
-    let log = backend.log.lines();
-    assert!(
-        log.iter()
-            .any(|l| l.contains("render-worker: jailed") && l.contains("GPU stack")),
-        "render-worker ran in its 3D jail: {log:#?}"
-    );
+    assert_3d_jail(&backend);
 }
 
 #[test]
@@ -693,12 +698,7 @@ fn a_venus_context_maps_its_shared_memory_into_the_guest_region() {
         region.events().last(),
         Some(&ShmemEvent::Unmap { offset, len: SIZE })
     );
-    let log = backend.log.lines();
-    assert!(
-        log.iter()
-            .any(|l| l.contains("render-worker: jailed") && l.contains("GPU stack")),
-        "render-worker ran in its 3D jail: {log:#?}"
-    );
+    assert_3d_jail(&backend);
 }
 
 #[test]

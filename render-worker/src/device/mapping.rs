@@ -4,7 +4,7 @@
 //! the broker's mapper to map it; the broker checks and sends SHMEM_MAP.
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use ipc::{MapRequest, RenderValue, Reply};
 use log::{info, warn};
@@ -14,7 +14,7 @@ use rutabaga_gfx::{
 };
 
 use super::{
-    refused, Answer, Held, RenderDevice, ERR_INVALID_PARAMETER, ERR_INVALID_RESOURCE_ID,
+    refused, Answer, RenderDevice, ERR_INVALID_PARAMETER, ERR_INVALID_RESOURCE_ID,
     ERR_OUT_OF_MEMORY, ERR_UNSPEC,
 };
 
@@ -157,86 +157,17 @@ impl RenderDevice {
                 format!("blob {resource_id} is already mapped"),
             );
         }
-        let (map_info, writable) = match self.rutabaga.map_info(resource_id) {
+        let (map_info, mut writable) = match self.rutabaga.map_info(resource_id) {
             Ok(i) => (
                 i & RUTABAGA_MAP_CACHE_MASK,
                 i & RUTABAGA_MAP_ACCESS_MASK != RUTABAGA_MAP_ACCESS_READ,
             ),
             Err(e) => return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {e}")),
         };
-        // A blob is exported once and its descriptor kept for its life:
-        // virglrenderer hands over a venus blob's descriptor at its first
-        // export (and rutabaga a blob's that is not shareable), so a map
-        // after an unmap would find none (seen: the 3D benchmark's second
-        // round of maps).
-        if let Some((fd, handle_type)) = self.exported.get(&resource_id) {
-            let fd = match fd.try_clone() {
-                Ok(fd) => fd,
-                Err(e) => return refused(ERR_OUT_OF_MEMORY, format!("blob {resource_id}: {e}")),
-            };
-            return self.map_exported(
-                resource_id,
-                offset,
-                blob,
-                map_info,
-                writable,
-                fd,
-                *handle_type,
-            );
-        }
-        let (fd, handle_type): (OwnedFd, u32) = match self.rutabaga.export_blob(resource_id) {
-            Ok(RutabagaHandle::MagmaGpuHandle(h)) => match h.os_handle.as_fd().try_clone_to_owned()
-            {
-                Ok(fd) => (fd, h.handle_type),
-                Err(e) => return refused(ERR_OUT_OF_MEMORY, format!("blob {resource_id}: {e}")),
-            },
-            Ok(_) => {
-                return refused(
-                    ERR_INVALID_PARAMETER,
-                    format!("blob {resource_id} has no single descriptor to map"),
-                )
-            }
-            Err(e) => {
-                return refused(
-                    ERR_INVALID_PARAMETER,
-                    format!(
-                        "blob {resource_id} cannot be exported: {e} (virglrenderer on a host \
-                         without a GPU gives its memory no descriptor: run with --shm-size 0, \
-                         and the guest copies through transfers)"
-                    ),
-                )
-            }
+        let (fd, handle_type) = match self.exported(resource_id) {
+            Ok(exported) => exported,
+            Err(refusal) => return refusal,
         };
-        match fd.try_clone() {
-            Ok(kept) => {
-                self.exported.insert(resource_id, (kept, handle_type));
-            }
-            Err(e) => return refused(ERR_OUT_OF_MEMORY, format!("blob {resource_id}: {e}")),
-        }
-        self.map_exported(
-            resource_id,
-            offset,
-            blob,
-            map_info,
-            writable,
-            fd,
-            handle_type,
-        )
-    }
-
-    /// Maps blob `resource_id`'s exported descriptor `fd` at `offset`: as
-    /// it is, from the offset its memory starts at, or as a private copy.
-    #[allow(clippy::too_many_arguments)]
-    fn map_exported(
-        &mut self,
-        resource_id: u32,
-        offset: u64,
-        blob: Held,
-        map_info: u32,
-        mut writable: bool,
-        fd: OwnedFd,
-        handle_type: u32,
-    ) -> Answer {
         // A descriptor the compositor sent (a keymap) holds just its bytes,
         // and QEMU maps only whole pages of a file at least that long; it
         // may be sealed against writing, and QEMU 11 maps every SHMEM_MAP
@@ -304,6 +235,43 @@ impl RenderDevice {
             fd
         };
         self.map_descriptor(resource_id, offset, blob.size, writable, 0, fd, map_info)
+    }
+
+    /// A duplicate of blob `resource_id`'s descriptor and its handle type,
+    /// exported at its first map and kept for the blob's life: virglrenderer
+    /// hands over a venus blob's descriptor at its first export (and
+    /// rutabaga a blob's that is not shareable), so a map after an unmap
+    /// would find none (seen: the 3D benchmark's second round of maps).
+    fn exported(&mut self, resource_id: u32) -> Result<(OwnedFd, u32), Answer> {
+        let dup = |fd: BorrowedFd<'_>| {
+            fd.try_clone_to_owned()
+                .map_err(|e| refused(ERR_OUT_OF_MEMORY, format!("blob {resource_id}: {e}")))
+        };
+        if let Some((fd, handle_type)) = self.exported.get(&resource_id) {
+            return Ok((dup(fd.as_fd())?, *handle_type));
+        }
+        let (fd, handle_type) = match self.rutabaga.export_blob(resource_id) {
+            Ok(RutabagaHandle::MagmaGpuHandle(h)) => (dup(h.os_handle.as_fd())?, h.handle_type),
+            Ok(_) => {
+                return Err(refused(
+                    ERR_INVALID_PARAMETER,
+                    format!("blob {resource_id} has no single descriptor to map"),
+                ))
+            }
+            Err(e) => {
+                return Err(refused(
+                    ERR_INVALID_PARAMETER,
+                    format!(
+                        "blob {resource_id} cannot be exported: {e} (virglrenderer on a host \
+                         without a GPU gives its memory no descriptor: run with --shm-size 0, \
+                         and the guest copies through transfers)"
+                    ),
+                ))
+            }
+        };
+        let kept = dup(fd.as_fd())?;
+        self.exported.insert(resource_id, (kept, handle_type));
+        Ok((fd, handle_type))
     }
 
     /// Asks the broker to map `size` bytes of `fd` from `fd_offset` at
