@@ -38,7 +38,7 @@ enum Error {
     NotBuilt(wire::ContextTypes),
     #[error(transparent)]
     Rutabaga(#[from] device::RutabagaFailed),
-    #[error("venus: {0}")]
+    #[error(transparent)]
     RenderServer(#[from] render_server::ServerError),
     #[error("cannot start the connection thread: {0}")]
     Thread(std::io::Error),

@@ -30,9 +30,9 @@ pub enum ServerError {
          libvirglrenderer1 ships it; RENDER_SERVER_EXEC_PATH names another)"
     )]
     Missing(PathBuf),
-    #[error("its socket: {0}")]
+    #[error("venus's render server's socket: {0}")]
     Socket(nix::Error),
-    #[error("cannot start {0}: {1}")]
+    #[error("cannot start venus's render server {0}: {1}")]
     Spawn(PathBuf, std::io::Error),
 }
 

@@ -851,3 +851,68 @@ fn a_venus_context_whose_worker_crashes_takes_nothing_else_with_it() {
         RESP_OK_NODATA
     );
 }
+
+#[test]
+fn a_default_context_with_venus_alone_is_held_empty() {
+    let backend = Backend::start(&["--context-types", "venus", "--seccomp", &seccomp()]);
+    let mut dev = Device::connect(&backend.socket);
+    // Linux makes a context_init 0 context for any client that creates a
+    // buffer (its console at boot): no context type offered runs it.
+    assert_eq!(code(&mut dev, &ctx_create(5, 0, "")), RESP_OK_NODATA);
+    assert_eq!(
+        code(&mut dev, &cmd(CMD_RESOURCE_CREATE_2D, &[7, 1, 16, 16])),
+        RESP_OK_NODATA
+    );
+    for attach in [CMD_CTX_ATTACH_RESOURCE, CMD_CTX_DETACH_RESOURCE] {
+        assert_eq!(
+            code(&mut dev, &words(hdr(attach, 5, None), &[7, 0])),
+            RESP_OK_NODATA
+        );
+    }
+    assert_eq!(
+        code(&mut dev, &submit(5, &0u32.to_le_bytes(), None)),
+        RESP_ERR_INVALID_CONTEXT_ID
+    );
+    assert_eq!(
+        code(&mut dev, &ctx_create(5, 0, "")),
+        RESP_ERR_INVALID_CONTEXT_ID
+    );
+    assert_eq!(
+        code(&mut dev, &hdr(CMD_CTX_DESTROY, 5, None)),
+        RESP_OK_NODATA
+    );
+    // Venus itself is unaffected.
+    assert_eq!(
+        code(&mut dev, &ctx_create(6, CAPSET_VENUS, "venus")),
+        RESP_OK_NODATA
+    );
+}
+
+#[test]
+fn venus_without_its_render_server_refuses_to_start_in_one_line() {
+    let dir = TempDir::new("no-server");
+    let socket = dir.0.join("gpu.sock");
+    let mut cmd = Command::new(binary("gpu-airlock"));
+    cmd.arg("--socket-path")
+        .arg(&socket)
+        .args(["--context-types", "venus"])
+        .env(
+            "RENDER_SERVER_EXEC_PATH",
+            "/nonexistent/virgl_render_server",
+        );
+    let mut backend = Backend::spawn(cmd, dir, socket);
+    let status = backend
+        .wait_exit(Duration::from_secs(20))
+        .expect("the broker exits");
+    assert!(!status.success());
+    assert!(
+        backend
+            .log
+            .lines()
+            .iter()
+            .any(|l| l
+                .contains("venus needs virglrenderer's render server, not found at /nonexistent")),
+        "{:#?}",
+        backend.log.lines()
+    );
+}
