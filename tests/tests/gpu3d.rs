@@ -154,12 +154,12 @@ fn vk_check() -> PathBuf {
     path
 }
 
-/// The `GLCHECK` line after console line `from`.
-fn glcheck_after<'a>(console: &'a [String], from: &str) -> Option<&'a String> {
+/// The first line starting with `prefix` after console line `from`.
+fn line_after<'a>(console: &'a [String], from: &str, prefix: &str) -> Option<&'a String> {
     console
         .iter()
         .skip_while(|l| !l.contains(from))
-        .find(|l| l.starts_with("GLCHECK"))
+        .find(|l| l.starts_with(prefix))
 }
 
 /// The figure after `key=` in `line`.
@@ -241,7 +241,7 @@ fn a_real_guest_renders_with_mesas_virgl_driver_through_qemu_11() {
         "the guest's frames were drawn by virgl and read back right: {first}"
     );
     assert!(console.iter().any(|l| l == "GUEST: killed mid-frame"));
-    let after = glcheck_after(&console, "GUEST: killed mid-frame")
+    let after = line_after(&console, "GUEST: killed mid-frame", "GLCHECK")
         .unwrap_or_else(|| panic!("gl-check ran after the kill: {console:#?}"));
     assert!(
         after.starts_with("GLCHECK ok renderer=virgl"),
@@ -728,10 +728,7 @@ fn a_real_guest_runs_vulkan_on_mesas_venus_driver_through_qemu_11() {
          (backend: {:#?})",
         backend.log.lines()
     );
-    let after = console
-        .iter()
-        .skip_while(|l| *l != "GUEST: killed mid-frame")
-        .find(|l| l.starts_with("VKCHECK"))
+    let after = line_after(&console, "GUEST: killed mid-frame", "VKCHECK")
         .unwrap_or_else(|| panic!("vk-check ran after the kill: {console:#?}"));
     assert!(
         after.starts_with("VKCHECK ok device=Virtio-GPU Venus"),
