@@ -78,11 +78,16 @@ pub fn start_workers(
             config.num_capsets = num_capsets;
         }
         other => {
+            let got = match other {
+                // It said why on its own line, just before.
+                Err(ipc::Error::Closed) => "it ended first (its line above says why)".into(),
+                other => format!("{other:?}"),
+            };
             return Err(Error::WorkerNotReady {
                 role: Role::RenderWorker,
                 what: "start rutabaga",
-                got: format!("{other:?}"),
-            })
+                got,
+            });
         }
     }
     // gpu-worker's features follow from render-worker's capsets.
