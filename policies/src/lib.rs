@@ -413,4 +413,19 @@ mod tests {
         assert!(!is_open(drop_raw));
         assert!(is_open(keep_r.as_raw_fd()));
     }
+
+    #[test]
+    fn marks_close_on_exec_what_is_not_kept() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+        let (keep_r, _keep_w) = nix::unistd::pipe2(OFlag::empty()).unwrap();
+        let (other_r, _other_w) = nix::unistd::pipe2(OFlag::empty()).unwrap();
+        let cloexec = |fd: &std::os::fd::OwnedFd| {
+            FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap())
+                .contains(FdFlag::FD_CLOEXEC)
+        };
+        assert!(!cloexec(&keep_r) && !cloexec(&other_r));
+        cloexec_inherited_fds(&[keep_r.as_raw_fd()]).unwrap();
+        assert!(!cloexec(&keep_r), "what is kept stays open across exec");
+        assert!(cloexec(&other_r), "the rest closes at exec");
+    }
 }

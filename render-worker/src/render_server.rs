@@ -37,7 +37,7 @@ pub enum ServerError {
 }
 
 /// The server's path.
-pub fn path() -> PathBuf {
+fn path() -> PathBuf {
     std::env::var_os("RENDER_SERVER_EXEC_PATH")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))

@@ -55,7 +55,8 @@ pub(super) fn opaque_memory_offset(fd: &OwnedFd, fd_len: u64, size: u64) -> Resu
     let word = |i: usize| u64::from_ne_bytes(header[i..i + 8].try_into().unwrap());
     let (len, offset) = (word(0), word(8));
     let fits = offset.checked_add(size).is_some_and(|end| end <= fd_len);
-    if len != fd_len || offset < 16 || offset % 4096 != 0 || !fits {
+    // A page boundary, and not 0: the header comes first.
+    if len != fd_len || offset == 0 || offset % 4096 != 0 || !fits {
         return Err(format!(
             "an opaque memory descriptor not of lavapipe's kind (header: length {len}, memory \
              at {offset}; the descriptor holds {fd_len} bytes, the blob {size}): it cannot be \
@@ -157,7 +158,7 @@ impl RenderDevice {
                 format!("blob {resource_id} is already mapped"),
             );
         }
-        let (map_info, mut writable) = match self.rutabaga.map_info(resource_id) {
+        let (map_info, writable) = match self.rutabaga.map_info(resource_id) {
             Ok(i) => (
                 i & RUTABAGA_MAP_CACHE_MASK,
                 i & RUTABAGA_MAP_ACCESS_MASK != RUTABAGA_MAP_ACCESS_READ,
@@ -185,11 +186,13 @@ impl RenderDevice {
         // compositor's memfd sealed with F_SEAL_SEAL, unless sealed against
         // resizing already, and writable) goes through a copy.
         let sealed = sealed(&fd);
-        if handle_type == RUTABAGA_HANDLE_TYPE_MEM_OPAQUE_FD {
+        // What is mapped: the descriptor, from where its memory starts, and
+        // whether the guest may write it.
+        let (fd, fd_offset, writable) = if handle_type == RUTABAGA_HANDLE_TYPE_MEM_OPAQUE_FD {
             // venus's memory on lavapipe (no dma-buf without /dev/udmabuf):
             // shared with the renderer, so never a copy.
-            let fd_offset = match opaque_memory_offset(&fd, fd_len, blob.size) {
-                Ok(o) if sealed && writable => o,
+            match opaque_memory_offset(&fd, fd_len, blob.size) {
+                Ok(o) if sealed && writable => (fd, o, true),
                 Ok(_) => {
                     return refused(
                         ERR_INVALID_PARAMETER,
@@ -199,18 +202,8 @@ impl RenderDevice {
                 Err(why) => {
                     return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {why}"))
                 }
-            };
-            return self.map_descriptor(
-                resource_id,
-                offset,
-                blob.size,
-                true,
-                fd_offset,
-                fd,
-                map_info,
-            );
-        }
-        let fd = if fd_len < blob.size || !writable || !sealed {
+            }
+        } else if fd_len < blob.size || !writable || !sealed {
             let name = descriptor_name(&fd);
             info!(
                 "render-worker: blob {resource_id} ({name}, {fd_len} of {} bytes{}{}) is mapped \
@@ -220,10 +213,7 @@ impl RenderDevice {
                 if sealed { "" } else { ", not sealable" },
             );
             match padded_copy(&fd, fd_len, blob.size) {
-                Ok(copy) => {
-                    writable = false;
-                    copy
-                }
+                Ok(copy) => (copy, 0, false),
                 Err(e) => {
                     return refused(
                         ERR_OUT_OF_MEMORY,
@@ -232,9 +222,22 @@ impl RenderDevice {
                 }
             }
         } else {
-            fd
+            (fd, 0, writable)
         };
-        self.map_descriptor(resource_id, offset, blob.size, writable, 0, fd, map_info)
+        let request = MapRequest::Map {
+            resource_id,
+            shm_offset: offset,
+            size: blob.size,
+            writable,
+            fd_offset,
+        };
+        if let Err(why) = self.map_request(&request, Some(&fd)) {
+            return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {why}"));
+        }
+        if let Some(b) = self.held.get_mut(&resource_id) {
+            b.mapped = Some(offset);
+        }
+        Reply::Value(RenderValue::Mapped { map_info })
     }
 
     /// A duplicate of blob `resource_id`'s descriptor and its handle type,
@@ -272,35 +275,6 @@ impl RenderDevice {
         let kept = dup(fd.as_fd())?;
         self.exported.insert(resource_id, (kept, handle_type));
         Ok((fd, handle_type))
-    }
-
-    /// Asks the broker to map `size` bytes of `fd` from `fd_offset` at
-    /// `offset` of the host-visible region, and records the mapping.
-    #[allow(clippy::too_many_arguments)]
-    fn map_descriptor(
-        &mut self,
-        resource_id: u32,
-        offset: u64,
-        size: u64,
-        writable: bool,
-        fd_offset: u64,
-        fd: OwnedFd,
-        map_info: u32,
-    ) -> Answer {
-        let request = MapRequest::Map {
-            resource_id,
-            shm_offset: offset,
-            size,
-            writable,
-            fd_offset,
-        };
-        if let Err(why) = self.map_request(&request, Some(&fd)) {
-            return refused(ERR_INVALID_PARAMETER, format!("blob {resource_id}: {why}"));
-        }
-        if let Some(b) = self.held.get_mut(&resource_id) {
-            b.mapped = Some(offset);
-        }
-        Reply::Value(RenderValue::Mapped { map_info })
     }
 
     pub(super) fn unmap_blob(&mut self, resource_id: u32) -> Answer {

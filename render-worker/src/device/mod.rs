@@ -18,7 +18,6 @@ mod memory;
 mod renderer;
 mod three_d;
 
-pub use fences::Fences;
 pub use renderer::{built_context_types, Renderer, RendererConfig, RutabagaFailed};
 
 use std::collections::BTreeMap;
@@ -44,7 +43,7 @@ use wire::{
     RESP_ERR_OUT_OF_MEMORY as ERR_OUT_OF_MEMORY, RESP_ERR_UNSPEC as ERR_UNSPEC,
 };
 
-use fences::timeline;
+use fences::{timeline, Fences};
 use memory::{MemoryMap, SubmitBuffer};
 use three_d::Shadow;
 
